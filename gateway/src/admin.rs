@@ -1,0 +1,116 @@
+//! The admin plane: health, readiness, metrics, policy version and the
+//! device inventory. Loopback by default and never on a device's listener.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Runtime;
+
+pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
+    loop {
+        let (socket, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let rt = rt.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let rt = rt.clone();
+                async move { Ok::<_, Infallible>(route(&rt, req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn route(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => text(StatusCode::OK, "ready\n"),
+        "/metrics" => {
+            rt.metrics
+                .audit_dropped
+                .inner()
+                .store(rt.audit.dropped(), std::sync::atomic::Ordering::Relaxed);
+            let mut r = Response::new(Full::new(Bytes::from(rt.metrics.encode())));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/policy" => {
+            let p = rt.policy.borrow().clone();
+            json(&serde_json::json!({
+                "version": p.version,
+                "content_hash": p.content_hash,
+                "sources": p.sources,
+            }))
+        }
+        "/devices" => {
+            let p = rt.policy.borrow().clone();
+            let devices: Vec<_> = p
+                .devices
+                .iter()
+                .map(|d| {
+                    let services: Vec<_> = p
+                        .services
+                        .iter()
+                        .filter(|s| s.device.id == d.id)
+                        .map(|s| {
+                            serde_json::json!({
+                                "name": s.name,
+                                "listen": s.listen,
+                                "upstream": s.upstream.to_string(),
+                                "tls": s.tls.is_some(),
+                                "allow_entries": s.access.allow.len(),
+                                "deny_entries": s.access.deny.len(),
+                            })
+                        })
+                        .collect();
+                    serde_json::json!({ "device": d, "services": services })
+                })
+                .collect();
+            json(&devices)
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+fn json(v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}

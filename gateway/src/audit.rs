@@ -1,0 +1,224 @@
+//! The audit trail: one JSON object per line for every decision.
+//!
+//! Security teams read this, so it is separate from operational logs
+//! (`tracing`, on stderr) and its schema is documented in `docs/audit.md`.
+//! Recording never blocks the data plane: events go into a bounded queue
+//! and a writer task serialises and writes them. If the queue is ever full
+//! the event is counted in `moat_audit_dropped_total` and logged, rather
+//! than stalling clinical traffic.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::controls::Reason;
+use crate::policy::AuditTarget;
+use crate::tls::ClientIdentity;
+
+const QUEUE_DEPTH: usize = 65_536;
+
+/// Identifies one connection across its audit events.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnMeta {
+    pub conn_id: u64,
+    pub device: Arc<str>,
+    pub service: Arc<str>,
+    pub client: SocketAddr,
+    pub listen: SocketAddr,
+}
+
+/// What was negotiated on a TLS connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsInfo {
+    pub version: &'static str,
+    pub cipher: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<String>,
+}
+
+/// Who or what ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedBy {
+    Client,
+    Upstream,
+    IdleTimeout,
+    Shutdown,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    GatewayStarted {
+        moat_version: &'static str,
+        policy_version: u64,
+        policy_hash: String,
+        services: usize,
+    },
+    ListenerStarted {
+        device: Arc<str>,
+        service: Arc<str>,
+        listen: SocketAddr,
+        tls: bool,
+    },
+    ConnectionAllowed {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        /// The allow entry that admitted the source.
+        matched: String,
+        upstream: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tls: Option<TlsInfo>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_identity: Option<ClientIdentity>,
+    },
+    ConnectionDenied {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        reason: Reason,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tls: Option<TlsInfo>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_identity: Option<ClientIdentity>,
+    },
+    ConnectionClosed {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        bytes_from_client: u64,
+        bytes_to_client: u64,
+        duration_ms: u64,
+        closed_by: ClosedBy,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    GatewayStopping {
+        grace_ms: u64,
+        active_connections: usize,
+    },
+    GatewayStopped {
+        /// Connections still open when the grace period ran out.
+        cut_connections: usize,
+    },
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+enum Msg {
+    Record(SystemTime, Event),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A cheap, cloneable handle for recording events.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Audit {
+    /// Opens the target and starts the writer task.
+    pub async fn start(target: &AuditTarget) -> std::io::Result<Audit> {
+        let out: Box<dyn AsyncWrite + Send + Unpin> = match target {
+            AuditTarget::Stdout => Box::new(tokio::io::stdout()),
+            AuditTarget::File(path) => Box::new(open_append(path).await?),
+        };
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(write_loop(rx, BufWriter::new(out)));
+        Ok(Audit {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Queues an event. Never waits.
+    pub fn record(&self, event: Event) {
+        if self
+            .tx
+            .try_send(Msg::Record(SystemTime::now(), event))
+            .is_err()
+        {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::error!(dropped = n, "audit queue full or closed; events dropped");
+            }
+        }
+    }
+
+    /// Events that could not be queued.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything recorded so far is written out.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    opts.mode(0o640);
+    opts.open(path).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot open audit log {}: {e}", path.display()),
+        )
+    })
+}
+
+async fn write_loop(
+    mut rx: mpsc::Receiver<Msg>,
+    mut out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
+) {
+    let mut line = Vec::with_capacity(512);
+    while let Some(msg) = rx.recv().await {
+        let mut next = Some(msg);
+        // Drain whatever is queued, then flush once.
+        while let Some(msg) = next {
+            match msg {
+                Msg::Record(at, event) => {
+                    line.clear();
+                    let record = Line {
+                        ts: humantime::format_rfc3339_millis(at).to_string(),
+                        event: &event,
+                    };
+                    if serde_json::to_writer(&mut line, &record).is_ok() {
+                        line.push(b'\n');
+                        if let Err(e) = out.write_all(&line).await {
+                            tracing::error!(error = %e, "writing audit trail failed");
+                        }
+                    }
+                }
+                Msg::Flush(done) => {
+                    let _ = out.flush().await;
+                    let _ = done.send(());
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = out.flush().await {
+            tracing::error!(error = %e, "flushing audit trail failed");
+        }
+    }
+}

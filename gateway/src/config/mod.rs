@@ -1,0 +1,92 @@
+//! What the files say: reading and parsing configuration, with errors that
+//! name file, line and column. Turning it into something enforceable is the
+//! job of [`crate::policy`].
+
+mod error;
+pub mod netfile;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{did_you_mean, line_column, ConfigError, ConfigErrors};
+pub use schema::FileConfig;
+
+/// A parsed main config file, with the text it came from (for error spans).
+#[derive(Debug)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub source: String,
+    pub file: FileConfig,
+}
+
+impl LoadedConfig {
+    /// Directory that relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// A path as written in the file, resolved against [`Self::base_dir`].
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir().join(p)
+        }
+    }
+
+    /// An error at a span of the main file.
+    pub fn error_at(
+        &self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::at(&self.path, &self.source, span, message)
+    }
+}
+
+/// Reads and parses the main config file.
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::file(path, format!("cannot read config: {e}")))?;
+    parse(path, source)
+}
+
+/// Parses config text that claims to come from `path`.
+pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, ConfigErrors> {
+    match toml::from_str::<FileConfig>(&source) {
+        Ok(file) => Ok(LoadedConfig {
+            path: path.to_path_buf(),
+            source,
+            file,
+        }),
+        Err(e) => {
+            let message = explain_toml_error(e.message());
+            let err = match e.span() {
+                Some(span) => ConfigError::at(path, &source, span, message),
+                None => ConfigError::file(path, message),
+            };
+            Err(err.into())
+        }
+    }
+}
+
+/// toml's messages are good; an unknown key deserves a suggestion on top.
+fn explain_toml_error(message: &str) -> String {
+    let message = message.trim_end();
+    // "unknown field `listn`, expected one of `name`, `listen`, ..."
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    match did_you_mean(unknown, candidates.iter().copied()) {
+        Some(s) => format!("{message}; did you mean `{s}`?"),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! The file schema: serde types that mirror `moat.toml` one to one.
+//!
+//! Nothing here is trusted yet. Values keep their spans so that the policy
+//! compiler can point at the exact line and column of a problem. Unknown keys
+//! are rejected everywhere (`deny_unknown_fields`): a misspelt `deny` must
+//! never be silently ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// Named network sets, reusable by name in any allow or deny list.
+    #[serde(default)]
+    pub networks: BTreeMap<Spanned<String>, NetworkSetSection>,
+    #[serde(default, rename = "device")]
+    pub devices: Vec<DeviceSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Where the audit trail goes: a file path, or "-" for standard output.
+    #[serde(default = "default_audit_log")]
+    pub audit_log: Spanned<String>,
+    /// How long live connections may finish after SIGTERM before being cut.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            audit_log: default_audit_log(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_audit_log() -> Spanned<String> {
+    Spanned::new(0..0, "-".to_string())
+}
+fn default_shutdown_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Health, readiness and metrics. Loopback by default; never a device port.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: default_admin_listen(),
+            enabled: true,
+        }
+    }
+}
+
+fn default_admin_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9090".to_string())
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A network set: inline entries, a plain-text file of entries, or both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSetSection {
+    #[serde(default)]
+    pub cidrs: Vec<Spanned<String>>,
+    /// One CIDR or address per line, `#` starts a comment. Relative paths are
+    /// resolved against the directory of the main config file.
+    pub file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSection {
+    pub id: Spanned<String>,
+    pub name: String,
+    #[serde(default)]
+    pub manufacturer: String,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub owner: String,
+    /// The maker's end-of-support date, `YYYY-MM-DD`. Kept for the inventory.
+    pub end_of_support: Option<Spanned<toml::value::Datetime>>,
+    #[serde(rename = "service")]
+    pub services: Vec<ServiceSection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub name: Spanned<String>,
+    pub protocol: Protocol,
+    pub listen: Spanned<String>,
+    /// `host:port` of the device on its isolated segment.
+    pub upstream: Spanned<String>,
+    /// Source networks admitted: CIDRs, addresses or network-set names.
+    /// Required: admitting everyone must be written out as `0.0.0.0/0`.
+    pub allow: Spanned<Vec<Spanned<String>>>,
+    /// Source networks refused even when an allow entry matches.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    /// TLS termination settings. Without them `plaintext = true` is required.
+    pub tls: Option<TlsSection>,
+    #[serde(default)]
+    pub plaintext: bool,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: Spanned<u32>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+}
+
+fn default_max_connections() -> Spanned<u32> {
+    Spanned::new(0..0, 256)
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificate chains with their keys. The first is the default; the
+    /// others are chosen by SNI against their DNS names.
+    pub certificates: Spanned<Vec<CertificateSection>>,
+    /// ALPN protocols offered, in order of preference.
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// "1.2" (default) or "1.3". Nothing older is ever offered.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// CA bundle that client certificates must chain to. Setting it turns
+    /// client-certificate verification on.
+    pub client_ca: Option<Spanned<String>>,
+    /// "required" (default when `client_ca` is set) or "optional".
+    pub client_cert: Option<Spanned<ClientCertMode>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertMode {
+    Required,
+    Optional,
+}
+
+/// A duration written for humans: "500ms", "30s", "10m", "1h 30m".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a duration such as "500ms", "30s" or "10m""#)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(s)
+                    .map(HumanDuration)
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "{s:?} is not a duration ({e}); write e.g. \"30s\" or \"10m\""
+                        ))
+                    })
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}

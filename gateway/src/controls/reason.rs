@@ -1,0 +1,90 @@
+//! The one list of reasons a connection or request can be refused or ended.
+//! The audit trail, the metric labels and (for HTTP) the error page all use
+//! these names, so they can never disagree.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The source address matched no allow entry.
+    NotAllowlisted,
+    /// The source address matched a deny entry.
+    Denylisted,
+    /// The service already holds `max_connections` connections.
+    MaxConnections,
+    /// The TLS handshake failed (protocol version, cipher, garbage …).
+    TlsHandshakeFailed,
+    /// The client did not finish the TLS handshake in time.
+    TlsHandshakeTimeout,
+    /// A client certificate is required and none was presented.
+    ClientCertRequired,
+    /// The client certificate did not verify against the configured CA.
+    ClientCertRejected,
+    /// The device refused the connection or could not be resolved.
+    UpstreamUnreachable,
+    /// The device did not accept the connection within `connect_timeout`.
+    UpstreamTimeout,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::NotAllowlisted,
+        Reason::Denylisted,
+        Reason::MaxConnections,
+        Reason::TlsHandshakeFailed,
+        Reason::TlsHandshakeTimeout,
+        Reason::ClientCertRequired,
+        Reason::ClientCertRejected,
+        Reason::UpstreamUnreachable,
+        Reason::UpstreamTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotAllowlisted => "not_allowlisted",
+            Reason::Denylisted => "denylisted",
+            Reason::MaxConnections => "max_connections",
+            Reason::TlsHandshakeFailed => "tls_handshake_failed",
+            Reason::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Reason::ClientCertRequired => "client_cert_required",
+            Reason::ClientCertRejected => "client_cert_rejected",
+            Reason::UpstreamUnreachable => "upstream_unreachable",
+            Reason::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: the typed reason plus a human detail for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub detail: Option<String>,
+}
+
+impl Denial {
+    pub fn new(reason: Reason) -> Self {
+        Denial {
+            reason,
+            detail: None,
+        }
+    }
+    pub fn with_detail(reason: Reason, detail: impl Into<String>) -> Self {
+        Denial {
+            reason,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+impl From<Reason> for Denial {
+    fn from(reason: Reason) -> Self {
+        Denial::new(reason)
+    }
+}

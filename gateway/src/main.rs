@@ -1,0 +1,231 @@
+//! The `moat` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use moat::audit::Audit;
+use moat::gateway::Gateway;
+use moat::metrics::Metrics;
+use moat::policy::{self, Policy};
+
+#[derive(Parser)]
+#[command(
+    name = "moat",
+    version,
+    about = "A gateway of compensating controls for legacy medical devices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a policy file.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a policy file and everything it refers to, then print a
+    /// summary. Exits non-zero on any error, like `nginx -t`.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Certificate tooling.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Run a simulated legacy device behind the gateway, on loopback.
+    Demo {
+        /// First port to listen on (the demo uses PORT, PORT+1 and PORT+10);
+        /// 0 picks free ports.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a development CA, server and client certificates into DIR.
+    /// For tests and demos only: the CA key is written next to them.
+    Dev { dir: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let _ = rustls::crypto::CryptoProvider::install_default(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    );
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Certs {
+            command: CertsCommand::Dev { dir },
+        } => match moat::certs::write_dev_set(&dir) {
+            Ok(set) => {
+                println!("wrote development certificates to {}", set.dir.display());
+                println!("  CA:     {}", set.ca.display());
+                println!(
+                    "  server: {} (localhost, 127.0.0.1, ::1)",
+                    set.server_cert.display()
+                );
+                println!(
+                    "  server: {} ({})",
+                    set.server_rsa_cert.display(),
+                    moat::certs::RSA_SERVER_NAME
+                );
+                println!(
+                    "  client: {} (CN={})",
+                    set.client_cert.display(),
+                    moat::certs::CLIENT_NAME
+                );
+                println!("never use these for a real device: the CA key is in the same folder");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("moat certs dev: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => runtime().block_on(run(&config)),
+        Command::Demo { port } => {
+            match runtime().block_on(moat::demo::run(moat::demo::DemoOptions { port })) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("moat demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_or_report(config: &Path) -> Option<Policy> {
+    match policy::load(config, 1) {
+        Ok(p) => Some(p),
+        Err(errors) => {
+            for e in errors.iter() {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{}: {} error(s); nothing applied",
+                config.display(),
+                errors.len()
+            );
+            None
+        }
+    }
+}
+
+async fn run(config: &Path) -> ExitCode {
+    let Some(policy) = load_or_report(config) else {
+        return ExitCode::from(2);
+    };
+    let grace = policy.shutdown_grace;
+    let audit = match Audit::start(&policy.audit_log).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let gateway = match Gateway::start(policy, audit, Arc::new(Metrics::new())).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("moat: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    moat::signals::wait_for_shutdown().await;
+    gateway.shutdown(grace).await;
+    ExitCode::SUCCESS
+}
+
+fn check(config: &Path) -> ExitCode {
+    let Some(policy) = load_or_report(config) else {
+        return ExitCode::from(2);
+    };
+    let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
+    let today = &today[..10];
+    println!("{}: OK", config.display());
+    println!("policy hash: {}", policy.content_hash);
+    println!("devices: {}", policy.devices.len());
+    for d in &policy.devices {
+        let eos = match &d.end_of_support {
+            Some(date) if date.as_str() < today => {
+                format!("end of support {date} (PAST: compensating controls required)")
+            }
+            Some(date) => format!("end of support {date}"),
+            None => "end of support not recorded".to_string(),
+        };
+        println!(
+            "  {} \"{}\" ({} {}, {}): {eos}",
+            d.id, d.name, d.manufacturer, d.model, d.location
+        );
+        for s in policy.services.iter().filter(|s| s.device.id == d.id) {
+            let tls = match &s.tls {
+                None => "PLAINTEXT".to_string(),
+                Some(t) => {
+                    let names: Vec<&str> = t
+                        .certificates
+                        .iter()
+                        .flat_map(|c| c.dns_names.iter().map(String::as_str))
+                        .collect();
+                    let client = match t.client_cert {
+                        Some(moat::config::schema::ClientCertMode::Required) => {
+                            ", client cert required"
+                        }
+                        Some(moat::config::schema::ClientCertMode::Optional) => {
+                            ", client cert optional"
+                        }
+                        None => "",
+                    };
+                    format!(
+                        "tls ({} cert(s): {}{client})",
+                        t.certificates.len(),
+                        names.join(", ")
+                    )
+                }
+            };
+            println!(
+                "    {:<12} {} -> {}  {tls}; allow {} entries, deny {}; max {} connections",
+                s.name,
+                s.listen,
+                s.upstream,
+                s.access.allow.len(),
+                s.access.deny.len(),
+                s.max_connections
+            );
+        }
+    }
+    if !policy.networks.is_empty() {
+        let sets: Vec<String> = policy
+            .networks
+            .iter()
+            .map(|(n, c)| format!("{n} ({c})"))
+            .collect();
+        println!("network sets: {}", sets.join(", "));
+    }
+    println!("files: {}", policy.sources.len());
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,437 @@
+//! config → policy. Every check that `moat run` depends on happens here,
+//! so `moat check` and a reload see exactly what the gateway would enforce.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::{AccessList, AuditTarget, CidrSet, Device, Policy, Service, Upstream};
+use crate::config::schema::{ClientCertMode, FileConfig, ServiceSection, TlsSection};
+use crate::config::{self, did_you_mean, netfile, ConfigError, ConfigErrors, LoadedConfig};
+use crate::tls;
+
+/// Reads `path` (and every file it names) and compiles it.
+pub fn load(path: &Path, version: u64) -> Result<Policy, ConfigErrors> {
+    let loaded = config::load(path)?;
+    compile(&loaded, version)
+}
+
+/// A network set resolved to its entries.
+struct NetworkSet {
+    nets: Vec<IpNet>,
+}
+
+struct Compiler<'a> {
+    cfg: &'a LoadedConfig,
+    errors: ConfigErrors,
+    /// Files read besides the main one, with their bytes for the hash.
+    sources: BTreeMap<PathBuf, Vec<u8>>,
+}
+
+pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors> {
+    let mut c = Compiler {
+        cfg,
+        errors: ConfigErrors::default(),
+        sources: BTreeMap::new(),
+    };
+    let file: &FileConfig = &cfg.file;
+
+    let networks = c.networks();
+    let admin_listen = file
+        .admin
+        .enabled
+        .then(|| c.socket_addr(&file.admin.listen, "admin.listen"))
+        .flatten();
+
+    let audit_log = match file.gateway.audit_log.get_ref().as_str() {
+        "-" => AuditTarget::Stdout,
+        "" => {
+            let e = cfg.error_at(
+                file.gateway.audit_log.span(),
+                "must be a file path or \"-\" for stdout",
+            );
+            c.errors.push(e.with_field("gateway.audit_log"));
+            AuditTarget::Stdout
+        }
+        p => AuditTarget::File(cfg.resolve(p)),
+    };
+
+    let mut devices = Vec::new();
+    let mut services = Vec::new();
+    let mut device_ids: HashMap<&str, ()> = HashMap::new();
+    let mut listens: HashMap<SocketAddr, String> = HashMap::new();
+    if let Some(admin) = admin_listen {
+        listens.insert(admin, "admin.listen".into());
+    }
+
+    for (di, d) in file.devices.iter().enumerate() {
+        let field = format!("device[{di}]");
+        let id = d.id.get_ref();
+        if !is_identifier(id) {
+            c.err(
+                d.id.span(),
+                &format!("{field}.id"),
+                format!("{id:?} must be letters, digits, '-', '_' or '.'"),
+            );
+        } else if device_ids.insert(id, ()).is_some() {
+            c.err(
+                d.id.span(),
+                &format!("{field}.id"),
+                format!("duplicate device id {id:?}"),
+            );
+        }
+        let end_of_support = d.end_of_support.as_ref().and_then(|eos| {
+            let dt = eos.get_ref();
+            match (dt.date, dt.time) {
+                (Some(date), None) => Some(date.to_string()),
+                _ => {
+                    c.err(
+                        eos.span(),
+                        &format!("{field}.end_of_support"),
+                        "must be a date such as 2019-06-30".into(),
+                    );
+                    None
+                }
+            }
+        });
+        let device = Arc::new(Device {
+            id: Arc::from(id.as_str()),
+            name: d.name.clone(),
+            manufacturer: d.manufacturer.clone(),
+            model: d.model.clone(),
+            location: d.location.clone(),
+            owner: d.owner.clone(),
+            end_of_support,
+        });
+        if d.services.is_empty() {
+            c.err(
+                d.id.span(),
+                &field,
+                "a device needs at least one [[device.service]]".into(),
+            );
+        }
+        let mut names: HashMap<&str, ()> = HashMap::new();
+        for (si, s) in d.services.iter().enumerate() {
+            let field = format!("{field}.service[{si}]");
+            let name = s.name.get_ref();
+            if !is_identifier(name) {
+                c.err(
+                    s.name.span(),
+                    &format!("{field}.name"),
+                    format!("{name:?} must be letters, digits, '-', '_' or '.'"),
+                );
+            } else if names.insert(name, ()).is_some() {
+                c.err(
+                    s.name.span(),
+                    &format!("{field}.name"),
+                    format!("duplicate service name {name:?} in device {id:?}"),
+                );
+            }
+            if let Some(listen) = c.socket_addr(&s.listen, &format!("{field}.listen")) {
+                // Port 0 asks the OS for a free port, so it cannot clash.
+                if listen.port() != 0 {
+                    if let Some(first) = listens.get(&listen) {
+                        let msg = format!("{listen} is already used by {first}");
+                        c.err(s.listen.span(), &format!("{field}.listen"), msg);
+                    } else {
+                        listens.insert(listen, format!("{field}.listen"));
+                    }
+                }
+                if let Some(service) = c.service(s, &field, &device, listen, &networks) {
+                    services.push(Arc::new(service));
+                }
+            }
+        }
+        devices.push(device);
+    }
+
+    let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    hasher.update(cfg.source.as_bytes());
+    for (path, bytes) in &c.sources {
+        hasher.update(path.to_string_lossy().as_bytes());
+        hasher.update(bytes);
+    }
+    let content_hash = tls::hex(hasher.finish().as_ref());
+    let mut sources = vec![cfg.path.clone()];
+    sources.extend(c.sources.keys().cloned());
+
+    let policy = Policy {
+        version,
+        content_hash,
+        audit_log,
+        shutdown_grace: file.gateway.shutdown_grace.0,
+        admin_listen,
+        devices,
+        services,
+        networks: networks
+            .iter()
+            .map(|(k, v)| (k.clone(), v.nets.len()))
+            .collect(),
+        sources,
+    };
+    c.errors.into_result(policy)
+}
+
+impl Compiler<'_> {
+    fn err(&mut self, span: std::ops::Range<usize>, field: &str, message: String) {
+        let e = self.cfg.error_at(span, message).with_field(field);
+        self.errors.push(e);
+    }
+
+    /// Reads a file the config refers to, remembering it for the hash and
+    /// the reload watcher.
+    fn read_file(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let bytes = std::fs::read(path)?;
+        self.sources.insert(path.to_path_buf(), bytes.clone());
+        Ok(bytes)
+    }
+
+    fn socket_addr(&mut self, s: &Spanned<String>, field: &str) -> Option<SocketAddr> {
+        match s.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let msg = format!(
+                    "{:?} is not an address:port such as \"0.0.0.0:11112\" or \"[::]:443\"",
+                    s.get_ref()
+                );
+                self.err(s.span(), field, msg);
+                None
+            }
+        }
+    }
+
+    fn networks(&mut self) -> BTreeMap<String, NetworkSet> {
+        let mut out = BTreeMap::new();
+        for (name, set) in &self.cfg.file.networks {
+            let field = format!("networks.{}", name.get_ref());
+            if !is_identifier(name.get_ref()) || looks_like_address(name.get_ref()) {
+                let msg = format!("{:?} must be a name of letters, digits, '-', '_' or '.' that does not look like an address", name.get_ref());
+                self.err(name.span(), &field, msg);
+                continue;
+            }
+            let mut nets = Vec::new();
+            for entry in &set.cidrs {
+                match netfile::parse_net(entry.get_ref()) {
+                    Ok(n) => nets.push(n),
+                    Err(msg) => self.err(entry.span(), &format!("{field}.cidrs"), msg),
+                }
+            }
+            if let Some(file) = &set.file {
+                let path = self.cfg.resolve(file.get_ref());
+                match self.read_file(&path) {
+                    Ok(bytes) => {
+                        let text = String::from_utf8_lossy(&bytes);
+                        match netfile::parse(&path, &text) {
+                            Ok(entries) => nets.extend(entries.into_iter().map(|e| e.net)),
+                            Err(errs) => self.errors.0.extend(errs.0),
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("cannot read network set file {}: {e}", path.display());
+                        self.err(file.span(), &format!("{field}.file"), msg);
+                    }
+                }
+            }
+            if set.cidrs.is_empty() && set.file.is_none() {
+                self.err(
+                    name.span(),
+                    &field,
+                    "a network set needs `cidrs`, `file` or both".into(),
+                );
+            }
+            out.insert(name.get_ref().clone(), NetworkSet { nets });
+        }
+        out
+    }
+
+    /// Resolves allow/deny entries (CIDRs, addresses or set names).
+    fn cidr_set(
+        &mut self,
+        entries: &[Spanned<String>],
+        field: &str,
+        networks: &BTreeMap<String, NetworkSet>,
+    ) -> CidrSet {
+        let mut set = CidrSet::new();
+        for entry in entries {
+            let text = entry.get_ref().trim();
+            if looks_like_address(text) {
+                match netfile::parse_net(text) {
+                    Ok(n) => set.insert(n),
+                    Err(msg) => self.err(entry.span(), field, msg),
+                }
+            } else if let Some(named) = networks.get(text) {
+                named.nets.iter().for_each(|n| set.insert(*n));
+            } else {
+                let mut msg = format!("unknown network set {text:?}");
+                match did_you_mean(text, networks.keys().map(String::as_str)) {
+                    Some(s) => msg.push_str(&format!("; did you mean {s:?}?")),
+                    None if networks.is_empty() => msg.push_str(" (no [networks] are defined)"),
+                    None => {}
+                }
+                self.err(entry.span(), field, msg);
+            }
+        }
+        set
+    }
+
+    fn service(
+        &mut self,
+        s: &ServiceSection,
+        field: &str,
+        device: &Arc<Device>,
+        listen: SocketAddr,
+        networks: &BTreeMap<String, NetworkSet>,
+    ) -> Option<Service> {
+        let before = self.errors.len();
+        let upstream = Upstream::parse(s.upstream.get_ref());
+        if upstream.is_none() {
+            let msg = format!(
+                "{:?} is not host:port (e.g. \"10.20.0.5:104\")",
+                s.upstream.get_ref()
+            );
+            self.err(s.upstream.span(), &format!("{field}.upstream"), msg);
+        }
+        if s.allow.get_ref().is_empty() {
+            let msg = "an empty allow list admits no one; list source networks (write \"0.0.0.0/0\" and \"::/0\" to admit everyone)";
+            self.err(s.allow.span(), &format!("{field}.allow"), msg.into());
+        }
+        let access = AccessList {
+            allow: self.cidr_set(s.allow.get_ref(), &format!("{field}.allow"), networks),
+            deny: self.cidr_set(&s.deny, &format!("{field}.deny"), networks),
+        };
+        if *s.max_connections.get_ref() == 0 {
+            self.err(
+                s.max_connections.span(),
+                &format!("{field}.max_connections"),
+                "must be at least 1".into(),
+            );
+        }
+        let tls = match (&s.tls, s.plaintext) {
+            (Some(t), false) => self.tls(t, &format!("{field}.tls")),
+            (None, true) => None,
+            (Some(_), true) => {
+                self.err(
+                    s.name.span(),
+                    field,
+                    "set either a [tls] table or `plaintext = true`, not both".into(),
+                );
+                None
+            }
+            (None, false) => {
+                let msg = "no [tls] table: add one, or write `plaintext = true` to accept cleartext on purpose";
+                self.err(s.name.span(), field, msg.into());
+                None
+            }
+        };
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(Service {
+            device: device.clone(),
+            name: Arc::from(s.name.get_ref().as_str()),
+            protocol: s.protocol,
+            listen,
+            upstream: upstream?,
+            access,
+            max_connections: *s.max_connections.get_ref(),
+            connect_timeout: s.connect_timeout.0,
+            idle_timeout: s.idle_timeout.0,
+            handshake_timeout: s.handshake_timeout.0,
+            tls,
+        })
+    }
+
+    fn tls(&mut self, t: &TlsSection, field: &str) -> Option<tls::TlsTermination> {
+        let before = self.errors.len();
+        let mut certificates = Vec::new();
+        if t.certificates.get_ref().is_empty() {
+            self.err(
+                t.certificates.span(),
+                &format!("{field}.certificates"),
+                "at least one certificate is needed".into(),
+            );
+        }
+        for (i, pair) in t.certificates.get_ref().iter().enumerate() {
+            let cert = self.cfg.resolve(pair.cert.get_ref());
+            let key = self.cfg.resolve(pair.key.get_ref());
+            // Read through the compiler so the files are hashed and watched.
+            let _ = self.read_file(&cert);
+            let _ = self.read_file(&key);
+            match tls::load_certificate(&cert, &key) {
+                Ok(c) => certificates.push(c),
+                Err(msg) => {
+                    let span = if msg.starts_with(&key.display().to_string()) {
+                        pair.key.span()
+                    } else {
+                        pair.cert.span()
+                    };
+                    self.err(span, &format!("{field}.certificates[{i}]"), msg);
+                }
+            }
+        }
+        let client_roots = match &t.client_ca {
+            Some(ca) => {
+                let path = self.cfg.resolve(ca.get_ref());
+                let _ = self.read_file(&path);
+                match tls::load_roots(&path) {
+                    Ok(r) => Some(r),
+                    Err(msg) => {
+                        self.err(ca.span(), &format!("{field}.client_ca"), msg);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let client_cert = match (&t.client_ca, &t.client_cert) {
+            (Some(_), None) => Some(ClientCertMode::Required),
+            (Some(_), Some(m)) => Some(*m.get_ref()),
+            (None, Some(m)) => {
+                self.err(
+                    m.span(),
+                    &format!("{field}.client_cert"),
+                    "needs `client_ca` to verify client certificates against".into(),
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        if self.errors.len() != before {
+            return None;
+        }
+        let inputs = tls::TlsInputs {
+            certificates,
+            alpn: t.alpn.clone(),
+            min_version: t.min_version,
+            client_roots,
+            client_cert,
+        };
+        match tls::build_termination(inputs) {
+            Ok(t) => Some(t),
+            Err(msg) => {
+                let e = ConfigError::file(&self.cfg.path, msg).with_field(field);
+                self.errors.push(e);
+                None
+            }
+        }
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Entries with a ':' or a leading digit are addresses; anything else is a
+/// network-set name.
+fn looks_like_address(s: &str) -> bool {
+    s.contains(':') || s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests;

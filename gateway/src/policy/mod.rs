@@ -1,0 +1,116 @@
+//! What the gateway enforces: an immutable policy compiled from a fully
+//! valid configuration. A policy is never partly built: [`compile`] either
+//! returns a whole [`Policy`] or every error it found.
+
+pub mod cidr;
+mod compile;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use cidr::{AccessList, CidrSet, SourceRefusal};
+pub use compile::{compile, load};
+
+use crate::config::schema::Protocol;
+use crate::tls::TlsTermination;
+
+#[derive(Debug)]
+pub struct Policy {
+    /// Grows by one with every policy published in this process.
+    pub version: u64,
+    /// SHA-256 over every file the policy was built from.
+    pub content_hash: String,
+    pub audit_log: AuditTarget,
+    pub shutdown_grace: Duration,
+    pub admin_listen: Option<SocketAddr>,
+    pub devices: Vec<Arc<Device>>,
+    pub services: Vec<Arc<Service>>,
+    /// Named network sets and how many entries each holds.
+    pub networks: Vec<(String, usize)>,
+    /// Every file read to build this policy (watched for reloads).
+    pub sources: Vec<PathBuf>,
+}
+
+impl Policy {
+    pub fn service_by_listen(&self, listen: SocketAddr) -> Option<&Arc<Service>> {
+        self.services.iter().find(|s| s.listen == listen)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// A device in the inventory, as the IMDRF guidance asks for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Device {
+    pub id: Arc<str>,
+    pub name: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub location: String,
+    pub owner: String,
+    /// `YYYY-MM-DD`
+    pub end_of_support: Option<String>,
+}
+
+/// One listening port in front of one device port.
+#[derive(Debug)]
+pub struct Service {
+    pub device: Arc<Device>,
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub access: AccessList,
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// `None` means plaintext, which the config had to ask for explicitly.
+    pub tls: Option<TlsTermination>,
+}
+
+/// Where a device listens, as `host:port`; resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Upstream {
+    pub fn parse(s: &str) -> Option<Upstream> {
+        let (host, port) = s.rsplit_once(':')?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+        let valid_host = !host.is_empty()
+            && (host.parse::<std::net::IpAddr>().is_ok()
+                || host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+        valid_host.then(|| Upstream {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

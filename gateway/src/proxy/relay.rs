@@ -1,0 +1,169 @@
+//! Bidirectional byte copy between client and device, with byte counts,
+//! half-close, an idle timeout and "who closed first".
+//!
+//! The copy itself is tokio's `copy_bidirectional_with_sizes`: one buffer per
+//! direction, allocated once per connection, reused for every read, and a
+//! shutdown of the write side when the other side reaches EOF (half-close).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::ClosedBy;
+
+/// One TLS record's worth: reads line up with records on the client side.
+const BUF_SIZE: usize = 16 * 1024;
+
+const SIDE_CLIENT: u8 = 1;
+const SIDE_UPSTREAM: u8 = 2;
+
+/// Shared between the two halves of a connection.
+struct Activity {
+    started: Instant,
+    /// Milliseconds after `started` of the last byte read on either side.
+    last_ms: AtomicU64,
+    first_eof: AtomicU8,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// A stream that counts bytes and records activity and EOF.
+struct Metered<S> {
+    inner: S,
+    side: u8,
+    activity: Arc<Activity>,
+    read: u64,
+    written: u64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            let n = (buf.filled().len() - before) as u64;
+            if n == 0 {
+                let _ = self.activity.first_eof.compare_exchange(
+                    0,
+                    self.side,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            } else {
+                self.read += n;
+                self.activity.touch();
+            }
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            self.written += n as u64;
+        }
+        res
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How a relayed connection ended.
+#[derive(Debug)]
+pub struct RelayOutcome {
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    pub closed_by: ClosedBy,
+    pub error: Option<String>,
+}
+
+/// Copies bytes both ways until both sides are done, the connection is idle
+/// for `idle_timeout`, or `stop` is cancelled.
+pub async fn relay<C, U>(
+    client: C,
+    upstream: U,
+    idle_timeout: Duration,
+    stop: &CancellationToken,
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Arc::new(Activity {
+        started: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        first_eof: AtomicU8::new(0),
+    });
+    let mut client = Metered {
+        inner: client,
+        side: SIDE_CLIENT,
+        activity: activity.clone(),
+        read: 0,
+        written: 0,
+    };
+    let mut upstream = Metered {
+        inner: upstream,
+        side: SIDE_UPSTREAM,
+        activity: activity.clone(),
+        read: 0,
+        written: 0,
+    };
+    let (closed_by, error) = tokio::select! {
+        res = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF_SIZE, BUF_SIZE) => match res {
+            Ok(_) => {
+                let by = match activity.first_eof.load(Ordering::Relaxed) {
+                    SIDE_UPSTREAM => ClosedBy::Upstream,
+                    _ => ClosedBy::Client,
+                };
+                (by, None)
+            }
+            Err(e) => (ClosedBy::Error, Some(e.to_string())),
+        },
+        _ = idle_expired(&activity, idle_timeout) => (ClosedBy::IdleTimeout, None),
+        _ = stop.cancelled() => (ClosedBy::Shutdown, None),
+    };
+    RelayOutcome {
+        bytes_from_client: client.read,
+        bytes_to_client: client.written,
+        closed_by,
+        error,
+    }
+}
+
+async fn idle_expired(activity: &Activity, idle: Duration) {
+    loop {
+        let last =
+            activity.started + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
+        let deadline = last + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}

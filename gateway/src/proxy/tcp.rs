@@ -1,0 +1,258 @@
+//! The L4 proxy: accept → connection controls (before any TLS work) → TLS
+//! termination → connect to the device → relay → audit.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout, Instant};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::relay::relay;
+use crate::audit::{ConnMeta, Event, TlsInfo};
+use crate::controls::{self, Denial, Reason};
+use crate::gateway::{Runtime, ServiceKey};
+use crate::metrics::{ByteLabels, ServiceLabels};
+use crate::policy::Service;
+use crate::tls::{version_name, ClientIdentity};
+
+/// Accepts connections for one service until `stop` is cancelled.
+pub async fn accept_loop(
+    listener: TcpListener,
+    key: ServiceKey,
+    rt: Arc<Runtime>,
+    stop: CancellationToken,
+) {
+    let listen = listener
+        .local_addr()
+        .expect("bound listener has an address");
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (socket, client) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off briefly
+                // instead of spinning on a failing accept.
+                tracing::warn!(error = %e, %listen, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(service) = rt.service(&key) else {
+            // The service left the policy; its listener is closing.
+            continue;
+        };
+        let conn = ConnMeta {
+            conn_id: rt.next_conn_id(),
+            device: key.device.clone(),
+            service: key.service.clone(),
+            client,
+            listen,
+        };
+        let state = rt.state(&key);
+        let rt2 = rt.clone();
+        rt.connections.spawn(async move {
+            // Cheapest checks first, before the TLS handshake costs anything.
+            let admitted = match controls::admit_connection(&service, &state, client.ip()) {
+                Ok(a) => a,
+                Err(denial) => return deny(&rt2, conn, denial, None, None),
+            };
+            let _slot = admitted.slot;
+            let matched = admitted.matched.to_string();
+            handle(socket, service, conn, matched, rt2).await;
+        });
+    }
+}
+
+async fn handle(
+    socket: TcpStream,
+    service: Arc<Service>,
+    conn: ConnMeta,
+    matched: String,
+    rt: Arc<Runtime>,
+) {
+    let _ = socket.set_nodelay(true);
+    let Some(tls) = &service.tls else {
+        let Some(upstream) = connect_upstream(&service, &conn, &rt, None, None).await else {
+            return;
+        };
+        return run(socket, upstream, &service, conn, matched, None, None, &rt).await;
+    };
+
+    let acceptor = TlsAcceptor::from(tls.server_config.clone());
+    let stream = match timeout(service.handshake_timeout, acceptor.accept(socket)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return deny(&rt, conn, classify_tls_error(&e), None, None),
+        Err(_) => {
+            let detail = format!("no handshake within {:?}", service.handshake_timeout);
+            return deny(
+                &rt,
+                conn,
+                Denial::with_detail(Reason::TlsHandshakeTimeout, detail),
+                None,
+                None,
+            );
+        }
+    };
+    let (info, identity) = describe_tls(&stream);
+    let Some(upstream) =
+        connect_upstream(&service, &conn, &rt, Some(&info), identity.as_ref()).await
+    else {
+        return;
+    };
+    run(
+        stream,
+        upstream,
+        &service,
+        conn,
+        matched,
+        Some(info),
+        identity,
+        &rt,
+    )
+    .await;
+}
+
+async fn connect_upstream(
+    service: &Service,
+    conn: &ConnMeta,
+    rt: &Runtime,
+    tls: Option<&TlsInfo>,
+    identity: Option<&ClientIdentity>,
+) -> Option<TcpStream> {
+    let target = (service.upstream.host.as_str(), service.upstream.port);
+    let denial = match timeout(service.connect_timeout, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            return Some(s);
+        }
+        Ok(Err(e)) => Denial::with_detail(
+            Reason::UpstreamUnreachable,
+            format!("{}: {e}", service.upstream),
+        ),
+        Err(_) => Denial::with_detail(
+            Reason::UpstreamTimeout,
+            format!(
+                "{}: no answer within {:?}",
+                service.upstream, service.connect_timeout
+            ),
+        ),
+    };
+    tracing::warn!(device = %conn.device, service = %conn.service, reason = %denial.reason, detail = ?denial.detail, "upstream connect failed");
+    deny(rt, conn.clone(), denial, tls.cloned(), identity.cloned());
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run<C>(
+    client: C,
+    upstream: TcpStream,
+    service: &Service,
+    conn: ConnMeta,
+    matched: String,
+    tls: Option<TlsInfo>,
+    client_identity: Option<ClientIdentity>,
+    rt: &Runtime,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    rt.metrics.outcome(&conn.device, &conn.service, Ok(()));
+    let labels = ServiceLabels {
+        device: conn.device.to_string(),
+        service: conn.service.to_string(),
+    };
+    rt.metrics.active.get_or_create(&labels).inc();
+    rt.audit.record(Event::ConnectionAllowed {
+        conn: conn.clone(),
+        matched,
+        upstream: service.upstream.to_string(),
+        tls,
+        client_identity,
+    });
+
+    let outcome = relay(client, upstream, service.idle_timeout, &rt.hard_stop).await;
+
+    rt.metrics.active.get_or_create(&labels).dec();
+    for (direction, n) in [
+        ("from_client", outcome.bytes_from_client),
+        ("to_client", outcome.bytes_to_client),
+    ] {
+        rt.metrics
+            .bytes
+            .get_or_create(&ByteLabels {
+                device: labels.device.clone(),
+                service: labels.service.clone(),
+                direction,
+            })
+            .inc_by(n);
+    }
+    rt.audit.record(Event::ConnectionClosed {
+        conn,
+        bytes_from_client: outcome.bytes_from_client,
+        bytes_to_client: outcome.bytes_to_client,
+        duration_ms: started.elapsed().as_millis() as u64,
+        closed_by: outcome.closed_by,
+        error: outcome.error,
+    });
+}
+
+fn deny(
+    rt: &Runtime,
+    conn: ConnMeta,
+    denial: Denial,
+    tls: Option<TlsInfo>,
+    client_identity: Option<ClientIdentity>,
+) {
+    rt.metrics
+        .outcome(&conn.device, &conn.service, Err(denial.reason));
+    tracing::debug!(client = %conn.client, device = %conn.device, service = %conn.service, reason = %denial.reason, "denied");
+    rt.audit.record(Event::ConnectionDenied {
+        conn,
+        reason: denial.reason,
+        detail: denial.detail,
+        tls,
+        client_identity,
+    });
+}
+
+fn describe_tls(stream: &TlsStream<TcpStream>) -> (TlsInfo, Option<ClientIdentity>) {
+    let (_, session) = stream.get_ref();
+    let info = TlsInfo {
+        version: session.protocol_version().map_or("unknown", version_name),
+        cipher: session
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+        sni: session.server_name().map(str::to_string),
+        alpn: session
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+    };
+    let identity = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| ClientIdentity::from_der(leaf));
+    (info, identity)
+}
+
+fn classify_tls_error(e: &io::Error) -> Denial {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return Denial::with_detail(Reason::TlsHandshakeFailed, e.to_string());
+    };
+    let reason = match tls {
+        rustls::Error::NoCertificatesPresented => Reason::ClientCertRequired,
+        rustls::Error::InvalidCertificate(_) => Reason::ClientCertRejected,
+        _ => Reason::TlsHandshakeFailed,
+    };
+    Denial::with_detail(reason, tls.to_string())
+}

@@ -1,0 +1,277 @@
+//! TLS termination: compiling a service's TLS settings into a rustls
+//! `ServerConfig`, choosing a certificate by SNI, and naming the client
+//! behind a client certificate.
+//!
+//! Only TLS 1.2 and 1.3 exist in rustls, so nothing older can ever be
+//! negotiated; `min_version = "1.3"` narrows that further.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use serde::Serialize;
+
+use crate::config::schema::{ClientCertMode, TlsVersion};
+
+/// The crypto provider used everywhere in moat.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A compiled TLS termination for one service.
+#[derive(Debug)]
+pub struct TlsTermination {
+    pub server_config: Arc<ServerConfig>,
+    pub client_cert: Option<ClientCertMode>,
+    /// Names and files of the certificates served, for summaries.
+    pub certificates: Vec<LoadedCertificate>,
+}
+
+/// A certificate chain and its key, checked to belong together.
+#[derive(Debug, Clone)]
+pub struct LoadedCertificate {
+    pub key: Arc<CertifiedKey>,
+    /// DNS names (from SANs) this certificate answers for under SNI.
+    pub dns_names: Vec<String>,
+    pub not_after: String,
+}
+
+/// A problem with one TLS input file; the caller adds the config location.
+pub type TlsError = String;
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: contains no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| format!("{}: not a PEM key file: {e}", path.display()))?
+        .ok_or_else(|| format!("{}: contains no PEM private key", path.display()))
+}
+
+/// Loads a chain and key, refusing mismatched pairs and expired leaves.
+pub fn load_certificate(cert_path: &Path, key_path: &Path) -> Result<LoadedCertificate, TlsError> {
+    let chain = load_certs(cert_path)?;
+    let key_der = load_key(key_path)?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| format!("{}: unsupported private key: {e}", key_path.display()))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match().map_err(|_| {
+        format!(
+            "{} does not match the certificate in {}",
+            key_path.display(),
+            cert_path.display()
+        )
+    })?;
+    let leaf_der = certified
+        .end_entity_cert()
+        .expect("chain is not empty")
+        .to_vec();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der)
+        .map_err(|e| format!("{}: cannot parse certificate: {e}", cert_path.display()))?;
+    let validity = leaf.validity();
+    if !validity.is_valid() {
+        return Err(format!(
+            "{}: certificate is not valid now (valid {} to {})",
+            cert_path.display(),
+            validity.not_before,
+            validity.not_after
+        ));
+    }
+    let mut dns_names = Vec::new();
+    if let Ok(Some(san)) = leaf.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = name {
+                dns_names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(LoadedCertificate {
+        key: Arc::new(certified),
+        dns_names,
+        not_after: validity.not_after.to_string(),
+    })
+}
+
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+pub struct TlsInputs {
+    pub certificates: Vec<LoadedCertificate>,
+    pub alpn: Vec<String>,
+    pub min_version: TlsVersion,
+    pub client_roots: Option<RootCertStore>,
+    pub client_cert: Option<ClientCertMode>,
+}
+
+pub fn build_termination(inputs: TlsInputs) -> Result<TlsTermination, TlsError> {
+    let versions: &[&rustls::SupportedProtocolVersion] = match inputs.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = match (&inputs.client_roots, inputs.client_cert) {
+        (Some(roots), Some(mode)) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider());
+            let verifier = match mode {
+                ClientCertMode::Required => verifier,
+                ClientCertMode::Optional => verifier.allow_unauthenticated(),
+            };
+            builder
+                .with_client_cert_verifier(verifier.build().map_err(|e| format!("client_ca: {e}"))?)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let resolver = SniResolver::new(&inputs.certificates);
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = inputs.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(TlsTermination {
+        server_config: Arc::new(config),
+        client_cert: inputs.client_cert,
+        certificates: inputs.certificates,
+    })
+}
+
+/// Picks a certificate by SNI: exact name, then `*.parent` wildcard, then
+/// the first certificate configured (also used when the client sends no SNI).
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn new(certs: &[LoadedCertificate]) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for c in certs {
+            for name in &c.dns_names {
+                let map = if name.starts_with("*.") {
+                    &mut wildcard
+                } else {
+                    &mut exact
+                };
+                let key = name.trim_start_matches("*.").to_string();
+                // The first certificate that names a host wins, as in the file.
+                map.entry(key).or_insert_with(|| c.key.clone());
+            }
+        }
+        SniResolver {
+            exact,
+            wildcard,
+            default: certs[0].key.clone(),
+        }
+    }
+
+    fn find(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
+        let sni = sni.to_ascii_lowercase();
+        self.exact.get(&sni).or_else(|| {
+            sni.split_once('.')
+                .and_then(|(_, parent)| self.wildcard.get(parent))
+        })
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello.server_name().and_then(|sni| self.find(sni));
+        Some(chosen.unwrap_or(&self.default).clone())
+    }
+}
+
+/// Who a client certificate says the client is. Recorded in the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientIdentity {
+    pub subject: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sans: Vec<String>,
+    pub fingerprint_sha256: String,
+}
+
+impl ClientIdentity {
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string);
+        let mut sans = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            use x509_parser::extensions::GeneralName as N;
+            for name in &san.value.general_names {
+                match name {
+                    N::DNSName(d) => sans.push(format!("DNS:{d}")),
+                    N::RFC822Name(m) => sans.push(format!("email:{m}")),
+                    N::URI(u) => sans.push(format!("URI:{u}")),
+                    N::IPAddress(b) => {
+                        let ip = match b.len() {
+                            4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                            16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                            _ => None,
+                        };
+                        if let Some(ip) = ip {
+                            sans.push(format!("IP:{ip}"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        Some(ClientIdentity {
+            subject: cert.subject().to_string(),
+            common_name,
+            sans,
+            fingerprint_sha256: hex(digest.as_ref()),
+        })
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// A printable name for a negotiated protocol version ("TLSv1.3").
+pub fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "other",
+    }
+}
