@@ -120,7 +120,7 @@ struct Line<'a> {
 }
 
 enum Msg {
-    Record(SystemTime, Event),
+    Record(SystemTime, Box<Event>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -150,7 +150,7 @@ impl Audit {
     pub fn record(&self, event: Event) {
         if self
             .tx
-            .try_send(Msg::Record(SystemTime::now(), event))
+            .try_send(Msg::Record(SystemTime::now(), Box::new(event)))
             .is_err()
         {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -201,7 +201,7 @@ async fn write_loop(
                     line.clear();
                     let record = Line {
                         ts: humantime::format_rfc3339_millis(at).to_string(),
-                        event: &event,
+                        event: &*event,
                     };
                     if serde_json::to_writer(&mut line, &record).is_ok() {
                         line.push(b'\n');

@@ -1,1 +1,280 @@
+//! `moat check`, `moat certs dev` and `moat demo` as an operator runs them:
+//! the real binary, its exit code and exactly what it prints.
 
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use support::*;
+
+fn check(config: &Path) -> Output {
+    Command::new(moat_bin())
+        .args(["check", "-c"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+fn stderr_lines(out: &Output, strip: &Path) -> Vec<String> {
+    let prefix = format!("{}/", strip.display());
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| l.replace(&prefix, ""))
+        .collect()
+}
+
+const GOOD_SERVICE: &str = r#"
+[[device]]
+id = "ct-1"
+name = "CT scanner"
+end_of_support = 2019-06-30
+[[device.service]]
+name = "dicom"
+protocol = "tcp"
+listen = "127.0.0.1:11112"
+upstream = "10.20.0.5:104"
+allow = ["10.0.0.0/8"]
+plaintext = true
+"#;
+
+#[test]
+fn broken_configs_print_file_line_column_and_exit_non_zero() {
+    let ws = Workspace::new();
+    let cases: &[(&str, &str)] = &[
+        (r#"allow = ["10.0.0.0/8"]"#, r#"allow = ["10.0.0.0/33"]"#),
+        (r#"upstream = "10.20.0.5:104""#, r#"upstream = "10.20.0.5""#),
+        (
+            r#"listen = "127.0.0.1:11112""#,
+            r#"listn = "127.0.0.1:11112""#,
+        ),
+        (
+            r#"plaintext = true"#,
+            r#"plaintext = true
+[[device.service]]
+name = "hl7"
+protocol = "tcp"
+listen = "127.0.0.1:11112"
+upstream = "10.20.0.6:2575"
+allow = ["10.0.0.0/8"]
+plaintext = true"#,
+        ),
+        ("[[device]]", "[[device]\n"),
+    ];
+    let expected = [
+        r#"moat.toml:11:10: device[0].service[0].allow: "10.0.0.0/33" is not a valid CIDR"#,
+        r#"moat.toml:10:12: device[0].service[0].upstream: "10.20.0.5" is not host:port (e.g. "10.20.0.5:104")"#,
+        "moat.toml:9:1: unknown field `listn`, expected one of",
+        r#"moat.toml:16:10: device[0].service[1].listen: 127.0.0.1:11112 is already used by device[0].service[0].listen"#,
+        "moat.toml:2:9: invalid table header; expected `.`, `]]`",
+    ];
+    for ((from, to), want) in cases.iter().zip(expected) {
+        let path = ws.write("moat.toml", &GOOD_SERVICE.replacen(from, to, 1));
+        let out = check(&path);
+        assert_eq!(out.status.code(), Some(2), "{want}");
+        let lines = stderr_lines(&out, ws.dir.path());
+        assert!(lines[0].starts_with(want), "want {want:?}\ngot  {lines:?}");
+        assert!(
+            lines.last().unwrap().ends_with("error(s); nothing applied"),
+            "{lines:?}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn unknown_key_suggests_the_right_one() {
+    let ws = Workspace::new();
+    let path = ws.write(
+        "moat.toml",
+        &GOOD_SERVICE
+            .replace("deny", "x")
+            .replace("allow =", "alow ="),
+    );
+    let out = check(&path);
+    let lines = stderr_lines(&out, ws.dir.path());
+    assert!(
+        lines[0].starts_with("moat.toml:11:1: unknown field `alow`"),
+        "{lines:?}"
+    );
+    assert!(lines[0].ends_with("did you mean `allow`?"), "{lines:?}");
+}
+
+#[test]
+fn network_set_file_error_names_that_file_and_line() {
+    let ws = Workspace::new();
+    ws.write("lists.txt", "# ward 3\n10.3.0.0/16\n  10.3.300.0/24\n");
+    let body = format!(
+        "[networks.ward3]\nfile = \"lists.txt\"\n{}",
+        GOOD_SERVICE.replace(r#"["10.0.0.0/8"]"#, r#"["ward3"]"#)
+    );
+    let out = check(&ws.write("moat.toml", &body));
+    assert_eq!(out.status.code(), Some(2));
+    let lines = stderr_lines(&out, ws.dir.path());
+    assert_eq!(
+        lines[0],
+        r#"lists.txt:3:3: "10.3.300.0/24" is not a valid CIDR"#
+    );
+}
+
+#[test]
+fn certificate_errors_are_caught_by_check() {
+    let ws = Workspace::new();
+    let tls = |cert: &Path, key: &Path| {
+        GOOD_SERVICE.replace(
+            "plaintext = true",
+            &format!("[device.service.tls]\ncertificates = [{{ cert = {cert:?}, key = {key:?} }}]"),
+        )
+    };
+    let c = &ws.certs;
+    let out = check(&ws.write("moat.toml", &tls(&c.server_cert, &c.client_key)));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("moat.toml:13:") && err.contains("does not match the certificate"),
+        "{err}"
+    );
+
+    let out = check(&ws.write("moat.toml", &tls(&ws.path("missing.pem"), &c.server_key)));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read") && err.contains("missing.pem"),
+        "{err}"
+    );
+
+    let out = check(&ws.write("moat.toml", &tls(&c.server_cert, &c.server_key)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_good_config_prints_a_summary_and_exits_zero() {
+    let ws = Workspace::new();
+    let out = check(&ws.write("moat.toml", GOOD_SERVICE));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(": OK"), "{stdout}");
+    assert!(stdout.contains("devices: 1"), "{stdout}");
+    assert!(
+        stdout.contains("end of support 2019-06-30 (PAST"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("127.0.0.1:11112 -> 10.20.0.5:104  PLAINTEXT; allow 1 entries, deny 0"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    // config/moat.toml refers to dev certs that `moat certs dev` creates;
+    // check a copy so the repository stays free of private keys.
+    let ws = Workspace::new();
+    let repo_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let copy = ws.path("config");
+    copy_dir(&repo_config, &copy);
+    let status = Command::new(moat_bin())
+        .args(["certs", "dev"])
+        .arg(copy.join("certs/dev"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = check(&copy.join("moat.toml"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn certs_dev_writes_a_usable_set_with_private_keys_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    let dir = ws.path("fresh");
+    let out = Command::new(moat_bin())
+        .args(["certs", "dev"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for f in ["ca.pem", "server.pem", "server-rsa.pem", "client.pem"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    for k in ["ca.key", "server.key", "server-rsa.key", "client.key"] {
+        let mode = std::fs::metadata(dir.join(k)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{k} is readable by others");
+    }
+    moat::tls::load_certificate(&dir.join("server-rsa.pem"), &dir.join("server-rsa.key")).unwrap();
+}
+
+#[test]
+fn demo_serves_the_simulated_device_and_stops_on_sigterm() {
+    require("curl");
+    let mut child = Command::new(moat_bin())
+        .args(["demo", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut next = |pred: &dyn Fn(&str) -> bool| -> String {
+        loop {
+            let line = rx.recv_timeout(DEADLINE).expect("demo output");
+            seen.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
+    };
+    let ca_line =
+        next(&|l| l.trim_start().starts_with("curl --cacert") && !l.contains("--interface"));
+    let cmd: Vec<&str> = ca_line.split_whitespace().collect();
+    let (ca, url) = (cmd[2], cmd[3]);
+    next(&|l| l.contains(r#""service":"web-mtls""#) && l.contains("listener_started"));
+
+    let ok = Command::new("curl")
+        .args(["-sS", "--cacert", ca, url])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("PumpCentral 2009"),
+        "{ok:?}"
+    );
+    let denied = Command::new("curl")
+        .args(["-sS", "--cacert", ca, "--interface", "127.0.0.3", url])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+    next(&|l| l.contains(r#""reason":"denylisted""#));
+
+    signal(child.id(), "TERM");
+    next(&|l| l.contains("gateway_stopped"));
+    let status = wait_for("demo exit", || child.try_wait().unwrap());
+    assert!(status.success());
+}

@@ -73,7 +73,9 @@ pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, ConfigErrors> 
 
 /// toml's messages are good; an unknown key deserves a suggestion on top.
 fn explain_toml_error(message: &str) -> String {
-    let message = message.trim_end();
+    // One error, one line: toml sometimes splits its message over several.
+    let joined = message.trim_end().lines().collect::<Vec<_>>().join("; ");
+    let message = joined.as_str();
     // "unknown field `listn`, expected one of `name`, `listen`, ..."
     let Some(rest) = message.strip_prefix("unknown field `") else {
         return message.to_string();
