@@ -201,7 +201,7 @@ async fn write_loop(
                     line.clear();
                     let record = Line {
                         ts: humantime::format_rfc3339_millis(at).to_string(),
-                        event: &*event,
+                        event: &event,
                     };
                     if serde_json::to_writer(&mut line, &record).is_ok() {
                         line.push(b'\n');

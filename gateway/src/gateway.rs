@@ -65,10 +65,7 @@ impl Runtime {
     /// State kept across reloads for a service.
     pub fn state(&self, key: &ServiceKey) -> Arc<ServiceState> {
         let mut states = self.states.lock().expect("state map poisoned");
-        states
-            .entry(key.clone())
-            .or_insert_with(ServiceState::new)
-            .clone()
+        states.entry(key.clone()).or_default().clone()
     }
 }
 

@@ -34,6 +34,12 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Probe a running gateway's admin /healthz (for container health
+    /// checks, where there is no curl). Exits 0 when healthy.
+    Health {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+    },
     /// Certificate tooling.
     Certs {
         #[command(subcommand)]
@@ -63,6 +69,7 @@ fn main() -> ExitCode {
     );
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Health { admin } => health(admin),
         Command::Certs {
             command: CertsCommand::Dev { dir },
         } => match moat::certs::write_dev_set(&dir) {
@@ -159,6 +166,33 @@ async fn run(config: &Path) -> ExitCode {
     moat::signals::wait_for_shutdown().await;
     gateway.shutdown(grace).await;
     ExitCode::SUCCESS
+}
+
+fn health(admin: std::net::SocketAddr) -> ExitCode {
+    use std::io::{Read, Write};
+    let probe = || -> std::io::Result<String> {
+        let timeout = std::time::Duration::from_secs(2);
+        let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        Ok(response)
+    };
+    match probe() {
+        Ok(r) if r.starts_with("HTTP/1.1 200") => {
+            println!("healthy");
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("unhealthy: {}", r.lines().next().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {admin}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check(config: &Path) -> ExitCode {

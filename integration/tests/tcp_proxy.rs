@@ -101,6 +101,17 @@ fn rustls_client_reaches_upstream_and_every_event_is_audited() {
         "{metrics}"
     );
     assert!(moat.admin_get("/healthz").ends_with("ok\n"));
+    // The container HEALTHCHECK probe.
+    let health = |addr: String| {
+        std::process::Command::new(moat_bin())
+            .args(["health", "--admin", &addr])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(health(moat.admin.unwrap().to_string()));
+    assert!(!health(closed_port().to_string()));
     let devices = moat.admin_get("/devices");
     assert!(
         devices.contains("\"end_of_support\": \"2018-05-31\""),
