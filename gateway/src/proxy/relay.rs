@@ -143,6 +143,9 @@ where
                 };
                 (by, None)
             }
+            // A TLS client that closes TCP without close_notify (most do)
+            // surfaces as UnexpectedEof: that is the client leaving.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => (ClosedBy::Client, None),
             Err(e) => (ClosedBy::Error, Some(e.to_string())),
         },
         _ = idle_expired(&activity, idle_timeout) => (ClosedBy::IdleTimeout, None),

@@ -144,7 +144,7 @@ async fn connect_upstream(
             ),
         ),
     };
-    tracing::warn!(device = %conn.device, service = %conn.service, reason = %denial.reason, detail = ?denial.detail, "upstream connect failed");
+    tracing::warn!(device = %conn.device, service = %conn.service, reason = %denial.reason, detail = denial.detail.as_deref().unwrap_or(""), "upstream connect failed");
     deny(rt, conn.clone(), denial, tls.cloned(), identity.cloned());
     None
 }
