@@ -11,9 +11,25 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::Runtime;
+use crate::gateway::{ReloadOutcome, Reloader, Runtime, Trigger};
 
-pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
+/// `POST /reload`: the same path as SIGHUP and file changes; answers with
+/// the outcome (200 applied or unchanged, 422 rejected with the errors).
+async fn reload(reloader: &Reloader) -> Response<Full<Bytes>> {
+    let outcome = reloader.reload(Trigger::Admin).await;
+    let mut r = json(&outcome);
+    if matches!(outcome, ReloadOutcome::Rejected { .. }) {
+        *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    r
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    rt: Arc<Runtime>,
+    reloader: Arc<Reloader>,
+    stop: CancellationToken,
+) {
     loop {
         let (socket, _) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -26,11 +42,18 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationTo
             },
         };
         let rt = rt.clone();
+        let reloader = reloader.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let rt = rt.clone();
-                async move { Ok::<_, Infallible>(route(&rt, req)) }
+                let reloader = reloader.clone();
+                async move {
+                    if req.method() == Method::POST && req.uri().path() == "/reload" {
+                        return Ok::<_, Infallible>(reload(&reloader).await);
+                    }
+                    Ok(route(&rt, req))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(socket), svc);

@@ -18,6 +18,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::controls::Reason;
+use crate::gateway::Trigger;
+use crate::policy::diff::PolicyDiff;
 use crate::policy::AuditTarget;
 use crate::tls::ClientIdentity;
 
@@ -52,6 +54,8 @@ pub enum ClosedBy {
     Upstream,
     IdleTimeout,
     Shutdown,
+    /// A new policy no longer admits the connection.
+    Revoked,
     Error,
 }
 
@@ -101,6 +105,34 @@ pub enum Event {
         closed_by: ClosedBy,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+    },
+    ListenerStopped {
+        device: Arc<str>,
+        service: Arc<str>,
+        listen: SocketAddr,
+    },
+    /// A live connection that a newly published policy no longer admits.
+    /// Followed by its `connection_closed` with `closed_by: "revoked"`.
+    ConnectionRevoked {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        reason: Reason,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        policy_version: u64,
+    },
+    ReloadApplied {
+        trigger: Trigger,
+        old_version: u64,
+        new_version: u64,
+        old_hash: String,
+        new_hash: String,
+        changes: PolicyDiff,
+    },
+    ReloadRejected {
+        trigger: Trigger,
+        version_in_force: u64,
+        errors: Vec<String>,
     },
     GatewayStopping {
         grace_ms: u64,

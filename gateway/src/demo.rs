@@ -44,18 +44,17 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     std::fs::write(&policy_path, &policy_text)?;
     let policy =
         crate::policy::load(&policy_path, 1).map_err(|e| anyhow::anyhow!("demo policy: {e}"))?;
-    let grace = policy.shutdown_grace;
 
     let audit = Audit::start(&policy.audit_log).await?;
-    let gateway = Gateway::start(policy, audit, Arc::new(Metrics::new()))
+    let gateway = Gateway::start(policy_path.clone(), policy, audit, Arc::new(Metrics::new()))
         .await
         .context("starting the demo gateway (is the port free? try --port)")?;
     let addr_of = |name: &str| {
         gateway
-            .bound
-            .iter()
+            .bound()
+            .into_iter()
             .find(|(k, _)| &*k.service == name)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
             .expect("demo service is bound")
     };
     print_instructions(
@@ -67,9 +66,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         gateway.admin_addr,
     );
 
-    crate::signals::wait_for_shutdown().await;
-    eprintln!("\nstopping the demo …");
-    gateway.shutdown(grace).await;
+    gateway.serve_until_shutdown().await;
     Ok(())
 }
 

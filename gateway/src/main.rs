@@ -149,7 +149,6 @@ async fn run(config: &Path) -> ExitCode {
     let Some(policy) = load_or_report(config) else {
         return ExitCode::from(2);
     };
-    let grace = policy.shutdown_grace;
     let audit = match Audit::start(&policy.audit_log).await {
         Ok(a) => a,
         Err(e) => {
@@ -157,15 +156,21 @@ async fn run(config: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let gateway = match Gateway::start(policy, audit, Arc::new(Metrics::new())).await {
+    let gateway = match Gateway::start(
+        config.to_path_buf(),
+        policy,
+        audit,
+        Arc::new(Metrics::new()),
+    )
+    .await
+    {
         Ok(g) => g,
         Err(e) => {
             eprintln!("moat: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    moat::signals::wait_for_shutdown().await;
-    gateway.shutdown(grace).await;
+    gateway.serve_until_shutdown().await;
     ExitCode::SUCCESS
 }
 

@@ -40,6 +40,13 @@ pub struct Metrics {
     pub bytes: Family<ByteLabels, Counter>,
     pub audit_dropped: Counter<u64, AtomicU64>,
     pub policy_version: Gauge,
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// "applied" or "rejected".
+    pub result: &'static str,
 }
 
 impl Metrics {
@@ -50,6 +57,7 @@ impl Metrics {
         let bytes = Family::<ByteLabels, Counter>::default();
         let audit_dropped = Counter::default();
         let policy_version = Gauge::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "connections",
             "Connections by outcome (allowed or denial reason)",
@@ -78,7 +86,12 @@ impl Metrics {
             bytes,
             audit_dropped,
             policy_version,
+            reloads,
         }
+    }
+
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
     pub fn outcome(&self, device: &str, service: &str, outcome: Result<(), Reason>) {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -28,6 +29,12 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct TlsTermination {
     pub server_config: Arc<ServerConfig>,
     pub client_cert: Option<ClientCertMode>,
+    /// Kept to re-verify live connections' client certificates when a new
+    /// policy changes the trusted CA.
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// SHA-256 over the certificates, keys, CA and settings: tells a reload
+    /// whether anything about this termination changed.
+    pub fingerprint: String,
     /// Names and files of the certificates served, for summaries.
     pub certificates: Vec<LoadedCertificate>,
 }
@@ -124,6 +131,7 @@ pub struct TlsInputs {
     pub min_version: TlsVersion,
     pub client_roots: Option<RootCertStore>,
     pub client_cert: Option<ClientCertMode>,
+    pub fingerprint: String,
 }
 
 pub fn build_termination(inputs: TlsInputs) -> Result<TlsTermination, TlsError> {
@@ -134,7 +142,7 @@ pub fn build_termination(inputs: TlsInputs) -> Result<TlsTermination, TlsError> 
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS versions: {e}"))?;
-    let builder = match (&inputs.client_roots, inputs.client_cert) {
+    let client_verifier = match (&inputs.client_roots, inputs.client_cert) {
         (Some(roots), Some(mode)) => {
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider());
@@ -142,10 +150,13 @@ pub fn build_termination(inputs: TlsInputs) -> Result<TlsTermination, TlsError> 
                 ClientCertMode::Required => verifier,
                 ClientCertMode::Optional => verifier.allow_unauthenticated(),
             };
-            builder
-                .with_client_cert_verifier(verifier.build().map_err(|e| format!("client_ca: {e}"))?)
+            Some(verifier.build().map_err(|e| format!("client_ca: {e}"))?)
         }
-        _ => builder.with_no_client_auth(),
+        _ => None,
+    };
+    let builder = match &client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v.clone()),
+        None => builder.with_no_client_auth(),
     };
     let resolver = SniResolver::new(&inputs.certificates);
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
@@ -153,6 +164,8 @@ pub fn build_termination(inputs: TlsInputs) -> Result<TlsTermination, TlsError> 
     Ok(TlsTermination {
         server_config: Arc::new(config),
         client_cert: inputs.client_cert,
+        client_verifier,
+        fingerprint: inputs.fingerprint,
         certificates: inputs.certificates,
     })
 }

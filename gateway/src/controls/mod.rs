@@ -18,6 +18,9 @@ use ipnet::IpNet;
 pub use concurrency::{ConnectionSlot, ServiceState};
 pub use reason::{Denial, Reason};
 
+use rustls::pki_types::{CertificateDer, UnixTime};
+
+use crate::config::schema::ClientCertMode;
 use crate::policy::{Service, SourceRefusal};
 
 /// A connection that passed the connection-level chain. Holding it holds
@@ -58,4 +61,45 @@ pub fn check_source(service: &Service, client: IpAddr) -> Result<IpNet, Denial> 
             }
             SourceRefusal::NotAllowlisted => Denial::new(Reason::NotAllowlisted),
         })
+}
+
+/// What a live connection was admitted with, kept so it can be re-checked
+/// when a new policy is published.
+#[derive(Debug, Clone)]
+pub struct ConnFacts {
+    pub client: IpAddr,
+    pub tls: bool,
+    /// The client's certificate chain, leaf first, if it presented one.
+    pub peer_chain: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// Would this connection still be admitted under `service` (the new
+/// policy's version of its service, `None` if it is gone)? The same
+/// controls as at accept time, minus the connection cap: a shrunken cap
+/// refuses new connections but does not cut established ones.
+pub fn recheck(service: Option<&Service>, facts: &ConnFacts) -> Result<(), Denial> {
+    let Some(service) = service else {
+        return Err(Denial::new(Reason::ServiceRemoved));
+    };
+    check_source(service, facts.client)?;
+    if service.tls.is_some() != facts.tls {
+        return Err(Denial::new(Reason::TlsPolicyChanged));
+    }
+    let Some(tls) = &service.tls else {
+        return Ok(());
+    };
+    match (&tls.client_verifier, &facts.peer_chain) {
+        (Some(verifier), Some(chain)) => {
+            let (leaf, intermediates) =
+                chain.split_first().expect("a presented chain is not empty");
+            verifier
+                .verify_client_cert(leaf, intermediates, UnixTime::now())
+                .map(|_| ())
+                .map_err(|e| Denial::with_detail(Reason::ClientCertRejected, e.to_string()))
+        }
+        (Some(_), None) if tls.client_cert == Some(ClientCertMode::Required) => {
+            Err(Denial::new(Reason::ClientCertRequired))
+        }
+        _ => Ok(()),
+    }
 }

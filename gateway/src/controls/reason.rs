@@ -25,10 +25,14 @@ pub enum Reason {
     UpstreamUnreachable,
     /// The device did not accept the connection within `connect_timeout`.
     UpstreamTimeout,
+    /// A new policy no longer has the service this connection came through.
+    ServiceRemoved,
+    /// A new policy turned TLS on or off for the service.
+    TlsPolicyChanged,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 11] = [
         Reason::NotAllowlisted,
         Reason::Denylisted,
         Reason::MaxConnections,
@@ -38,6 +42,8 @@ impl Reason {
         Reason::ClientCertRejected,
         Reason::UpstreamUnreachable,
         Reason::UpstreamTimeout,
+        Reason::ServiceRemoved,
+        Reason::TlsPolicyChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +57,8 @@ impl Reason {
             Reason::ClientCertRejected => "client_cert_rejected",
             Reason::UpstreamUnreachable => "upstream_unreachable",
             Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::ServiceRemoved => "service_removed",
+            Reason::TlsPolicyChanged => "tls_policy_changed",
         }
     }
 }

@@ -185,6 +185,9 @@ impl Compiler<'_> {
     /// Reads a file the config refers to, remembering it for the hash and
     /// the reload watcher.
     fn read_file(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
+        if let Some(bytes) = self.sources.get(path) {
+            return Ok(bytes.clone());
+        }
         let bytes = std::fs::read(path)?;
         self.sources.insert(path.to_path_buf(), bytes.clone());
         Ok(bytes)
@@ -403,7 +406,26 @@ impl Compiler<'_> {
         if self.errors.len() != before {
             return None;
         }
+        // Everything that shapes the termination, for change detection.
+        let mut fp = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut files: Vec<&str> = t
+            .certificates
+            .get_ref()
+            .iter()
+            .flat_map(|p| [p.cert.get_ref().as_str(), p.key.get_ref().as_str()])
+            .collect();
+        files.extend(t.client_ca.as_ref().map(|c| c.get_ref().as_str()));
+        for f in files {
+            fp.update(f.as_bytes());
+            fp.update(
+                self.sources
+                    .get(&self.cfg.resolve(f))
+                    .map_or(&[][..], |b| b.as_slice()),
+            );
+        }
+        fp.update(format!("{:?}{:?}{:?}", t.alpn, t.min_version, client_cert).as_bytes());
         let inputs = tls::TlsInputs {
+            fingerprint: tls::hex(fp.finish().as_ref()),
             certificates,
             alpn: t.alpn.clone(),
             min_version: t.min_version,

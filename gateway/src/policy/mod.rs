@@ -4,6 +4,7 @@
 
 pub mod cidr;
 mod compile;
+pub mod diff;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,8 +35,34 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn service_by_listen(&self, listen: SocketAddr) -> Option<&Arc<Service>> {
-        self.services.iter().find(|s| s.listen == listen)
+    /// The service a listener serves under this policy, if any.
+    pub fn service_for(&self, id: &ListenerId) -> Option<&Arc<Service>> {
+        match id {
+            ListenerId::Addr(addr) => self.services.iter().find(|s| s.listen == *addr),
+            ListenerId::Ephemeral(device, name) => self
+                .services
+                .iter()
+                .find(|s| s.listen.port() == 0 && &s.device.id == device && &s.name == name),
+        }
+    }
+}
+
+/// Identifies a listening socket across policy versions. A socket is kept
+/// across a reload exactly when its configured address is unchanged; a
+/// port-0 listener (tests, demos) is tied to its service instead.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenerId {
+    Addr(SocketAddr),
+    Ephemeral(Arc<str>, Arc<str>),
+}
+
+impl ListenerId {
+    pub fn of(s: &Service) -> Self {
+        if s.listen.port() == 0 {
+            ListenerId::Ephemeral(s.device.id.clone(), s.name.clone())
+        } else {
+            ListenerId::Addr(s.listen)
+        }
     }
 }
 

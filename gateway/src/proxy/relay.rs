@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::ClosedBy;
+use crate::controls::Denial;
 
 /// One TLS record's worth: reads line up with records on the client side.
 const BUF_SIZE: usize = 16 * 1024;
@@ -101,15 +102,18 @@ pub struct RelayOutcome {
     pub bytes_to_client: u64,
     pub closed_by: ClosedBy,
     pub error: Option<String>,
+    /// Why a new policy cut the connection, when it did.
+    pub revoked: Option<Denial>,
 }
 
 /// Copies bytes both ways until both sides are done, the connection is idle
-/// for `idle_timeout`, or `stop` is cancelled.
+/// for `idle_timeout`, `stop` is cancelled, or `revoked` resolves.
 pub async fn relay<C, U>(
     client: C,
     upstream: U,
     idle_timeout: Duration,
     stop: &CancellationToken,
+    revoked: impl std::future::Future<Output = Denial>,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -134,6 +138,7 @@ where
         read: 0,
         written: 0,
     };
+    let mut revocation = None;
     let (closed_by, error) = tokio::select! {
         res = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF_SIZE, BUF_SIZE) => match res {
             Ok(_) => {
@@ -150,12 +155,17 @@ where
         },
         _ = idle_expired(&activity, idle_timeout) => (ClosedBy::IdleTimeout, None),
         _ = stop.cancelled() => (ClosedBy::Shutdown, None),
+        denial = revoked => {
+            revocation = Some(denial);
+            (ClosedBy::Revoked, None)
+        }
     };
     RelayOutcome {
         bytes_from_client: client.read,
         bytes_to_client: client.written,
         closed_by,
         error,
+        revoked: revocation,
     }
 }
 

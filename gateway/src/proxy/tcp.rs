@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -13,16 +14,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::relay::relay;
 use crate::audit::{ConnMeta, Event, TlsInfo};
-use crate::controls::{self, Denial, Reason};
+use crate::controls::{self, ConnFacts, Denial, Reason};
 use crate::gateway::{Runtime, ServiceKey};
 use crate::metrics::{ByteLabels, ServiceLabels};
-use crate::policy::Service;
+use crate::policy::{ListenerId, Policy, Service};
 use crate::tls::{version_name, ClientIdentity};
 
-/// Accepts connections for one service until `stop` is cancelled.
+/// Accepts connections for one listener until `stop` is cancelled. The
+/// service is looked up in the current policy for every connection, so a
+/// published policy applies to the next accept without touching the socket.
 pub async fn accept_loop(
     listener: TcpListener,
-    key: ServiceKey,
+    id: ListenerId,
+    mut key: ServiceKey,
     rt: Arc<Runtime>,
     stop: CancellationToken,
 ) {
@@ -44,10 +48,10 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let Some(service) = rt.service(&key) else {
-            // The service left the policy; its listener is closing.
-            continue;
-        };
+        let service = rt.service(&id);
+        if let Some(s) = &service {
+            key = ServiceKey::of(s);
+        }
         let conn = ConnMeta {
             conn_id: rt.next_conn_id(),
             device: key.device.clone(),
@@ -55,8 +59,14 @@ pub async fn accept_loop(
             client,
             listen,
         };
+        let Some(service) = service else {
+            // Published away between this accept and the listener stopping.
+            deny(&rt, conn, Denial::new(Reason::ServiceRemoved), None, None);
+            continue;
+        };
         let state = rt.state(&key);
         let rt2 = rt.clone();
+        let id = id.clone();
         rt.connections.spawn(async move {
             // Cheapest checks first, before the TLS handshake costs anything.
             let admitted = match controls::admit_connection(&service, &state, client.ip()) {
@@ -65,7 +75,7 @@ pub async fn accept_loop(
             };
             let _slot = admitted.slot;
             let matched = admitted.matched.to_string();
-            handle(socket, service, conn, matched, rt2).await;
+            handle(socket, service, id, conn, matched, rt2).await;
         });
     }
 }
@@ -73,6 +83,7 @@ pub async fn accept_loop(
 async fn handle(
     socket: TcpStream,
     service: Arc<Service>,
+    id: ListenerId,
     conn: ConnMeta,
     matched: String,
     rt: Arc<Runtime>,
@@ -82,7 +93,13 @@ async fn handle(
         let Some(upstream) = connect_upstream(&service, &conn, &rt, None, None).await else {
             return;
         };
-        return run(socket, upstream, &service, conn, matched, None, None, &rt).await;
+        let facts = ConnFacts {
+            client: conn.client.ip(),
+            tls: false,
+            peer_chain: None,
+        };
+        let admitted = Admitted { id, facts, matched };
+        return run(socket, upstream, &service, conn, admitted, None, None, &rt).await;
     };
 
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
@@ -106,17 +123,56 @@ async fn handle(
     else {
         return;
     };
+    let facts = ConnFacts {
+        client: conn.client.ip(),
+        tls: true,
+        peer_chain: stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect()),
+    };
+    let admitted = Admitted { id, facts, matched };
     run(
         stream,
         upstream,
         &service,
         conn,
-        matched,
+        admitted,
         Some(info),
         identity,
         &rt,
     )
     .await;
+}
+
+/// What a relayed connection was admitted under, for re-checks on reload.
+struct Admitted {
+    id: ListenerId,
+    facts: ConnFacts,
+    matched: String,
+}
+
+/// Resolves when a newly published policy no longer admits the connection.
+async fn revoked_by_policy(
+    mut policy: watch::Receiver<Arc<Policy>>,
+    id: ListenerId,
+    facts: ConnFacts,
+) -> (Denial, u64) {
+    loop {
+        {
+            // Also checks the policy current at relay start, in case one was
+            // published during the handshake or the upstream connect.
+            let current = policy.borrow_and_update();
+            if let Err(denial) = controls::recheck(current.service_for(&id).map(|s| &**s), &facts) {
+                return (denial, current.version);
+            }
+        }
+        if policy.changed().await.is_err() {
+            // The gateway is going away; shutdown handles the connection.
+            return std::future::pending().await;
+        }
+    }
 }
 
 async fn connect_upstream(
@@ -155,7 +211,7 @@ async fn run<C>(
     upstream: TcpStream,
     service: &Service,
     conn: ConnMeta,
-    matched: String,
+    admitted: Admitted,
     tls: Option<TlsInfo>,
     client_identity: Option<ClientIdentity>,
     rt: &Runtime,
@@ -171,13 +227,38 @@ async fn run<C>(
     rt.metrics.active.get_or_create(&labels).inc();
     rt.audit.record(Event::ConnectionAllowed {
         conn: conn.clone(),
-        matched,
+        matched: admitted.matched,
         upstream: service.upstream.to_string(),
         tls,
         client_identity,
     });
 
-    let outcome = relay(client, upstream, service.idle_timeout, &rt.hard_stop).await;
+    let revoked_at = std::sync::OnceLock::new();
+    let revoked = async {
+        let (denial, version) =
+            revoked_by_policy(rt.policy.clone(), admitted.id, admitted.facts).await;
+        let _ = revoked_at.set(version);
+        denial
+    };
+    let outcome = relay(
+        client,
+        upstream,
+        service.idle_timeout,
+        &rt.hard_stop,
+        revoked,
+    )
+    .await;
+    if let Some(denial) = &outcome.revoked {
+        tracing::info!(client = %conn.client, device = %conn.device, service = %conn.service, reason = %denial.reason, "connection revoked");
+        rt.metrics
+            .outcome(&conn.device, &conn.service, Err(denial.reason));
+        rt.audit.record(Event::ConnectionRevoked {
+            conn: conn.clone(),
+            reason: denial.reason,
+            detail: denial.detail.clone(),
+            policy_version: revoked_at.get().copied().unwrap_or_default(),
+        });
+    }
 
     rt.metrics.active.get_or_create(&labels).dec();
     for (direction, n) in [

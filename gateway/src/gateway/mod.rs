@@ -1,8 +1,12 @@
-//! The running gateway: binds every service's listener, owns the state that
-//! outlives a policy, and shuts down gracefully.
+//! The running gateway: listeners, the state that outlives a policy, policy
+//! reloads and graceful shutdown.
+
+mod reload;
+mod watcher;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,11 +17,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use reload::{ReloadOutcome, Reloader, Trigger};
+
 use crate::audit::{Audit, Event};
 use crate::controls::ServiceState;
 use crate::metrics::Metrics;
-use crate::policy::{Policy, Service};
-use crate::proxy;
+use crate::policy::{ListenerId, Policy, Service};
+use crate::signals::{Signal, Signals};
 
 /// Identifies a service across policy versions: `device/service`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -52,14 +58,9 @@ impl Runtime {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The current policy's version of a service, if it still exists.
-    pub fn service(&self, key: &ServiceKey) -> Option<Arc<Service>> {
-        let policy = self.policy.borrow();
-        policy
-            .services
-            .iter()
-            .find(|s| s.device.id == key.device && s.name == key.service)
-            .cloned()
+    /// The current policy's service behind a listener, if it still has one.
+    pub fn service(&self, id: &ListenerId) -> Option<Arc<Service>> {
+        self.policy.borrow().service_for(id).cloned()
     }
 
     /// State kept across reloads for a service.
@@ -71,17 +72,21 @@ impl Runtime {
 
 pub struct Gateway {
     pub runtime: Arc<Runtime>,
-    policy_tx: watch::Sender<Arc<Policy>>,
+    pub reloader: Arc<Reloader>,
     stop_accepting: CancellationToken,
     listeners: TaskTracker,
-    /// Where each service actually listens (port 0 resolved).
-    pub bound: Vec<(ServiceKey, SocketAddr)>,
     pub admin_addr: Option<SocketAddr>,
 }
 
 impl Gateway {
-    /// Binds every listener of `policy` and starts serving.
-    pub async fn start(policy: Policy, audit: Audit, metrics: Arc<Metrics>) -> Result<Gateway> {
+    /// Binds every listener of `policy` (read from `config_path`, which is
+    /// also what reloads re-read) and starts serving.
+    pub async fn start(
+        config_path: PathBuf,
+        policy: Policy,
+        audit: Audit,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gateway> {
         let policy = Arc::new(policy);
         metrics.policy_version.set(policy.version as i64);
         let (policy_tx, policy_rx) = watch::channel(policy.clone());
@@ -101,13 +106,7 @@ impl Gateway {
         // any device is exposed.
         let mut sockets = Vec::new();
         for service in &policy.services {
-            let listener = TcpListener::bind(service.listen).await.with_context(|| {
-                format!(
-                    "{}/{}: cannot listen on {}",
-                    service.device.id, service.name, service.listen
-                )
-            })?;
-            sockets.push((ServiceKey::of(service), listener, service.tls.is_some()));
+            sockets.push((service.clone(), reload::bind(service).await?));
         }
         let admin = match policy.admin_listen {
             Some(addr) => Some(
@@ -124,23 +123,15 @@ impl Gateway {
             policy_hash: policy.content_hash.clone(),
             services: policy.services.len(),
         });
-        let mut bound = Vec::new();
-        for (key, listener, tls) in sockets {
-            let addr = listener.local_addr()?;
-            tracing::info!(device = %key.device, service = %key.service, %addr, "listening");
-            audit.record(Event::ListenerStarted {
-                device: key.device.clone(),
-                service: key.service.clone(),
-                listen: addr,
-                tls,
-            });
-            bound.push((key.clone(), addr));
-            listeners.spawn(proxy::tcp::accept_loop(
-                listener,
-                key,
-                runtime.clone(),
-                stop_accepting.clone(),
-            ));
+        let reloader = Arc::new(Reloader::new(
+            config_path,
+            runtime.clone(),
+            policy_tx,
+            stop_accepting.clone(),
+            listeners.clone(),
+        ));
+        for (service, listener) in sockets {
+            reloader.start_listener(&service, listener);
         }
         let admin_addr = match admin {
             Some(l) => {
@@ -149,6 +140,7 @@ impl Gateway {
                 listeners.spawn(crate::admin::serve(
                     l,
                     runtime.clone(),
+                    reloader.clone(),
                     stop_accepting.clone(),
                 ));
                 Some(addr)
@@ -157,16 +149,40 @@ impl Gateway {
         };
         Ok(Gateway {
             runtime,
-            policy_tx,
+            reloader,
             stop_accepting,
             listeners,
-            bound,
             admin_addr,
         })
     }
 
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy_tx.borrow().clone()
+        self.runtime.policy.borrow().clone()
+    }
+
+    /// Where each service actually listens (port 0 resolved).
+    pub fn bound(&self) -> Vec<(ServiceKey, SocketAddr)> {
+        self.reloader.bound()
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and whenever a
+    /// file the policy was built from changes; then shuts down gracefully.
+    pub async fn serve_until_shutdown(self) {
+        let mut signals = Signals::new();
+        let watcher = watcher::spawn(self.reloader.clone(), self.stop_accepting.clone());
+        loop {
+            match signals.next().await {
+                Signal::Reload => {
+                    self.reloader.reload(Trigger::Signal).await;
+                }
+                Signal::Shutdown => break,
+            }
+        }
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        let grace = self.policy().shutdown_grace;
+        self.shutdown(grace).await;
     }
 
     /// Stops accepting, lets live connections finish for up to `grace`,
