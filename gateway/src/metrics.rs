@@ -79,6 +79,7 @@ impl Metrics {
             "Version of the policy in force",
             policy_version.clone(),
         );
+        registry.register("reloads", "Policy reloads by result", reloads.clone());
         Metrics {
             registry,
             connections,

@@ -170,13 +170,8 @@ impl Gateway {
     pub async fn serve_until_shutdown(self) {
         let mut signals = Signals::new();
         let watcher = watcher::spawn(self.reloader.clone(), self.stop_accepting.clone());
-        loop {
-            match signals.next().await {
-                Signal::Reload => {
-                    self.reloader.reload(Trigger::Signal).await;
-                }
-                Signal::Shutdown => break,
-            }
+        while let Signal::Reload = signals.next().await {
+            self.reloader.reload(Trigger::Signal).await;
         }
         if let Some(w) = watcher {
             w.abort();

@@ -208,6 +208,29 @@ impl Moat {
         wait_for("moat to exit", || child.try_wait().unwrap())
     }
 
+    /// `POST path` on the admin listener: (status code, body).
+    pub fn admin_post(&self, path: &str) -> (u16, String) {
+        let addr = self.admin.expect("admin listener");
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     pub fn admin_get(&self, path: &str) -> String {
         let addr = self.admin.expect("admin listener");
         let mut s = TcpStream::connect(addr).unwrap();
