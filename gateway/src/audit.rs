@@ -56,6 +56,8 @@ pub enum ClosedBy {
     Shutdown,
     /// A new policy no longer admits the connection.
     Revoked,
+    /// An HTTP client did not send a complete request head in time.
+    HeaderTimeout,
     Error,
 }
 
@@ -105,6 +107,25 @@ pub enum Event {
         closed_by: ClosedBy,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+    },
+    /// One HTTP request: allowed (when the service audits those) or denied.
+    HttpRequest {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        method: String,
+        /// The normalised path (what the rules saw and the device received).
+        path: String,
+        version: &'static str,
+        status: u16,
+        response_bytes: u64,
+        duration_ms: u64,
+        decision: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<Reason>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_identity: Option<String>,
     },
     ListenerStopped {
         device: Arc<str>,

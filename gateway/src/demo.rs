@@ -39,6 +39,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         .replace("@DEVICE@", &device.to_string())
         .replace("@PORT_WEB@", &port(0).to_string())
         .replace("@PORT_MTLS@", &port(1).to_string())
+        .replace("@PORT_UI@", &port(2).to_string())
         .replace("@PORT_ADMIN@", &port(10).to_string());
     let policy_path = dir.path().join("demo.toml");
     std::fs::write(&policy_path, &policy_text)?;
@@ -63,6 +64,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         device,
         addr_of("web"),
         addr_of("web-mtls"),
+        addr_of("web-ui"),
         gateway.admin_addr,
     );
 
@@ -76,11 +78,13 @@ fn print_instructions(
     device: SocketAddr,
     web: SocketAddr,
     mtls: SocketAddr,
+    ui: SocketAddr,
     admin: Option<SocketAddr>,
 ) {
     let ca = c.ca.display();
     let p = web.port();
     let m = mtls.port();
+    let u = ui.port();
     println!(
         r#"
 moat demo: a simulated legacy device is running behind the gateway.
@@ -88,6 +92,7 @@ moat demo: a simulated legacy device is running behind the gateway.
   legacy device (plaintext, would sit on an isolated segment): {device}
   gateway, TLS:                   https://localhost:{p}
   gateway, TLS + client cert:     https://localhost:{m}
+  gateway, HTTP (L7) web UI:      https://localhost:{u}
   policy and dev certificates:    {dir}
 
 Allowed: 127.0.0.1 and 127.0.0.2 (network set "demo-clients" = 127.0.0.0/29)
@@ -103,6 +108,9 @@ Denied by TLS policy:
   curl --cacert {ca} https://localhost:{m}/                            # client_cert_required
 Allowed with the dev client certificate (its identity is audited):
   curl --cacert {ca} --cert {cert} --key {key} https://localhost:{m}/
+The web UI through the HTTP (L7) proxy, HTTP/1.1 or h2, with request rules:
+  curl --cacert {ca} --http2 https://localhost:{u}/status             # allowed
+  curl --cacert {ca} -X POST https://localhost:{u}/firmware/upload    # 403 request_denied
 SNI picks the RSA certificate:
   openssl s_client -connect 127.0.0.1:{p} -servername {rsa} </dev/null | grep 'Server public key'
 

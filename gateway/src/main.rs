@@ -47,7 +47,7 @@ enum Command {
     },
     /// Run a simulated legacy device behind the gateway, on loopback.
     Demo {
-        /// First port to listen on (the demo uses PORT, PORT+1 and PORT+10);
+        /// First port to listen on (the demo uses PORT to PORT+2, and PORT+10);
         /// 0 picks free ports.
         #[arg(long, default_value_t = 8443)]
         port: u16,

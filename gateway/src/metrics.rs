@@ -41,6 +41,7 @@ pub struct Metrics {
     pub audit_dropped: Counter<u64, AtomicU64>,
     pub policy_version: Gauge,
     pub reloads: Family<ReloadLabels, Counter>,
+    pub requests: Family<OutcomeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +59,7 @@ impl Metrics {
         let audit_dropped = Counter::default();
         let policy_version = Gauge::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let requests = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "connections",
             "Connections by outcome (allowed or denial reason)",
@@ -80,6 +82,11 @@ impl Metrics {
             policy_version.clone(),
         );
         registry.register("reloads", "Policy reloads by result", reloads.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by outcome (allowed or denial reason)",
+            requests.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -88,6 +95,7 @@ impl Metrics {
             audit_dropped,
             policy_version,
             reloads,
+            requests,
         }
     }
 

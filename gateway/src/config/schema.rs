@@ -113,7 +113,10 @@ pub struct DeviceSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// Raw TCP (L4): DICOM, HL7 MLLP, anything.
     Tcp,
+    /// HTTP/1.1 and h2 (L7), for device web UIs.
+    Http,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +145,8 @@ pub struct ServiceSection {
     pub idle_timeout: HumanDuration,
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: HumanDuration,
+    /// HTTP settings; only for `protocol = "http"`.
+    pub http: Option<HttpSection>,
 }
 
 fn default_max_connections() -> Spanned<u32> {
@@ -223,4 +228,93 @@ impl<'de> Deserialize<'de> for HumanDuration {
         }
         d.deserialize_str(Visitor)
     }
+}
+
+/// L7 settings of an HTTP service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Request rules, first match wins; requests matching none are allowed
+    /// (the source allowlist has already admitted the client).
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleSection>,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Whole request head must arrive within this (slowloris).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// The device must start answering within this.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: HumanDuration,
+    /// An idle keep-alive connection is closed after this.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: HumanDuration,
+    /// Rewrite `Host` for the device: "upstream" (its host:port) or a name.
+    pub host_rewrite: Option<String>,
+    /// Add HSTS (over TLS), X-Content-Type-Options and X-Frame-Options.
+    #[serde(default = "default_true")]
+    pub hardening_headers: bool,
+    /// Record allowed requests in the audit trail (denials always are).
+    #[serde(default = "default_true")]
+    pub audit_allowed: bool,
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// TLS to the device. Absent: plaintext on the isolated segment.
+    pub upstream_tls: Option<UpstreamTlsSection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    pub action: RuleAction,
+    /// Methods this rule applies to; empty means any.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// A path glob: `*` matches any run of characters (slashes included).
+    pub path: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// CA bundle the device certificate must chain to.
+    pub ca: Option<Spanned<String>>,
+    /// Or: the SHA-256 of the device certificate (hex, colons allowed).
+    /// Legacy devices rarely have certificates a CA would sign.
+    pub pin_sha256: Option<Spanned<String>>,
+    /// Name to send as SNI and verify; defaults to the upstream host.
+    pub server_name: Option<String>,
+}
+
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_header_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_response_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_keepalive_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_max_concurrent_streams() -> u32 {
+    100
 }

@@ -9,6 +9,7 @@
 
 mod concurrency;
 mod reason;
+pub mod request;
 
 use std::net::IpAddr;
 use std::sync::Arc;

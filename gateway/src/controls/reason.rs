@@ -29,10 +29,20 @@ pub enum Reason {
     ServiceRemoved,
     /// A new policy turned TLS on or off for the service.
     TlsPolicyChanged,
+    /// An HTTP request rule denies this method and path.
+    RequestDenied,
+    /// The request path is malformed or ambiguous (encoded `/`, `\\`, NUL).
+    BadRequest,
+    /// CONNECT: moat is never a forward proxy.
+    ConnectRefused,
+    /// Request headers exceed the configured count or size.
+    HeadersTooLarge,
+    /// The request body exceeds `max_body_bytes`.
+    BodyTooLarge,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 16] = [
         Reason::NotAllowlisted,
         Reason::Denylisted,
         Reason::MaxConnections,
@@ -44,6 +54,11 @@ impl Reason {
         Reason::UpstreamTimeout,
         Reason::ServiceRemoved,
         Reason::TlsPolicyChanged,
+        Reason::RequestDenied,
+        Reason::BadRequest,
+        Reason::ConnectRefused,
+        Reason::HeadersTooLarge,
+        Reason::BodyTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +74,25 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::ServiceRemoved => "service_removed",
             Reason::TlsPolicyChanged => "tls_policy_changed",
+            Reason::RequestDenied => "request_denied",
+            Reason::BadRequest => "bad_request",
+            Reason::ConnectRefused => "connect_refused",
+            Reason::HeadersTooLarge => "headers_too_large",
+            Reason::BodyTooLarge => "body_too_large",
+        }
+    }
+
+    /// The HTTP status an L7 service answers with for this reason.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Reason::BadRequest => 400,
+            Reason::ConnectRefused => 405,
+            Reason::BodyTooLarge => 413,
+            Reason::HeadersTooLarge => 431,
+            Reason::UpstreamUnreachable => 502,
+            Reason::UpstreamTimeout => 504,
+            Reason::MaxConnections => 503,
+            _ => 403,
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::audit::{Audit, Event};
 use crate::controls::ServiceState;
 use crate::metrics::Metrics;
 use crate::policy::{ListenerId, Policy, Service};
+use crate::proxy::http::UpstreamClient;
 use crate::signals::{Signal, Signals};
 
 /// Identifies a service across policy versions: `device/service`.
@@ -51,6 +52,9 @@ pub struct Runtime {
     pub connections: TaskTracker,
     next_conn_id: AtomicU64,
     states: Mutex<HashMap<ServiceKey, Arc<ServiceState>>>,
+    /// Pooled clients to HTTP devices, kept across reloads while the
+    /// upstream settings are unchanged (keep-alive survives a reload).
+    http_clients: Mutex<HashMap<ServiceKey, (String, UpstreamClient)>>,
 }
 
 impl Runtime {
@@ -61,6 +65,19 @@ impl Runtime {
     /// The current policy's service behind a listener, if it still has one.
     pub fn service(&self, id: &ListenerId) -> Option<Arc<Service>> {
         self.policy.borrow().service_for(id).cloned()
+    }
+
+    /// The pooled client for an HTTP service's device.
+    pub fn http_client(&self, service: &Service) -> UpstreamClient {
+        let fingerprint = UpstreamClient::fingerprint(service);
+        let mut clients = self.http_clients.lock().expect("client map poisoned");
+        let entry = clients
+            .entry(ServiceKey::of(service))
+            .or_insert_with(|| (fingerprint.clone(), UpstreamClient::new(service)));
+        if entry.0 != fingerprint {
+            *entry = (fingerprint, UpstreamClient::new(service));
+        }
+        entry.1.clone()
     }
 
     /// State kept across reloads for a service.
@@ -98,6 +115,7 @@ impl Gateway {
             connections: TaskTracker::new(),
             next_conn_id: AtomicU64::new(1),
             states: Mutex::new(HashMap::new()),
+            http_clients: Mutex::new(HashMap::new()),
         });
         let stop_accepting = CancellationToken::new();
         let listeners = TaskTracker::new();

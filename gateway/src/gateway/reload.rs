@@ -202,6 +202,21 @@ impl Reloader {
 
         let changes = PolicyDiff::between(&old, &new);
         let new = Arc::new(new);
+        // Recorded before publishing, so it precedes any revocation it causes.
+        tracing::info!(
+            ?trigger,
+            old = old.version,
+            new = new.version,
+            "policy reloaded"
+        );
+        self.runtime.audit.record(Event::ReloadApplied {
+            trigger,
+            old_version: old.version,
+            new_version: new.version,
+            old_hash: old.content_hash.clone(),
+            new_hash: new.content_hash.clone(),
+            changes: changes.clone(),
+        });
         self.next_version.store(version + 1, Ordering::Relaxed);
         self.policy_tx.send_replace(new.clone());
         self.runtime.metrics.policy_version.set(new.version as i64);
@@ -233,20 +248,6 @@ impl Reloader {
             }
         }
 
-        tracing::info!(
-            ?trigger,
-            old = old.version,
-            new = new.version,
-            "policy reloaded"
-        );
-        self.runtime.audit.record(Event::ReloadApplied {
-            trigger,
-            old_version: old.version,
-            new_version: new.version,
-            old_hash: old.content_hash.clone(),
-            new_hash: new.content_hash.clone(),
-            changes: changes.clone(),
-        });
         ReloadOutcome::Applied {
             old_version: old.version,
             new_version: new.version,

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -32,9 +32,13 @@ const SETTLE: Duration = Duration::from_millis(100);
 pub fn spawn(reloader: Arc<Reloader>, stop: CancellationToken) -> Option<JoinHandle<()>> {
     let wake = Arc::new(Notify::new());
     let notify_wake = wake.clone();
+    let interesting = Arc::new(RwLock::new(BTreeSet::new()));
+    let filter = interesting.clone();
     let watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(event) if is_relevant(&event.kind) => notify_wake.notify_one(),
+            Ok(event) if is_relevant(&event.kind) && touches_policy(&event.paths, &filter) => {
+                notify_wake.notify_one()
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "file watcher error"),
         });
@@ -47,7 +51,7 @@ pub fn spawn(reloader: Arc<Reloader>, stop: CancellationToken) -> Option<JoinHan
     };
     Some(tokio::spawn(async move {
         let mut watched = BTreeSet::new();
-        update_watches(&mut watcher, &mut watched, &reloader);
+        update_watches(&mut watcher, &mut watched, &reloader, &interesting);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -56,9 +60,23 @@ pub fn spawn(reloader: Arc<Reloader>, stop: CancellationToken) -> Option<JoinHan
             debounce(&wake, &reloader).await;
             reloader.reload(Trigger::FileChange).await;
             // The new policy may name files in other directories.
-            update_watches(&mut watcher, &mut watched, &reloader);
+            update_watches(&mut watcher, &mut watched, &reloader, &interesting);
         }
     }))
+}
+
+/// Only names that can change the policy count: the files themselves (by
+/// name, since renames replace them) and Kubernetes' `..data`-style links.
+/// A busy neighbour, such as an audit log in the same folder, must not keep
+/// postponing reloads.
+fn touches_policy(paths: &[PathBuf], names: &RwLock<BTreeSet<PathBuf>>) -> bool {
+    let names = names.read().expect("watch set poisoned");
+    paths.iter().any(|p| {
+        names.contains(p)
+            || p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".."))
+    })
 }
 
 /// Our own reads of the files show up as access events; only changes count.
@@ -112,7 +130,14 @@ fn directories(reloader: &Reloader) -> BTreeSet<PathBuf> {
     dirs
 }
 
+/// Absolute without resolving symlinks (a ConfigMap's links must stay
+/// links); notify reports paths under the absolute directory watched.
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 fn parent(p: &Path) -> PathBuf {
+    let p = &absolute(p);
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -123,7 +148,14 @@ fn update_watches(
     watcher: &mut impl Watcher,
     watched: &mut BTreeSet<PathBuf>,
     reloader: &Reloader,
+    interesting: &RwLock<BTreeSet<PathBuf>>,
 ) {
+    {
+        let mut names = interesting.write().expect("watch set poisoned");
+        names.clear();
+        names.extend(reloader.current().sources.iter().map(|p| absolute(p)));
+        names.insert(absolute(reloader.config_path()));
+    }
     let wanted = directories(reloader);
     for gone in watched.difference(&wanted).cloned().collect::<Vec<_>>() {
         let _ = watcher.unwatch(&gone);

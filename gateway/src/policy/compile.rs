@@ -9,8 +9,11 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use toml::Spanned;
 
+use super::http::{Glob, HttpPolicy, RequestRule, UpstreamTls};
 use super::{AccessList, AuditTarget, CidrSet, Device, Policy, Service, Upstream};
-use crate::config::schema::{ClientCertMode, FileConfig, ServiceSection, TlsSection};
+use crate::config::schema::{
+    ClientCertMode, FileConfig, HttpSection, Protocol, ServiceSection, TlsSection,
+};
 use crate::config::{self, did_you_mean, netfile, ConfigError, ConfigErrors, LoadedConfig};
 use crate::tls;
 
@@ -313,8 +316,12 @@ impl Compiler<'_> {
                 "must be at least 1".into(),
             );
         }
+        let default_alpn: &[&str] = match s.protocol {
+            Protocol::Http => &["h2", "http/1.1"],
+            Protocol::Tcp => &[],
+        };
         let tls = match (&s.tls, s.plaintext) {
-            (Some(t), false) => self.tls(t, &format!("{field}.tls")),
+            (Some(t), false) => self.tls(t, &format!("{field}.tls"), default_alpn),
             (None, true) => None,
             (Some(_), true) => {
                 self.err(
@@ -329,6 +336,21 @@ impl Compiler<'_> {
                 self.err(s.name.span(), field, msg.into());
                 None
             }
+        };
+        let http = match (s.protocol, &s.http) {
+            (Protocol::Http, Some(h)) => self.http(h, &format!("{field}.http"), upstream.as_ref()),
+            (Protocol::Http, None) => {
+                self.http(&default_http(), &format!("{field}.http"), upstream.as_ref())
+            }
+            (Protocol::Tcp, Some(_)) => {
+                self.err(
+                    s.name.span(),
+                    &format!("{field}.http"),
+                    "an [http] table needs `protocol = \"http\"`".into(),
+                );
+                None
+            }
+            (Protocol::Tcp, None) => None,
         };
         if self.errors.len() != before {
             return None;
@@ -345,10 +367,16 @@ impl Compiler<'_> {
             idle_timeout: s.idle_timeout.0,
             handshake_timeout: s.handshake_timeout.0,
             tls,
+            http,
         })
     }
 
-    fn tls(&mut self, t: &TlsSection, field: &str) -> Option<tls::TlsTermination> {
+    fn tls(
+        &mut self,
+        t: &TlsSection,
+        field: &str,
+        default_alpn: &[&str],
+    ) -> Option<tls::TlsTermination> {
         let before = self.errors.len();
         let mut certificates = Vec::new();
         if t.certificates.get_ref().is_empty() {
@@ -427,7 +455,11 @@ impl Compiler<'_> {
         let inputs = tls::TlsInputs {
             fingerprint: tls::hex(fp.finish().as_ref()),
             certificates,
-            alpn: t.alpn.clone(),
+            alpn: if t.alpn.is_empty() {
+                default_alpn.iter().map(|s| s.to_string()).collect()
+            } else {
+                t.alpn.clone()
+            },
             min_version: t.min_version,
             client_roots,
             client_cert,
@@ -440,6 +472,154 @@ impl Compiler<'_> {
                 None
             }
         }
+    }
+}
+
+/// The [http] table as if written empty: every default.
+fn default_http() -> HttpSection {
+    toml::from_str("").expect("all HTTP settings have defaults")
+}
+
+impl Compiler<'_> {
+    fn http(
+        &mut self,
+        h: &HttpSection,
+        field: &str,
+        upstream: Option<&Upstream>,
+    ) -> Option<HttpPolicy> {
+        let before = self.errors.len();
+        let mut rules = Vec::new();
+        for (i, r) in h.rules.iter().enumerate() {
+            let rfield = format!("{field}.rule[{i}]");
+            let mut methods = Vec::new();
+            for m in &r.methods {
+                match http::Method::from_bytes(m.get_ref().as_bytes()) {
+                    Ok(method) if m.get_ref().chars().all(|c| c.is_ascii_uppercase()) => {
+                        methods.push(method)
+                    }
+                    _ => self.err(
+                        m.span(),
+                        &format!("{rfield}.methods"),
+                        format!("{:?} is not an HTTP method such as \"POST\"", m.get_ref()),
+                    ),
+                }
+            }
+            match Glob::new(r.path.get_ref()) {
+                Ok(path) => rules.push(RequestRule {
+                    action: r.action,
+                    methods,
+                    path,
+                    text: format!(
+                        "{:?} {} {}",
+                        r.action,
+                        r.methods
+                            .iter()
+                            .map(|m| m.get_ref().as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        r.path.get_ref()
+                    )
+                    .to_lowercase(),
+                }),
+                Err(msg) => self.err(r.path.span(), &format!("{rfield}.path"), msg),
+            }
+        }
+        if h.max_header_bytes < 1024 {
+            self.err(
+                0..0,
+                &format!("{field}.max_header_bytes"),
+                "must be at least 1024".into(),
+            );
+        }
+        let upstream_tls = match &h.upstream_tls {
+            None => None,
+            Some(u) => {
+                let mut fp = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                let roots = match &u.ca {
+                    Some(ca) => {
+                        let path = self.cfg.resolve(ca.get_ref());
+                        let _ = self.read_file(&path).map(|b| fp.update(&b));
+                        match tls::load_roots(&path) {
+                            Ok(r) => Some(r),
+                            Err(msg) => {
+                                self.err(ca.span(), &format!("{field}.upstream_tls.ca"), msg);
+                                None
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                let pin = match &u.pin_sha256 {
+                    Some(p) => match tls::parse_pin(p.get_ref()) {
+                        Ok(pin) => {
+                            fp.update(&pin);
+                            Some(pin)
+                        }
+                        Err(msg) => {
+                            self.err(p.span(), &format!("{field}.upstream_tls.pin_sha256"), msg);
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                if u.ca.is_some() == u.pin_sha256.is_some() {
+                    self.err(
+                        0..0,
+                        &format!("{field}.upstream_tls"),
+                        "set exactly one of `ca` and `pin_sha256`".into(),
+                    );
+                }
+                let server_name = u
+                    .server_name
+                    .clone()
+                    .or_else(|| upstream.map(|u| u.host.clone()))
+                    .unwrap_or_default();
+                if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
+                    self.err(
+                        0..0,
+                        &format!("{field}.upstream_tls.server_name"),
+                        format!("{server_name:?} is not a DNS name or IP address"),
+                    );
+                }
+                fp.update(server_name.as_bytes());
+                if self.errors.len() != before {
+                    None
+                } else {
+                    match tls::upstream_client_config(roots, pin) {
+                        Ok(config) => Some(UpstreamTls {
+                            config: std::sync::Arc::new(config),
+                            server_name,
+                            fingerprint: tls::hex(fp.finish().as_ref()),
+                        }),
+                        Err(msg) => {
+                            self.err(0..0, &format!("{field}.upstream_tls"), msg);
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        if self.errors.len() != before {
+            return None;
+        }
+        let host_rewrite = match h.host_rewrite.as_deref() {
+            Some("upstream") => upstream.map(|u| u.to_string()),
+            other => other.map(str::to_string),
+        };
+        Some(HttpPolicy {
+            rules,
+            max_body_bytes: h.max_body_bytes,
+            max_header_bytes: h.max_header_bytes,
+            max_headers: h.max_headers,
+            header_read_timeout: h.header_read_timeout.0,
+            response_timeout: h.response_timeout.0,
+            keepalive_timeout: h.keepalive_timeout.0,
+            host_rewrite,
+            hardening_headers: h.hardening_headers,
+            audit_allowed: h.audit_allowed,
+            max_concurrent_streams: h.max_concurrent_streams,
+            upstream_tls,
+        })
     }
 }
 

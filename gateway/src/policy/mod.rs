@@ -5,6 +5,7 @@
 pub mod cidr;
 mod compile;
 pub mod diff;
+pub mod http;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,6 +101,8 @@ pub struct Service {
     pub handshake_timeout: Duration,
     /// `None` means plaintext, which the config had to ask for explicitly.
     pub tls: Option<TlsTermination>,
+    /// L7 policy; present exactly when `protocol` is HTTP.
+    pub http: Option<http::HttpPolicy>,
 }
 
 /// Where a device listens, as `host:port`; resolved at connect time.

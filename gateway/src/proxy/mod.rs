@@ -1,4 +1,5 @@
 //! The data planes. `tcp` is the L4 proxy (DICOM, HL7 MLLP, anything).
 
-mod relay;
+pub mod http;
+pub(crate) mod relay;
 pub mod tcp;

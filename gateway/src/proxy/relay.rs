@@ -25,28 +25,76 @@ const BUF_SIZE: usize = 16 * 1024;
 const SIDE_CLIENT: u8 = 1;
 const SIDE_UPSTREAM: u8 = 2;
 
-/// Shared between the two halves of a connection.
-struct Activity {
+/// Shared by both sides of a connection: activity for the idle timer,
+/// which side reached EOF first, and the client-side byte counts.
+pub(crate) struct Activity {
     started: Instant,
-    /// Milliseconds after `started` of the last byte read on either side.
+    /// Milliseconds after `started` of the last byte moved on either side.
     last_ms: AtomicU64,
     first_eof: AtomicU8,
+    pub from_client: AtomicU64,
+    pub to_client: AtomicU64,
 }
 
 impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            first_eof: AtomicU8::new(0),
+            from_client: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+        })
+    }
+
     fn touch(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }
+
+    /// Resolves once nothing has moved for `idle`.
+    pub async fn idle_expired(&self, idle: Duration) {
+        loop {
+            let last = self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.from_client.load(Ordering::Relaxed),
+            self.to_client.load(Ordering::Relaxed),
+        )
+    }
 }
 
-/// A stream that counts bytes and records activity and EOF.
-struct Metered<S> {
+/// A stream that records activity and EOF, and counts the client's bytes.
+pub(crate) struct Metered<S> {
     inner: S,
     side: u8,
     activity: Arc<Activity>,
-    read: u64,
-    written: u64,
+}
+
+impl<S> Metered<S> {
+    pub fn client(inner: S, activity: Arc<Activity>) -> Self {
+        Metered {
+            inner,
+            side: SIDE_CLIENT,
+            activity,
+        }
+    }
+
+    fn upstream(inner: S, activity: Arc<Activity>) -> Self {
+        Metered {
+            inner,
+            side: SIDE_UPSTREAM,
+            activity,
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
@@ -67,7 +115,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
                     Ordering::Relaxed,
                 );
             } else {
-                self.read += n;
+                if self.side == SIDE_CLIENT {
+                    self.activity.from_client.fetch_add(n, Ordering::Relaxed);
+                }
                 self.activity.touch();
             }
         }
@@ -83,7 +133,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
-            self.written += n as u64;
+            if self.side == SIDE_CLIENT {
+                self.activity
+                    .to_client
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            self.activity.touch();
         }
         res
     }
@@ -119,25 +174,9 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let activity = Arc::new(Activity {
-        started: Instant::now(),
-        last_ms: AtomicU64::new(0),
-        first_eof: AtomicU8::new(0),
-    });
-    let mut client = Metered {
-        inner: client,
-        side: SIDE_CLIENT,
-        activity: activity.clone(),
-        read: 0,
-        written: 0,
-    };
-    let mut upstream = Metered {
-        inner: upstream,
-        side: SIDE_UPSTREAM,
-        activity: activity.clone(),
-        read: 0,
-        written: 0,
-    };
+    let activity = Activity::new();
+    let mut client = Metered::client(client, activity.clone());
+    let mut upstream = Metered::upstream(upstream, activity.clone());
     let mut revocation = None;
     let (closed_by, error) = tokio::select! {
         res = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF_SIZE, BUF_SIZE) => match res {
@@ -153,30 +192,19 @@ where
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => (ClosedBy::Client, None),
             Err(e) => (ClosedBy::Error, Some(e.to_string())),
         },
-        _ = idle_expired(&activity, idle_timeout) => (ClosedBy::IdleTimeout, None),
+        _ = activity.idle_expired(idle_timeout) => (ClosedBy::IdleTimeout, None),
         _ = stop.cancelled() => (ClosedBy::Shutdown, None),
         denial = revoked => {
             revocation = Some(denial);
             (ClosedBy::Revoked, None)
         }
     };
+    let (bytes_from_client, bytes_to_client) = activity.bytes();
     RelayOutcome {
-        bytes_from_client: client.read,
-        bytes_to_client: client.written,
+        bytes_from_client,
+        bytes_to_client,
         closed_by,
         error,
         revoked: revocation,
-    }
-}
-
-async fn idle_expired(activity: &Activity, idle: Duration) {
-    loop {
-        let last =
-            activity.started + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
-        let deadline = last + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
     }
 }

@@ -5,6 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::relay::relay;
 use crate::audit::{ConnMeta, Event, TlsInfo};
+use crate::config::schema::Protocol;
 use crate::controls::{self, ConnFacts, Denial, Reason};
 use crate::gateway::{Runtime, ServiceKey};
 use crate::metrics::{ByteLabels, ServiceLabels};
@@ -90,16 +92,13 @@ async fn handle(
 ) {
     let _ = socket.set_nodelay(true);
     let Some(tls) = &service.tls else {
-        let Some(upstream) = connect_upstream(&service, &conn, &rt, None, None).await else {
-            return;
-        };
         let facts = ConnFacts {
             client: conn.client.ip(),
             tls: false,
             peer_chain: None,
         };
         let admitted = Admitted { id, facts, matched };
-        return run(socket, upstream, &service, conn, admitted, None, None, &rt).await;
+        return serve_protocol(socket, service, conn, admitted, None, None, rt).await;
     };
 
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
@@ -118,11 +117,6 @@ async fn handle(
         }
     };
     let (info, identity) = describe_tls(&stream);
-    let Some(upstream) =
-        connect_upstream(&service, &conn, &rt, Some(&info), identity.as_ref()).await
-    else {
-        return;
-    };
     let facts = ConnFacts {
         client: conn.client.ip(),
         tls: true,
@@ -133,17 +127,7 @@ async fn handle(
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect()),
     };
     let admitted = Admitted { id, facts, matched };
-    run(
-        stream,
-        upstream,
-        &service,
-        conn,
-        admitted,
-        Some(info),
-        identity,
-        &rt,
-    )
-    .await;
+    serve_protocol(stream, service, conn, admitted, Some(info), identity, rt).await;
 }
 
 /// What a relayed connection was admitted under, for re-checks on reload.
@@ -154,7 +138,7 @@ struct Admitted {
 }
 
 /// Resolves when a newly published policy no longer admits the connection.
-async fn revoked_by_policy(
+pub(crate) async fn revoked_by_policy(
     mut policy: watch::Receiver<Arc<Policy>>,
     id: ListenerId,
     facts: ConnFacts,
@@ -205,19 +189,31 @@ async fn connect_upstream(
     None
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run<C>(
+/// After admission and TLS: the protocol's data plane, framed by the
+/// `connection_allowed` and `connection_closed` audit events.
+async fn serve_protocol<C>(
     client: C,
-    upstream: TcpStream,
-    service: &Service,
+    service: Arc<Service>,
     conn: ConnMeta,
     admitted: Admitted,
     tls: Option<TlsInfo>,
     client_identity: Option<ClientIdentity>,
-    rt: &Runtime,
+    rt: Arc<Runtime>,
 ) where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // L4 needs the device before it admits; L7 connects per request.
+    let upstream = match service.protocol {
+        Protocol::Tcp => {
+            match connect_upstream(&service, &conn, &rt, tls.as_ref(), client_identity.as_ref())
+                .await
+            {
+                Some(u) => Some(u),
+                None => return,
+            }
+        }
+        Protocol::Http => None,
+    };
     let started = Instant::now();
     rt.metrics.outcome(&conn.device, &conn.service, Ok(()));
     let labels = ServiceLabels {
@@ -229,25 +225,40 @@ async fn run<C>(
         conn: conn.clone(),
         matched: admitted.matched,
         upstream: service.upstream.to_string(),
-        tls,
-        client_identity,
+        tls: tls.clone(),
+        client_identity: client_identity.clone(),
     });
 
     let revoked_at = std::sync::OnceLock::new();
+    let (watch_id, watch_facts) = (admitted.id.clone(), admitted.facts.clone());
     let revoked = async {
-        let (denial, version) =
-            revoked_by_policy(rt.policy.clone(), admitted.id, admitted.facts).await;
+        let (denial, version) = revoked_by_policy(rt.policy.clone(), watch_id, watch_facts).await;
         let _ = revoked_at.set(version);
         denial
     };
-    let outcome = relay(
-        client,
-        upstream,
-        service.idle_timeout,
-        &rt.hard_stop,
-        revoked,
-    )
-    .await;
+    let outcome = match upstream {
+        Some(upstream) => {
+            relay(
+                client,
+                upstream,
+                service.idle_timeout,
+                &rt.hard_stop,
+                revoked,
+            )
+            .await
+        }
+        None => {
+            let session = super::http::Session {
+                rt: rt.clone(),
+                id: admitted.id,
+                facts: admitted.facts,
+                conn: conn.clone(),
+                tls: tls.is_some(),
+                client_identity: client_identity.and_then(|i| i.common_name.or(Some(i.subject))),
+            };
+            super::http::serve(client, &service, session, revoked).await
+        }
+    };
     if let Some(denial) = &outcome.revoked {
         tracing::info!(client = %conn.client, device = %conn.device, service = %conn.service, reason = %denial.reason, "connection revoked");
         rt.metrics

@@ -1,0 +1,119 @@
+//! The compiled L7 policy of an HTTP service: request rules and limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::config::schema::RuleAction;
+
+#[derive(Debug)]
+pub struct HttpPolicy {
+    pub rules: Vec<RequestRule>,
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub response_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    /// The `Host` the device sees, when rewritten.
+    pub host_rewrite: Option<String>,
+    pub hardening_headers: bool,
+    pub audit_allowed: bool,
+    pub max_concurrent_streams: u32,
+    /// TLS towards the device, if it speaks TLS at all.
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+impl HttpPolicy {
+    /// Everything that shapes request handling, as text: two policies with
+    /// the same summary behave the same.
+    pub fn summary(&self) -> String {
+        let rules: Vec<&str> = self.rules.iter().map(|r| r.text.as_str()).collect();
+        format!(
+            "{rules:?} {} {} {} {:?} {:?} {:?} {:?} {} {} {} {:?}",
+            self.max_body_bytes,
+            self.max_header_bytes,
+            self.max_headers,
+            self.header_read_timeout,
+            self.response_timeout,
+            self.keepalive_timeout,
+            self.host_rewrite,
+            self.hardening_headers,
+            self.audit_allowed,
+            self.max_concurrent_streams,
+            self.upstream_tls.as_ref().map(|t| &t.fingerprint),
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: String,
+    /// Changes whenever anything that shapes the connection changes, so
+    /// the gateway knows when a pooled client must be replaced.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestRule {
+    pub action: RuleAction,
+    /// Empty: any method.
+    pub methods: Vec<Method>,
+    pub path: Glob,
+    /// As written, for the audit trail.
+    pub text: String,
+}
+
+impl RequestRule {
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method)) && self.path.matches(path)
+    }
+}
+
+/// A path pattern: `*` matches any run of characters, `/` included;
+/// everything else matches itself. Patterns are matched against the
+/// normalised path (dot segments resolved, `//` collapsed, percent-escapes
+/// of unreserved characters decoded), never the raw request target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(String);
+
+impl Glob {
+    pub fn new(pattern: &str) -> Result<Glob, String> {
+        if !pattern.starts_with('/') && !pattern.starts_with('*') {
+            return Err(format!("{pattern:?} must start with '/' or '*'"));
+        }
+        Ok(Glob(pattern.to_string()))
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        glob_match(self.0.as_bytes(), path.as_bytes())
+    }
+}
+
+/// Iterative wildcard match with single-star backtracking: linear in
+/// practice, no recursion, no allocation.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,42 @@
+use super::*;
+
+fn g(p: &str) -> Glob {
+    Glob::new(p).unwrap()
+}
+
+#[test]
+fn star_matches_any_run_including_slashes() {
+    assert!(g("/firmware/*").matches("/firmware/upload"));
+    assert!(g("/firmware/*").matches("/firmware/a/b/c"));
+    assert!(g("/firmware/*").matches("/firmware/"));
+    assert!(!g("/firmware/*").matches("/firmware"));
+    assert!(!g("/firmware/*").matches("/admin/firmware/x"));
+    assert!(g("*.cgi").matches("/cgi-bin/status.cgi"));
+    assert!(g("/a/*/c").matches("/a/b/x/c"));
+    assert!(!g("/a/*/c").matches("/a/b/x/d"));
+}
+
+#[test]
+fn without_star_the_match_is_exact() {
+    assert!(g("/login").matches("/login"));
+    assert!(!g("/login").matches("/login/"));
+    assert!(!g("/login").matches("/logi"));
+}
+
+#[test]
+fn patterns_must_be_absolute() {
+    assert!(Glob::new("firmware/*").is_err());
+    assert!(Glob::new("*.cgi").is_ok());
+}
+
+#[test]
+fn rules_match_method_and_path() {
+    let rule = RequestRule {
+        action: RuleAction::Deny,
+        methods: vec![Method::POST],
+        path: g("/firmware/*"),
+        text: String::new(),
+    };
+    assert!(rule.matches(&Method::POST, "/firmware/x"));
+    assert!(!rule.matches(&Method::GET, "/firmware/x"));
+}

@@ -1,0 +1,603 @@
+//! The L7 proxy for device web UIs: HTTP/1.1 and h2 from clients, HTTP/1.1
+//! over a pooled client to the device. Runs after the same connection-level
+//! chain and TLS termination as the L4 proxy, then per request: re-check the
+//! source against the current policy, normalise the path, apply the request
+//! controls, forward with clean headers, audit.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::relay::{Activity, Metered, RelayOutcome};
+use crate::audit::{ClosedBy, ConnMeta, Event};
+use crate::controls::{self, ConnFacts, Denial, Reason};
+use crate::gateway::Runtime;
+use crate::metrics::OutcomeLabels;
+use crate::policy::http::HttpPolicy;
+use crate::policy::{ListenerId, Service};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// One client connection's context, shared by its requests.
+pub struct Session {
+    pub rt: Arc<Runtime>,
+    pub id: ListenerId,
+    pub facts: ConnFacts,
+    pub conn: ConnMeta,
+    pub tls: bool,
+    /// Client-certificate name, when there is one.
+    pub client_identity: Option<String>,
+}
+
+/// Serves HTTP on an admitted (and TLS-terminated) client connection until
+/// the client leaves, it idles out, the gateway stops, or `revoked` fires.
+pub async fn serve<C>(
+    client: C,
+    service: &Service,
+    session: Session,
+    revoked: impl std::future::Future<Output = Denial>,
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http = service
+        .http
+        .as_ref()
+        .expect("an HTTP service has an HTTP policy");
+    let activity = Activity::new();
+    let io = TokioIo::new(Metered::client(client, activity.clone()));
+    let tunnels = TaskTracker::new();
+    let session = Arc::new(session);
+    let svc = {
+        let session = session.clone();
+        let tunnels = tunnels.clone();
+        hyper::service::service_fn(move |req| {
+            let session = session.clone();
+            let tunnels = tunnels.clone();
+            async move { Ok::<_, Infallible>(handle(req, session, tunnels).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.header_read_timeout)
+        // moat's own header limits answer 431 with an audit record; hyper's
+        // are only the outer bound.
+        .max_headers(http.max_headers + 16)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(http.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(http.max_header_bytes * 2).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): a client that keeps resetting
+        // streams is disconnected.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(64));
+    let connection = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(connection);
+
+    // Keep-alive idle, but never shorter than a request may legitimately wait.
+    let idle = http
+        .keepalive_timeout
+        .max(http.response_timeout + Duration::from_secs(1));
+    let rt = &session.rt;
+    tokio::pin!(revoked);
+    let mut revocation = None;
+    let (mut closed_by, mut error) = tokio::select! {
+        res = connection.as_mut() => match res {
+            Ok(()) => (ClosedBy::Client, None),
+            Err(e) => classify_connection_error(e),
+        },
+        _ = activity.idle_expired(idle) => (ClosedBy::IdleTimeout, None),
+        _ = rt.hard_stop.cancelled() => (ClosedBy::Shutdown, None),
+        d = &mut revoked => {
+            revocation = Some(d);
+            (ClosedBy::Revoked, None)
+        }
+    };
+    // A WebSocket upgrade hands the socket to a tunnel task; the connection
+    // lasts as long as the tunnel does.
+    tunnels.close();
+    if closed_by == ClosedBy::Client && !tunnels.is_empty() {
+        tokio::select! {
+            _ = tunnels.wait() => {}
+            _ = activity.idle_expired(idle) => closed_by = ClosedBy::IdleTimeout,
+            _ = rt.hard_stop.cancelled() => closed_by = ClosedBy::Shutdown,
+            d = &mut revoked => {
+                revocation = Some(d);
+                closed_by = ClosedBy::Revoked;
+                error = None;
+            }
+        }
+    }
+    let (bytes_from_client, bytes_to_client) = activity.bytes();
+    RelayOutcome {
+        bytes_from_client,
+        bytes_to_client,
+        closed_by,
+        error,
+        revoked: revocation,
+    }
+}
+
+fn classify_connection_error(e: BoxError) -> (ClosedBy, Option<String>) {
+    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        if h.is_timeout() {
+            return (ClosedBy::HeaderTimeout, Some(h.to_string()));
+        }
+        if h.is_incomplete_message() || h.is_canceled() {
+            return (ClosedBy::Client, None);
+        }
+    }
+    (ClosedBy::Error, Some(e.to_string()))
+}
+
+async fn handle(
+    mut req: Request<Incoming>,
+    s: Arc<Session>,
+    tunnels: TaskTracker,
+) -> Response<ProxyBody> {
+    let mut record = RequestRecord {
+        session: s.clone(),
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        version: version_name(req.version()),
+        started: Instant::now(),
+        audit_allowed: true,
+    };
+    // The policy in force now, not the one the connection started under.
+    let Some(service) = s.rt.service(&s.id) else {
+        return record.deny(Denial::new(Reason::ServiceRemoved));
+    };
+    if let Err(d) = controls::recheck(Some(&service), &s.facts) {
+        return record.deny(d);
+    }
+    let Some(http) = service.http.as_ref() else {
+        return record.deny(Denial::new(Reason::ServiceRemoved));
+    };
+    record.audit_allowed = http.audit_allowed;
+    let path = match controls::request::normalize_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(d) => return record.deny(d),
+    };
+    record.path = path.clone();
+    if let Err(d) = controls::request::check_request(http, req.method(), &path, req.headers()) {
+        return record.deny(d);
+    }
+
+    let websocket = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let upstream_req = upstream_request(req, &service, http, &s, &path, websocket);
+    let client = s.rt.http_client(&service);
+    let mut resp =
+        match tokio::time::timeout(http.response_timeout, client.request(upstream_req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return record.deny(classify_upstream_error(&e, &service)),
+            Err(_) => {
+                let detail = format!(
+                    "{}: no response within {:?}",
+                    service.upstream, http.response_timeout
+                );
+                return record.deny(Denial::with_detail(Reason::UpstreamTimeout, detail));
+            }
+        };
+
+    let status = resp.status();
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, status) {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tunnels.spawn(async move {
+            if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+            }
+        });
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(
+        &mut parts.headers,
+        status == StatusCode::SWITCHING_PROTOCOLS,
+    );
+    if http.hardening_headers {
+        harden(&mut parts.headers, s.tls);
+    }
+    let body = AuditedBody {
+        inner: body.map_err(BoxError::from).boxed(),
+        bytes: 0,
+        record: Some((record, status.as_u16())),
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    connection_upgrade && websocket
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+/// For an upgrade, `Connection: upgrade` and `Upgrade` must pass.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrade {
+        if let Some(v) = upgrade_value {
+            headers.insert(header::UPGRADE, v);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+}
+
+fn harden(headers: &mut HeaderMap, tls: bool) {
+    if tls {
+        headers
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(HeaderValue::from_static("max-age=31536000"));
+    }
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    headers
+        .entry(header::X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("SAMEORIGIN"));
+}
+
+/// The request the device receives. Whatever the client wrote as target
+/// (origin-form, absolute-form naming another host, h2 `:authority`), it
+/// goes to this service's upstream and nowhere else: never an open proxy.
+fn upstream_request(
+    req: Request<Incoming>,
+    service: &Service,
+    http: &HttpPolicy,
+    s: &Session,
+    path: &str,
+    websocket: bool,
+) -> Request<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    let original_host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    let scheme = if http.upstream_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    parts.uri = format!("{scheme}://{}{path}{query}", service.upstream)
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers, websocket);
+    // moat states who the client is; nothing the client sent survives.
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        headers.remove(name);
+    }
+    let client_ip = s.conn.client.ip().to_canonical();
+    let proto = if s.tls { "https" } else { "http" };
+    headers.insert("x-forwarded-for", value(&client_ip.to_string()));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    let node = match client_ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("\"[{a}]\""),
+    };
+    let mut forwarded = format!("for={node};proto={proto}");
+    if let Some(host) = &original_host {
+        headers.insert("x-forwarded-host", value(host));
+        if host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        {
+            forwarded.push_str(&format!(";host={host}"));
+        }
+    }
+    headers.insert(header::FORWARDED, value(&forwarded));
+    let host = http
+        .host_rewrite
+        .clone()
+        .or(original_host)
+        .unwrap_or_else(|| service.upstream.to_string());
+    headers.insert(header::HOST, value(&host));
+
+    let body = if websocket {
+        Empty::<Bytes>::new().map_err(BoxError::from).boxed()
+    } else {
+        Limited::new(body, http.max_body_bytes as usize)
+            .map_err(BoxError::from)
+            .boxed()
+    };
+    Request::from_parts(parts, body)
+}
+
+fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn classify_upstream_error(e: &hyper_util::client::legacy::Error, service: &Service) -> Denial {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return Denial::with_detail(Reason::BodyTooLarge, "request body over max_body_bytes");
+        }
+        source = err.source();
+    }
+    let detail = match std::error::Error::source(e) {
+        Some(inner) => format!("{}: {e}: {inner}", service.upstream),
+        None => format!("{}: {e}", service.upstream),
+    };
+    if e.is_connect() && detail.contains("timed out") {
+        return Denial::with_detail(Reason::UpstreamTimeout, detail);
+    }
+    Denial::with_detail(Reason::UpstreamUnreachable, detail)
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+/// What the audit record of one request needs, until its response ends.
+struct RequestRecord {
+    session: Arc<Session>,
+    method: String,
+    path: String,
+    version: &'static str,
+    started: Instant,
+    audit_allowed: bool,
+}
+
+impl RequestRecord {
+    /// Answers with the short error page for `denial`, and audits it.
+    fn deny(self, denial: Denial) -> Response<ProxyBody> {
+        let status =
+            StatusCode::from_u16(denial.reason.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+        let text = format!(
+            "{} {}\nreason: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            denial.reason
+        );
+        let len = text.len() as u64;
+        let mut resp = Response::new(Full::new(Bytes::from(text)).map_err(BoxError::from).boxed());
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            "x-moat-reason",
+            HeaderValue::from_static(denial.reason.as_str()),
+        );
+        if denial.reason == Reason::ConnectRefused {
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+            );
+        }
+        self.finish(status.as_u16(), len, Some(denial));
+        resp
+    }
+
+    fn finish(self, status: u16, response_bytes: u64, denial: Option<Denial>) {
+        let s = &self.session;
+        let outcome = match &denial {
+            Some(d) => d.reason.as_str(),
+            None => "allowed",
+        };
+        s.rt.metrics
+            .requests
+            .get_or_create(&OutcomeLabels {
+                device: s.conn.device.to_string(),
+                service: s.conn.service.to_string(),
+                outcome,
+            })
+            .inc();
+        if denial.is_none() && !self.audit_allowed {
+            return;
+        }
+        s.rt.audit.record(Event::HttpRequest {
+            conn: s.conn.clone(),
+            method: self.method,
+            path: self.path,
+            version: self.version,
+            status,
+            response_bytes,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            decision: if denial.is_some() {
+                "denied"
+            } else {
+                "allowed"
+            },
+            reason: denial.as_ref().map(|d| d.reason),
+            detail: denial.and_then(|d| d.detail),
+            client_identity: s.client_identity.clone(),
+        });
+    }
+}
+
+/// A response body that counts what reaches the client and writes the
+/// request's audit record when it ends (or the client goes away).
+struct AuditedBody {
+    inner: ProxyBody,
+    bytes: u64,
+    record: Option<(RequestRecord, u16)>,
+}
+
+impl Body for AuditedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl AuditedBody {
+    fn finish(&mut self) {
+        if let Some((record, status)) = self.record.take() {
+            record.finish(status, self.bytes, None);
+        }
+    }
+}
+
+impl Drop for AuditedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A pooled HTTP/1.1 client to one device, plaintext or TLS.
+#[derive(Clone)]
+pub enum UpstreamClient {
+    Plain(Client<HttpConnector, ProxyBody>),
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>),
+}
+
+impl UpstreamClient {
+    pub fn new(service: &Service) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(service.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        match service.http.as_ref().and_then(|h| h.upstream_tls.as_ref()) {
+            None => UpstreamClient::Plain(builder.build(connector)),
+            Some(tls) => {
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((*tls.config).clone())
+                    .https_only()
+                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+                        rustls::pki_types::ServerName::try_from(tls.server_name.clone())
+                            .unwrap_or_else(|_| {
+                                rustls::pki_types::ServerName::try_from("invalid.invalid")
+                                    .expect("valid name")
+                            }),
+                    ))
+                    .enable_http1()
+                    .wrap_connector(connector);
+                UpstreamClient::Tls(builder.build(https))
+            }
+        }
+    }
+
+    /// Changes whenever a new client is needed for `service`.
+    pub fn fingerprint(service: &Service) -> String {
+        let tls = service
+            .http
+            .as_ref()
+            .and_then(|h| h.upstream_tls.as_ref())
+            .map(|t| t.fingerprint.as_str());
+        format!(
+            "{}|{:?}|{}",
+            service.upstream,
+            service.connect_timeout,
+            tls.unwrap_or("-")
+        )
+    }
+
+    pub async fn request(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            UpstreamClient::Plain(c) => c.request(req).await,
+            UpstreamClient::Tls(c) => c.request(req).await,
+        }
+    }
+}
