@@ -39,10 +39,12 @@ pub enum Reason {
     HeadersTooLarge,
     /// The request body exceeds `max_body_bytes`.
     BodyTooLarge,
+    /// The grace period ended while the connection was still being set up.
+    GatewayShutdown,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::NotAllowlisted,
         Reason::Denylisted,
         Reason::MaxConnections,
@@ -59,6 +61,7 @@ impl Reason {
         Reason::ConnectRefused,
         Reason::HeadersTooLarge,
         Reason::BodyTooLarge,
+        Reason::GatewayShutdown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +82,7 @@ impl Reason {
             Reason::ConnectRefused => "connect_refused",
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::BodyTooLarge => "body_too_large",
+            Reason::GatewayShutdown => "gateway_shutdown",
         }
     }
 
@@ -91,7 +95,7 @@ impl Reason {
             Reason::HeadersTooLarge => 431,
             Reason::UpstreamUnreachable => 502,
             Reason::UpstreamTimeout => 504,
-            Reason::MaxConnections => 503,
+            Reason::MaxConnections | Reason::GatewayShutdown => 503,
             _ => 403,
         }
     }
@@ -128,5 +132,21 @@ impl Denial {
 impl From<Reason> for Denial {
     fn from(reason: Reason) -> Self {
         Denial::new(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_match_serde() {
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.as_str()), "duplicate name {r}");
+            // The audit trail (serde) and metrics/error pages (as_str) agree.
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+            assert!((400..600).contains(&r.http_status()));
+        }
     }
 }

@@ -102,7 +102,11 @@ async fn handle(
     };
 
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
-    let stream = match timeout(service.handshake_timeout, acceptor.accept(socket)).await {
+    let handshake = timeout(service.handshake_timeout, acceptor.accept(socket));
+    let Some(handshake) = or_hard_stop(&rt, handshake).await else {
+        return deny(&rt, conn, Denial::new(Reason::GatewayShutdown), None, None);
+    };
+    let stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return deny(&rt, conn, classify_tls_error(&e), None, None),
         Err(_) => {
@@ -167,16 +171,21 @@ async fn connect_upstream(
     identity: Option<&ClientIdentity>,
 ) -> Option<TcpStream> {
     let target = (service.upstream.host.as_str(), service.upstream.port);
-    let denial = match timeout(service.connect_timeout, TcpStream::connect(target)).await {
-        Ok(Ok(s)) => {
+    let connect = or_hard_stop(
+        rt,
+        timeout(service.connect_timeout, TcpStream::connect(target)),
+    );
+    let denial = match connect.await {
+        None => Denial::new(Reason::GatewayShutdown),
+        Some(Ok(Ok(s))) => {
             let _ = s.set_nodelay(true);
             return Some(s);
         }
-        Ok(Err(e)) => Denial::with_detail(
+        Some(Ok(Err(e))) => Denial::with_detail(
             Reason::UpstreamUnreachable,
             format!("{}: {e}", service.upstream),
         ),
-        Err(_) => Denial::with_detail(
+        Some(Err(_)) => Denial::with_detail(
             Reason::UpstreamTimeout,
             format!(
                 "{}: no answer within {:?}",
@@ -347,4 +356,13 @@ fn classify_tls_error(e: &io::Error) -> Denial {
         _ => Reason::TlsHandshakeFailed,
     };
     Denial::with_detail(reason, tls.to_string())
+}
+
+/// Runs a pre-relay step (handshake, upstream connect) unless the grace
+/// period ends first, so shutdown never waits out those timeouts.
+async fn or_hard_stop<F: std::future::Future>(rt: &Runtime, step: F) -> Option<F::Output> {
+    tokio::select! {
+        out = step => Some(out),
+        _ = rt.hard_stop.cancelled() => None,
+    }
 }
