@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::http::{Glob, HttpPolicy, RequestRule, UpstreamTls};
 use super::{AccessList, AuditTarget, CidrSet, Device, Policy, Service, Upstream};
+use crate::config::schema::RuleAction;
 use crate::config::schema::{
     ClientCertMode, FileConfig, HttpSection, Protocol, ServiceSection, TlsSection,
 };
@@ -509,17 +510,20 @@ impl Compiler<'_> {
                     action: r.action,
                     methods,
                     path,
-                    text: format!(
-                        "{:?} {} {}",
-                        r.action,
-                        r.methods
-                            .iter()
-                            .map(|m| m.get_ref().as_str())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        r.path.get_ref()
-                    )
-                    .to_lowercase(),
+                    text: {
+                        let action = match r.action {
+                            RuleAction::Allow => "allow",
+                            RuleAction::Deny => "deny",
+                        };
+                        let methods: Vec<&str> =
+                            r.methods.iter().map(|m| m.get_ref().as_str()).collect();
+                        let methods = if methods.is_empty() {
+                            "*".to_string()
+                        } else {
+                            methods.join(",")
+                        };
+                        format!("{action} {methods} {}", r.path.get_ref())
+                    },
                 }),
                 Err(msg) => self.err(r.path.span(), &format!("{rfield}.path"), msg),
             }

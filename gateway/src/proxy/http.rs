@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::relay::{Activity, Metered, RelayOutcome};
@@ -61,15 +63,20 @@ where
         .expect("an HTTP service has an HTTP policy");
     let activity = Activity::new();
     let io = TokioIo::new(Metered::client(client, activity.clone()));
-    let tunnels = TaskTracker::new();
+    let live = Arc::new(Live {
+        activity: activity.clone(),
+        idle_mark: AtomicU64::new(0),
+        tunnels: TaskTracker::new(),
+        cut: CancellationToken::new(),
+    });
     let session = Arc::new(session);
     let svc = {
         let session = session.clone();
-        let tunnels = tunnels.clone();
+        let live = live.clone();
         hyper::service::service_fn(move |req| {
             let session = session.clone();
-            let tunnels = tunnels.clone();
-            async move { Ok::<_, Infallible>(handle(req, session, tunnels).await) }
+            let live = live.clone();
+            async move { Ok::<_, Infallible>(handle(req, session, live).await) }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -103,7 +110,7 @@ where
     let (mut closed_by, mut error) = tokio::select! {
         res = connection.as_mut() => match res {
             Ok(()) => (ClosedBy::Client, None),
-            Err(e) => classify_connection_error(e),
+            Err(e) => classify_connection_error(e, &live),
         },
         _ = activity.idle_expired(idle) => (ClosedBy::IdleTimeout, None),
         _ = rt.hard_stop.cancelled() => (ClosedBy::Shutdown, None),
@@ -113,7 +120,8 @@ where
         }
     };
     // A WebSocket upgrade hands the socket to a tunnel task; the connection
-    // lasts as long as the tunnel does.
+    // lasts as long as the tunnel does, and ends with it however it ends.
+    let tunnels = &live.tunnels;
     tunnels.close();
     if closed_by == ClosedBy::Client && !tunnels.is_empty() {
         tokio::select! {
@@ -127,6 +135,8 @@ where
             }
         }
     }
+    live.cut.cancel();
+    tunnels.wait().await;
     let (bytes_from_client, bytes_to_client) = activity.bytes();
     RelayOutcome {
         bytes_from_client,
@@ -137,9 +147,27 @@ where
     }
 }
 
-fn classify_connection_error(e: BoxError) -> (ClosedBy, Option<String>) {
+/// What a client connection shares with its requests.
+struct Live {
+    activity: Arc<Activity>,
+    /// Client bytes read when the last response finished: no new bytes
+    /// since means the connection is merely idle between requests.
+    idle_mark: AtomicU64,
+    /// WebSocket tunnels of this connection.
+    tunnels: TaskTracker,
+    /// Cancelled when the connection ends for any reason: tunnels stop too.
+    cut: CancellationToken,
+}
+
+fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<String>) {
     if let Some(h) = e.downcast_ref::<hyper::Error>() {
         if h.is_timeout() {
+            // hyper's header timer also runs between keep-alive requests:
+            // only a started-but-unfinished head is a slow client.
+            let (read, _) = live.activity.bytes();
+            if read == live.idle_mark.load(Ordering::Relaxed) {
+                return (ClosedBy::IdleTimeout, None);
+            }
             return (ClosedBy::HeaderTimeout, Some(h.to_string()));
         }
         if h.is_incomplete_message() || h.is_canceled() {
@@ -152,16 +180,23 @@ fn classify_connection_error(e: BoxError) -> (ClosedBy, Option<String>) {
 async fn handle(
     mut req: Request<Incoming>,
     s: Arc<Session>,
-    tunnels: TaskTracker,
+    live: Arc<Live>,
 ) -> Response<ProxyBody> {
     let mut record = RequestRecord {
         session: s.clone(),
+        live: live.clone(),
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
         version: version_name(req.version()),
         started: Instant::now(),
         audit_allowed: true,
+        done: false,
     };
+    // Before anything parses the target: `CONNECT host:port` has no path.
+    if req.method() == http::Method::CONNECT {
+        record.path = req.uri().to_string();
+        return record.deny(Denial::new(Reason::ConnectRefused));
+    }
     // The policy in force now, not the one the connection started under.
     let Some(service) = s.rt.service(&s.id) else {
         return record.deny(Denial::new(Reason::ServiceRemoved));
@@ -202,10 +237,15 @@ async fn handle(
     let status = resp.status();
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, status) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tunnels.spawn(async move {
+        let cut = live.cut.clone();
+        live.tunnels.spawn(async move {
             if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-                let _ =
-                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
+                tokio::select! {
+                    _ = copy => {}
+                    _ = cut.cancelled() => {}
+                }
             }
         });
     }
@@ -383,14 +423,25 @@ fn classify_upstream_error(e: &hyper_util::client::legacy::Error, service: &Serv
         }
         source = err.source();
     }
-    let detail = match std::error::Error::source(e) {
-        Some(inner) => format!("{}: {e}: {inner}", service.upstream),
-        None => format!("{}: {e}", service.upstream),
-    };
-    if e.is_connect() && detail.contains("timed out") {
-        return Denial::with_detail(Reason::UpstreamTimeout, detail);
+    // The whole cause chain: "client error (Connect): tcp connect error:
+    // Connection refused" says what the first link alone does not.
+    let mut detail = format!("{}: {e}", service.upstream);
+    let mut timed_out = false;
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        detail.push_str(&format!(": {err}"));
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = err.source();
     }
-    Denial::with_detail(Reason::UpstreamUnreachable, detail)
+    let reason = if timed_out {
+        Reason::UpstreamTimeout
+    } else {
+        Reason::UpstreamUnreachable
+    };
+    tracing::warn!(device = %service.device.id, service = %service.name, %reason, detail, "device request failed");
+    Denial::with_detail(reason, detail)
 }
 
 fn version_name(v: Version) -> &'static str {
@@ -407,6 +458,10 @@ fn version_name(v: Version) -> &'static str {
 /// What the audit record of one request needs, until its response ends.
 struct RequestRecord {
     session: Arc<Session>,
+    live: Arc<Live>,
+    /// Set once the record is written; a record dropped unwritten is a
+    /// request the client abandoned (or an h2 stream it reset).
+    done: bool,
     method: String,
     path: String,
     version: &'static str,
@@ -448,7 +503,16 @@ impl RequestRecord {
         resp
     }
 
-    fn finish(self, status: u16, response_bytes: u64, denial: Option<Denial>) {
+    fn finish(mut self, status: u16, response_bytes: u64, denial: Option<Denial>) {
+        self.write(status, response_bytes, denial);
+    }
+
+    fn write(&mut self, status: u16, response_bytes: u64, denial: Option<Denial>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let (read, _) = self.live.activity.bytes();
+        self.live.idle_mark.store(read, Ordering::Relaxed);
         let s = &self.session;
         let outcome = match &denial {
             Some(d) => d.reason.as_str(),
@@ -467,8 +531,8 @@ impl RequestRecord {
         }
         s.rt.audit.record(Event::HttpRequest {
             conn: s.conn.clone(),
-            method: self.method,
-            path: self.path,
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
             version: self.version,
             status,
             response_bytes,
@@ -484,6 +548,15 @@ impl RequestRecord {
         });
     }
 }
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        // 499, as nginx logs it: the client went away before the answer.
+        self.write(CLIENT_CLOSED_REQUEST, 0, None);
+    }
+}
+
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// A response body that counts what reaches the client and writes the
 /// request's audit record when it ends (or the client goes away).
