@@ -299,7 +299,7 @@ pub fn upstream_client_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS versions: {e}"))?;
-    let mut config = match (roots, pin) {
+    let config = match (roots, pin) {
         (_, Some(pin)) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier {
@@ -310,7 +310,7 @@ pub fn upstream_client_config(
         (Some(roots), None) => builder.with_root_certificates(roots).with_no_client_auth(),
         (None, None) => return Err("upstream_tls needs `ca` or `pin_sha256`".into()),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // ALPN is left to the HTTP connector, which sets http/1.1 itself.
     Ok(config)
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -70,14 +70,26 @@ impl Runtime {
     /// The pooled client for an HTTP service's device.
     pub fn http_client(&self, service: &Service) -> UpstreamClient {
         let fingerprint = UpstreamClient::fingerprint(service);
-        let mut clients = self.http_clients.lock().expect("client map poisoned");
-        let entry = clients
-            .entry(ServiceKey::of(service))
-            .or_insert_with(|| (fingerprint.clone(), UpstreamClient::new(service)));
-        if entry.0 != fingerprint {
-            *entry = (fingerprint, UpstreamClient::new(service));
+        let key = ServiceKey::of(service);
+        {
+            let clients = self
+                .http_clients
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((fp, client)) = clients.get(&key) {
+                if *fp == fingerprint {
+                    return client.clone();
+                }
+            }
         }
-        entry.1.clone()
+        // Built outside the lock: nothing that can fail holds it.
+        let client = UpstreamClient::new(service);
+        let mut clients = self
+            .http_clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        clients.insert(key, (fingerprint, client.clone()));
+        client
     }
 
     /// State kept across reloads for a service.

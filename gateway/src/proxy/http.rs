@@ -64,6 +64,7 @@ where
     let activity = Activity::new();
     let io = TokioIo::new(Metered::client(client, activity.clone()));
     let live = Arc::new(Live {
+        requests: AtomicU64::new(0),
         activity: activity.clone(),
         idle_mark: AtomicU64::new(0),
         tunnels: TaskTracker::new(),
@@ -113,6 +114,15 @@ where
             Err(e) => classify_connection_error(e, &live),
         },
         _ = activity.idle_expired(idle) => (ClosedBy::IdleTimeout, None),
+        // hyper's header timer covers HTTP/1 heads only; this one also
+        // covers an h2 preface and first HEADERS trickled in byte by byte.
+        _ = first_request_overdue(&live, http.header_read_timeout) => {
+            if activity.bytes().0 == 0 {
+                (ClosedBy::IdleTimeout, None)
+            } else {
+                (ClosedBy::HeaderTimeout, Some("no complete request in time".to_string()))
+            }
+        }
         _ = rt.hard_stop.cancelled() => (ClosedBy::Shutdown, None),
         d = &mut revoked => {
             revocation = Some(d);
@@ -147,8 +157,18 @@ where
     }
 }
 
+/// Resolves if no request has arrived `limit` after the connection opened.
+async fn first_request_overdue(live: &Live, limit: Duration) {
+    tokio::time::sleep(limit).await;
+    if live.requests.load(Ordering::Relaxed) > 0 {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// What a client connection shares with its requests.
 struct Live {
+    /// Requests seen so far.
+    requests: AtomicU64,
     activity: Arc<Activity>,
     /// Client bytes read when the last response finished: no new bytes
     /// since means the connection is merely idle between requests.
@@ -182,6 +202,7 @@ async fn handle(
     s: Arc<Session>,
     live: Arc<Live>,
 ) -> Response<ProxyBody> {
+    live.requests.fetch_add(1, Ordering::Relaxed);
     let mut record = RequestRecord {
         session: s.clone(),
         live: live.clone(),
