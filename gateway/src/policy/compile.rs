@@ -262,16 +262,16 @@ impl Compiler<'_> {
         field: &str,
         networks: &BTreeMap<String, NetworkSet>,
     ) -> CidrSet {
-        let mut set = CidrSet::new();
+        let mut nets: Vec<IpNet> = Vec::new();
         for entry in entries {
             let text = entry.get_ref().trim();
             if looks_like_address(text) {
                 match netfile::parse_net(text) {
-                    Ok(n) => set.insert(n),
+                    Ok(n) => nets.push(n),
                     Err(msg) => self.err(entry.span(), field, msg),
                 }
             } else if let Some(named) = networks.get(text) {
-                named.nets.iter().for_each(|n| set.insert(*n));
+                nets.extend_from_slice(&named.nets);
             } else {
                 let mut msg = format!("unknown network set {text:?}");
                 match did_you_mean(text, networks.keys().map(String::as_str)) {
@@ -282,7 +282,7 @@ impl Compiler<'_> {
                 self.err(entry.span(), field, msg);
             }
         }
-        set
+        nets.into_iter().collect()
     }
 
     fn service(

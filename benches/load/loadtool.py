@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""Helpers for benches/load/run.sh and ci.sh (standard library only).
+
+Subcommands:
+  ports N                      print N free loopback TCP ports
+  wait-port PORT [SECS]        wait until 127.0.0.1:PORT accepts
+  cputicks PGID...             utime+stime (clock ticks) of every process in
+                               the process groups, plus reaped children
+  runcpu OUT -- CMD...         run CMD, write its CPU seconds (user+sys, it and
+                               its children) to OUT, exit with its status
+  parse-wrk FILE               -> JSON {rps, requests, p50_ms, p99_ms, errors}
+  parse-h2load FILE LOG        -> JSON (percentiles from h2load --log-file)
+  parse-oha FILE               -> JSON
+  parse-iperf FILE             -> JSON {gbit_s, bytes, errors}
+  probe-resume PORT [h2]       does the server resume a TLS session? yes/no
+  summary RAW_TSV OUT_TSV      print the median table and ratios
+  http-backend PORT            tiny keep-alive HTTP/1.1 server ("ok\\n")
+  echo-server PORT             TCP echo server
+  tls-echo-load PORT CA N R    N parallel TLS connections, R echo round
+                               trips each; fails on any error or mismatch
+"""
+
+import json
+import os
+import re
+import resource
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+
+
+def die(msg):
+    print(f"loadtool: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def cmd_ports(n):
+    socks = []
+    for _ in range(int(n)):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    print(" ".join(str(s.getsockname()[1]) for s in socks))
+    for s in socks:
+        s.close()
+
+
+def cmd_wait_port(port, secs="20"):
+    deadline = time.time() + float(secs)
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    die(f"nothing listens on 127.0.0.1:{port} after {secs}s")
+
+
+def proc_stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    # Fields after "pid (comm) ": comm may contain spaces and parentheses.
+    rest = data[data.rindex(")") + 2 :].split()
+    # rest[0]=state [1]=ppid [2]=pgrp ... [11]=utime [12]=stime [13]=cutime [14]=cstime
+    return rest
+
+
+def cmd_cputicks(*pgids):
+    want = {int(p) for p in pgids}
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            f = proc_stat(name)
+        except (OSError, ValueError):
+            continue
+        if int(f[2]) in want:
+            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    print(total)
+
+
+def cmd_runcpu(out, *cmd):
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rc = subprocess.call(list(cmd))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with open(out, "w") as f:
+        f.write(f"{cpu:.3f}\n")
+    sys.exit(rc)
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def to_ms(value, unit):
+    v = float(value)
+    return {"us": v / 1000, "ms": v, "s": v * 1000, "m": v * 60000}[unit]
+
+
+def cmd_parse_wrk(path):
+    text = open(path).read()
+    out = {"errors": []}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if not m:
+        out["errors"].append("wrk printed no Requests/sec")
+    out["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    out["requests"] = int(m.group(1)) if m else 0
+    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)
+        out[key] = to_ms(m.group(1), m.group(2)) if m else None
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m and any(int(x) for x in m.groups()):
+        out["errors"].append(m.group(0))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m and int(m.group(1)):
+        out["errors"].append(m.group(0))
+    if out["requests"] == 0:
+        out["errors"].append("wrk completed no request")
+    print(json.dumps(out))
+
+
+def percentile(sorted_vals, p):
+    if not sorted_vals:
+        return None
+    k = max(0, min(len(sorted_vals) - 1, int(round(p / 100 * len(sorted_vals) + 0.5)) - 1))
+    return sorted_vals[k]
+
+
+def cmd_parse_h2load(path, log):
+    text = open(path).read()
+    out = {"errors": []}
+    m = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", text)
+    out["rps"] = float(m.group(2)) if m else 0.0
+    if not m:
+        out["errors"].append("h2load printed no req/s")
+    m = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout",
+        text,
+    )
+    if m:
+        total, started, done, ok, failed, errored, timeout = map(int, m.groups())
+        out["requests"] = ok
+        if failed or errored or timeout:
+            out["errors"].append(m.group(0))
+        if ok == 0:
+            out["errors"].append("h2load completed no request")
+    else:
+        out["requests"] = 0
+        out["errors"].append("h2load printed no request counts")
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m and (int(m.group(3)) or int(m.group(4))):
+        out["errors"].append(m.group(0))
+    m = re.search(r"Application protocol: (\S+)", text)
+    out["proto"] = m.group(1) if m else "?"
+    if out["proto"] != "h2":
+        out["errors"].append(f"negotiated {out['proto']}, not h2")
+    durations = []
+    try:
+        with open(log) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    durations.append(int(parts[2]))
+    except OSError:
+        pass
+    durations.sort()
+    p50 = percentile(durations, 50)
+    p99 = percentile(durations, 99)
+    out["p50_ms"] = p50 / 1000 if p50 is not None else None
+    out["p99_ms"] = p99 / 1000 if p99 is not None else None
+    print(json.dumps(out))
+
+
+def cmd_parse_oha(path):
+    out = {"errors": []}
+    try:
+        data = json.load(open(path))
+    except (OSError, ValueError) as e:
+        out.update(rps=0.0, requests=0, p50_ms=None, p99_ms=None)
+        out["errors"].append(f"oha printed no JSON: {e}")
+        print(json.dumps(out))
+        return
+    codes = data.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in codes.items() if k == "200")
+    bad = {k: v for k, v in codes.items() if k != "200"}
+    errs = data.get("errorDistribution", {})
+    out["requests"] = ok
+    out["rps"] = ok / data["summary"]["total"] if data["summary"]["total"] else 0.0
+    lat = data.get("metrics", {}).get("latency_ms", {})
+    out["p50_ms"] = lat.get("p50")
+    out["p99_ms"] = lat.get("p99")
+    if bad:
+        out["errors"].append(f"non-200 responses: {bad}")
+    if errs:
+        out["errors"].append(f"errors: {errs}")
+    if ok == 0:
+        out["errors"].append("oha completed no request")
+    print(json.dumps(out))
+
+
+def cmd_parse_iperf(path):
+    out = {"errors": [], "p50_ms": None, "p99_ms": None}
+    try:
+        data = json.load(open(path))
+    except (OSError, ValueError) as e:
+        out.update(gbit_s=0.0, bytes=0)
+        out["errors"].append(f"iperf3 printed no JSON: {e}")
+        print(json.dumps(out))
+        return
+    if data.get("error"):
+        out["errors"].append(f"iperf3: {data['error']}")
+    recv = data.get("end", {}).get("sum_received", {})
+    out["bytes"] = int(recv.get("bytes", 0))
+    out["gbit_s"] = recv.get("bits_per_second", 0.0) / 1e9
+    out["rps"] = out["gbit_s"]
+    out["requests"] = out["bytes"]
+    if out["bytes"] == 0:
+        out["errors"].append("iperf3 moved no bytes")
+    print(json.dumps(out))
+
+
+# ---------------------------------------------------------------- probes
+
+
+def cmd_probe_resume(port, alpn="http/1.1"):
+    """Two connections; the second offers the first one's session."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols([alpn])
+    session = None
+    reused = False
+    for _ in range(2):
+        raw = socket.create_connection(("127.0.0.1", int(port)), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            reused = s.session_reused
+            if alpn == "http/1.1":
+                s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                try:
+                    while s.recv(65536):
+                        pass
+                except (ssl.SSLError, OSError):
+                    pass
+            session = s.session
+    print("yes" if reused else "no")
+
+
+# ---------------------------------------------------------------- summary
+
+# test -> (unit of the main figure, unit of the CPU figure, scale of CPU)
+UNITS = {
+    "h1_tls": ("req/s", "us/req"),
+    "h2_tls": ("req/s", "us/req"),
+    "handshake": ("conn/s", "us/conn"),
+    "h1_plain": ("req/s", "us/req"),
+    "l4_tls": ("Gbit/s", "ms/GB"),
+    "l4_plain": ("Gbit/s", "ms/GB"),
+}
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v, digits=None):
+    if v is None:
+        return "-"
+    if digits is None:
+        digits = 0 if abs(v) >= 100 else (1 if abs(v) >= 10 else 2)
+    return f"{v:,.{digits}f}"
+
+
+def cmd_summary(raw, out):
+    rows = []
+    with open(raw) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        for line in f:
+            rows.append(dict(zip(header, line.rstrip("\n").split("\t"))))
+
+    def num(r, k):
+        v = r.get(k, "")
+        return float(v) if v not in ("", "-", "None") else None
+
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["test"], r["system"]), []).append(r)
+    tests = [t for t in UNITS if any(k[0] == t for k in groups)]
+    order = ["direct", "moat", "nginx", "haproxy"]
+    lines = []
+    summary_rows = []
+    for t in tests:
+        unit, cpu_unit = UNITS[t]
+        lines.append("")
+        lines.append(f"== {t}  ({unit}; proxy CPU in {cpu_unit}; load = busy share of the load core)")
+        lines.append(
+            f"{'system':<9}{'runs':>5}{unit:>14}{'p50 ms':>10}{'p99 ms':>10}"
+            f"{'proxy CPU':>12}{'backend CPU':>13}{'load':>7}"
+        )
+        meds = {}
+        for s in order:
+            rs = groups.get((t, s))
+            if not rs:
+                continue
+            m = {
+                k: med([num(r, k) for r in rs])
+                for k in ("value", "p50_ms", "p99_ms", "proxy_cpu_per", "backend_cpu_per", "load_util")
+            }
+            meds[s] = m
+            lines.append(
+                f"{s:<9}{len(rs):>5}{fmt(m['value']):>14}{fmt(m['p50_ms'], 3):>10}"
+                f"{fmt(m['p99_ms'], 3):>10}{fmt(m['proxy_cpu_per']):>12}"
+                f"{fmt(m['backend_cpu_per']):>13}{fmt(m['load_util'], 2):>7}"
+            )
+            summary_rows.append([t, s, len(rs)] + [m[k] for k in ("value", "p50_ms", "p99_ms", "proxy_cpu_per", "backend_cpu_per", "load_util")])
+        if "moat" in meds:
+            parts = []
+            for other in ("nginx", "haproxy", "direct"):
+                if other in meds and meds[other]["value"]:
+                    r = meds["moat"]["value"] / meds[other]["value"]
+                    parts.append(f"moat/{other} {r:.2f}")
+            cpu_parts = []
+            for other in ("nginx", "haproxy"):
+                o = meds.get(other, {}).get("proxy_cpu_per")
+                mm = meds["moat"]["proxy_cpu_per"]
+                if o and mm:
+                    cpu_parts.append(f"moat/{other} {mm / o:.2f}")
+            lines.append("throughput ratio: " + (", ".join(parts) or "-"))
+            if cpu_parts:
+                lines.append("proxy CPU per unit ratio: " + ", ".join(cpu_parts))
+    print("\n".join(lines))
+    with open(out, "w") as f:
+        f.write("test\tsystem\truns\tvalue\tp50_ms\tp99_ms\tproxy_cpu_per\tbackend_cpu_per\tload_util\n")
+        for r in summary_rows:
+            f.write("\t".join("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in r) + "\n")
+
+
+# ---------------------------------------------------------------- CI peers
+
+
+def cmd_http_backend(port):
+    """A keep-alive HTTP/1.1 responder: every request gets 200 "ok\\n"."""
+    import asyncio
+
+    resp = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
+
+    async def handle(reader, writer):
+        buf = b""
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\r\n\r\n" in buf:
+                    head, buf = buf.split(b"\r\n\r\n", 1)
+                    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                    if m:  # drain a body, if any (the load sends none)
+                        n = int(m.group(1))
+                        while len(buf) < n:
+                            more = await reader.read(65536)
+                            if not more:
+                                return
+                            buf += more
+                        buf = buf[n:]
+                    writer.write(resp)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", int(port), backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def cmd_echo_server(port):
+    import asyncio
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", int(port), backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def cmd_tls_echo_load(port, ca, n, rounds):
+    import asyncio
+
+    n, rounds = int(n), int(rounds)
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    failures = []
+    moved = [0]
+
+    async def one(i):
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", int(port), ssl=ctx, server_hostname="localhost"),
+                timeout=20,
+            )
+        except Exception as e:  # noqa: BLE001 - every failure counts
+            failures.append(f"conn {i}: connect/handshake: {e!r}")
+            return
+        try:
+            for r in range(rounds):
+                msg = os.urandom(256 + (i * 37 + r * 101) % 4096)
+                writer.write(msg)
+                await writer.drain()
+                got = await asyncio.wait_for(reader.readexactly(len(msg)), timeout=20)
+                if got != msg:
+                    failures.append(f"conn {i} round {r}: echo mismatch")
+                    return
+                moved[0] += 2 * len(msg)
+        except Exception as e:  # noqa: BLE001
+            failures.append(f"conn {i}: {e!r}")
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except Exception:  # noqa: BLE001 - a reset at close is not a lost round trip
+                pass
+
+    async def main():
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    t0 = time.monotonic()
+    asyncio.run(main())
+    dt = time.monotonic() - t0
+    ok_trips = n * rounds if not failures else None
+    print(
+        f"tls echo: {n} connections x {rounds} round trips in {dt:.2f}s: "
+        f"{n / dt:.0f} handshakes/s, {n * rounds / dt:.0f} round trips/s, "
+        f"{moved[0] / dt / 1e6:.1f} MB/s"
+    )
+    if failures:
+        for f_ in failures[:20]:
+            print(f"  FAIL {f_}", file=sys.stderr)
+        die(f"{len(failures)} of {n} connections failed")
+    return ok_trips
+
+
+COMMANDS = {
+    "ports": cmd_ports,
+    "wait-port": cmd_wait_port,
+    "cputicks": cmd_cputicks,
+    "runcpu": cmd_runcpu,
+    "parse-wrk": cmd_parse_wrk,
+    "parse-h2load": cmd_parse_h2load,
+    "parse-oha": cmd_parse_oha,
+    "parse-iperf": cmd_parse_iperf,
+    "probe-resume": cmd_probe_resume,
+    "summary": cmd_summary,
+    "http-backend": cmd_http_backend,
+    "echo-server": cmd_echo_server,
+    "tls-echo-load": cmd_tls_echo_load,
+}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(__doc__)
+        sys.exit(2)
+    COMMANDS[sys.argv[1]](*sys.argv[2:])
