@@ -263,6 +263,7 @@ UNITS = {
     "h1_tls": ("req/s", "us/req"),
     "h2_tls": ("req/s", "us/req"),
     "handshake": ("conn/s", "us/conn"),
+    "handshake_full": ("conn/s", "us/conn"),
     "h1_plain": ("req/s", "us/req"),
     "l4_tls": ("Gbit/s", "ms/GB"),
     "l4_plain": ("Gbit/s", "ms/GB"),

@@ -252,11 +252,13 @@ fn demo_serves_the_simulated_device_and_stops_on_sigterm() {
             }
         }
     };
+    let ui_line = next(&|l| l.contains("HTTP (L7) web UI:"));
+    let ui_url = ui_line.split_whitespace().last().unwrap().to_string();
     let ca_line =
         next(&|l| l.trim_start().starts_with("curl --cacert") && !l.contains("--interface"));
     let cmd: Vec<&str> = ca_line.split_whitespace().collect();
     let (ca, url) = (cmd[2], cmd[3]);
-    next(&|l| l.contains(r#""service":"web-mtls""#) && l.contains("listener_started"));
+    // Instructions are printed once every listener is bound.
 
     let ok = Command::new("curl")
         .args(["-sS", "--cacert", ca, url])
@@ -272,6 +274,36 @@ fn demo_serves_the_simulated_device_and_stops_on_sigterm() {
         .unwrap();
     assert!(!denied.status.success());
     next(&|l| l.contains(r#""reason":"denylisted""#));
+
+    // The simulated web UI behind the L7 proxy: reads pass, firmware uploads do not.
+    let status = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+                ca,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(status(&["--http2", &format!("{ui_url}/status")]), "200");
+    assert_eq!(
+        status(&[
+            "-X",
+            "POST",
+            "-d",
+            "x",
+            &format!("{ui_url}/firmware/upload")
+        ]),
+        "403"
+    );
+    next(&|l| l.contains(r#""reason":"request_denied""#));
 
     signal(child.id(), "TERM");
     next(&|l| l.contains("gateway_stopped"));

@@ -65,6 +65,16 @@ where
     let io = TokioIo::new(Metered::client(client, activity.clone()));
     let live = Arc::new(Live {
         requests: AtomicU64::new(0),
+        allowed: session
+            .rt
+            .metrics
+            .requests
+            .get_or_create(&OutcomeLabels {
+                device: session.conn.device.to_string(),
+                service: session.conn.service.to_string(),
+                outcome: "allowed",
+            })
+            .clone(),
         activity: activity.clone(),
         idle_mark: AtomicU64::new(0),
         tunnels: TaskTracker::new(),
@@ -169,6 +179,8 @@ async fn first_request_overdue(live: &Live, limit: Duration) {
 struct Live {
     /// Requests seen so far.
     requests: AtomicU64,
+    /// `moat_http_requests_total{outcome="allowed"}` for this service.
+    allowed: prometheus_client::metrics::counter::Counter,
     activity: Arc<Activity>,
     /// Client bytes read when the last response finished: no new bytes
     /// since means the connection is merely idle between requests.
@@ -535,18 +547,20 @@ impl RequestRecord {
         let (read, _) = self.live.activity.bytes();
         self.live.idle_mark.store(read, Ordering::Relaxed);
         let s = &self.session;
-        let outcome = match &denial {
-            Some(d) => d.reason.as_str(),
-            None => "allowed",
+        match &denial {
+            // The connection's counter handle: no label allocation per request.
+            None => self.live.allowed.inc(),
+            Some(d) => {
+                s.rt.metrics
+                    .requests
+                    .get_or_create(&OutcomeLabels {
+                        device: s.conn.device.to_string(),
+                        service: s.conn.service.to_string(),
+                        outcome: d.reason.as_str(),
+                    })
+                    .inc()
+            }
         };
-        s.rt.metrics
-            .requests
-            .get_or_create(&OutcomeLabels {
-                device: s.conn.device.to_string(),
-                service: s.conn.service.to_string(),
-                outcome,
-            })
-            .inc();
         if denial.is_none() && !self.audit_allowed {
             return;
         }

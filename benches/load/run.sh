@@ -1,0 +1,585 @@
+#!/usr/bin/env bash
+# Load harness: moat against nginx and HAProxy doing the same job, and against
+# the backend directly, on loopback. See benches/load/README.md.
+#
+#   benches/load/run.sh                      # RUNS=3 DURATION=10
+#   RUNS=5 DURATION=20 benches/load/run.sh
+#   TESTS="h1_tls handshake" SYSTEMS="moat nginx" benches/load/run.sh
+#
+# Installs what is missing (apt: nginx-light libnginx-mod-stream haproxy wrk
+# nghttp2-client iperf3 socat openssl; cargo: oha), builds moat in release
+# mode, generates development certificates, starts every server on 127.0.0.1
+# only, runs the measurements round-robin and prints a table of medians.
+# Exits non-zero on request errors, never on speed.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-50}
+H2_STREAMS=${H2_STREAMS:-10}
+STIME_PROCS=${STIME_PROCS:-16}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+TESTS=${TESTS:-"h1_tls h2_tls handshake handshake_full h1_plain l4_tls l4_plain"}
+SYSTEMS=${SYSTEMS:-"moat nginx haproxy direct"}
+RESULTS=${RESULTS:-$HERE/results}
+MOAT_BIN=${MOAT_BIN:-$ROOT/target/release/moat}
+TOOL="python3 $HERE/loadtool.py"
+
+log() { printf '[load] %s\n' "$*" >&2; }
+
+# ------------------------------------------------------------------ tools
+install_tools() {
+  local need=()
+  command -v python3 >/dev/null || need+=(python3)
+  command -v nginx >/dev/null || need+=(nginx-light)
+  command -v haproxy >/dev/null || need+=(haproxy)
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v h2load >/dev/null || need+=(nghttp2-client)
+  command -v iperf3 >/dev/null || need+=(iperf3)
+  command -v socat >/dev/null || need+=(socat)
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v taskset >/dev/null || need+=(util-linux)
+  if ! nginx_has_stream; then need+=(libnginx-mod-stream); fi
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing: ${need[*]}"
+    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  nginx_has_stream || { log "nginx has no stream module even after installing libnginx-mod-stream"; exit 1; }
+
+  OHA=""
+  if command -v oha >/dev/null; then OHA=$(command -v oha)
+  elif [ -x "$HOME/.cargo/bin/oha" ]; then OHA="$HOME/.cargo/bin/oha"
+  else
+    log "installing oha (cargo install oha --locked; takes several minutes)"
+    if cargo install oha --locked >"${TMPDIR:-/tmp}/oha-install.log" 2>&1; then
+      OHA="$HOME/.cargo/bin/oha"
+    else
+      log "cargo install oha failed (see ${TMPDIR:-/tmp}/oha-install.log): the handshake test falls back to wrk with 'Connection: close'"
+    fi
+  fi
+}
+
+# The stream module is either a loadable module (Debian: libnginx-mod-stream)
+# or compiled in.
+NGINX_STREAM_LOAD=""
+nginx_has_stream() {
+  command -v nginx >/dev/null || return 1
+  local so
+  for so in /usr/lib/nginx/modules/ngx_stream_module.so /usr/share/nginx/modules/ngx_stream_module.so; do
+    if [ -e "$so" ]; then NGINX_STREAM_LOAD="load_module $so;"; return 0; fi
+  done
+  nginx -V 2>&1 | tr ' ' '\n' | grep -qx -- '--with-stream'
+}
+
+install_tools
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  log "building moat (cargo build --release -p moat)"
+  (cd "$ROOT" && cargo build --release -p moat)
+fi
+[ -x "$MOAT_BIN" ] || { log "no moat binary at $MOAT_BIN"; exit 1; }
+
+# ------------------------------------------------------------------ processes
+WORK=$(mktemp -d /tmp/moat-load.XXXXXX)
+chmod 755 "$WORK"   # nginx workers run as nobody
+PGIDS=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local p
+  for p in "${PGIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PGIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "${KEEP_WORK:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CPU CMD...: runs CMD in its own process group (so that it and
+# any workers it forks can be measured and stopped together), pinned to CPU.
+start() {
+  local name=$1 cpu=$2; shift 2
+  setsid taskset -c "$cpu" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" </dev/null &
+  local pid=$!
+  PGIDS+=("$pid")
+  printf -v "PG_$name" '%s' "$pid"
+}
+
+ticks() { $TOOL cputicks "$@"; }
+CLK_TCK=$(getconf CLK_TCK)
+
+read -r P_B_HTTP P_B_TLS P_IPERF P_M_TLS P_M_HTTP P_M_L4TLS P_M_L4 P_M_ADMIN \
+  P_N_TLS P_N_HTTP P_N_L4TLS P_N_L4 P_H_TLS P_H_HTTP P_H_L4TLS P_H_L4 \
+  P_S_MOAT P_S_NGINX P_S_HAPROXY <<<"$($TOOL ports 19)"
+
+CERTS="$WORK/certs"
+"$MOAT_BIN" certs dev "$CERTS" >/dev/null
+cat "$CERTS/server.pem" "$CERTS/server.key" >"$CERTS/haproxy.pem"
+
+# -- the backend: a separate nginx, one worker, a fixed 200 "ok\n" with
+#    keep-alive; its TLS listener is "direct" for the TLS tests.
+mkdir -p "$WORK/backend"
+cat >"$WORK/backend/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/backend/nginx.pid;
+worker_rlimit_nofile 65536;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  default_type text/plain;
+  keepalive_requests 1000000000;
+  keepalive_timeout 120s;
+  server {
+    listen 127.0.0.1:$P_B_HTTP backlog=4096;
+    location / { return 200 "ok\n"; }
+  }
+  server {
+    listen 127.0.0.1:$P_B_TLS ssl http2 backlog=4096;
+    ssl_certificate $CERTS/server.pem;
+    ssl_certificate_key $CERTS/server.key;
+    ssl_protocols TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    location / { return 200 "ok\n"; }
+  }
+}
+EOF
+
+# -- nginx as the gateway
+mkdir -p "$WORK/nginx"
+NGINX_HEADERS='
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header Forwarded "for=$remote_addr;proto=$scheme";
+      add_header X-Content-Type-Options nosniff always;
+      add_header X-Frame-Options SAMEORIGIN always;'
+cat >"$WORK/nginx/nginx.conf" <<EOF
+$NGINX_STREAM_LOAD
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+worker_rlimit_nofile 65536;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000000;
+  keepalive_timeout 120s;
+  upstream backend {
+    server 127.0.0.1:$P_B_HTTP;
+    keepalive 64;
+    keepalive_requests 1000000000;
+  }
+  server {
+    listen 127.0.0.1:$P_N_TLS ssl http2 backlog=4096;
+    ssl_certificate $CERTS/server.pem;
+    ssl_certificate_key $CERTS/server.key;
+    ssl_protocols TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    allow 127.0.0.0/8;
+    deny all;
+    location / {
+      $NGINX_HEADERS
+      add_header Strict-Transport-Security "max-age=31536000" always;
+    }
+  }
+  server {
+    listen 127.0.0.1:$P_N_HTTP backlog=4096;
+    allow 127.0.0.0/8;
+    deny all;
+    location / {
+      $NGINX_HEADERS
+    }
+  }
+}
+stream {
+  upstream iperf { server 127.0.0.1:$P_IPERF; }
+  server {
+    listen 127.0.0.1:$P_N_L4TLS ssl;
+    ssl_certificate $CERTS/server.pem;
+    ssl_certificate_key $CERTS/server.key;
+    ssl_protocols TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    allow 127.0.0.0/8;
+    deny all;
+    proxy_pass iperf;
+  }
+  server {
+    listen 127.0.0.1:$P_N_L4;
+    allow 127.0.0.0/8;
+    deny all;
+    proxy_pass iperf;
+  }
+}
+EOF
+
+# -- HAProxy as the gateway
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 40000
+  tune.ssl.cachesize 0
+  ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets
+
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 10m
+  timeout server 10m
+  timeout http-keep-alive 120s
+  timeout http-request 10s
+  option http-keep-alive
+  maxconn 40000
+
+frontend fe_tls
+  bind 127.0.0.1:$P_H_TLS ssl crt $CERTS/haproxy.pem alpn h2,http/1.1
+  tcp-request connection reject unless { src 127.0.0.0/8 }
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header Forwarded for=%[src];proto=https
+  http-response set-header Strict-Transport-Security "max-age=31536000"
+  http-response set-header X-Content-Type-Options nosniff
+  http-response set-header X-Frame-Options SAMEORIGIN
+  default_backend be_http
+
+frontend fe_plain
+  bind 127.0.0.1:$P_H_HTTP
+  tcp-request connection reject unless { src 127.0.0.0/8 }
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header Forwarded for=%[src];proto=http
+  http-response set-header X-Content-Type-Options nosniff
+  http-response set-header X-Frame-Options SAMEORIGIN
+  default_backend be_http
+
+backend be_http
+  http-reuse always
+  server backend 127.0.0.1:$P_B_HTTP
+
+listen l4_tls
+  mode tcp
+  bind 127.0.0.1:$P_H_L4TLS ssl crt $CERTS/haproxy.pem
+  tcp-request connection reject unless { src 127.0.0.0/8 }
+  server iperf 127.0.0.1:$P_IPERF
+
+listen l4_plain
+  mode tcp
+  bind 127.0.0.1:$P_H_L4
+  tcp-request connection reject unless { src 127.0.0.0/8 }
+  server iperf 127.0.0.1:$P_IPERF
+EOF
+
+# -- moat
+cat >"$WORK/moat.toml" <<EOF
+[gateway]
+audit_log = "$WORK/moat-audit.log"
+shutdown_grace = "1s"
+
+[admin]
+listen = "127.0.0.1:$P_M_ADMIN"
+
+[networks.loopback]
+cidrs = ["127.0.0.0/8"]
+
+[[device]]
+id = "bench-backend"
+name = "Load benchmark backend"
+
+  [[device.service]]
+  name = "https"
+  protocol = "http"
+  listen = "127.0.0.1:$P_M_TLS"
+  upstream = "127.0.0.1:$P_B_HTTP"
+  allow = ["loopback"]
+  max_connections = 40000
+    [device.service.tls]
+    certificates = [{ cert = "$CERTS/server.pem", key = "$CERTS/server.key" }]
+    min_version = "1.3"
+    [device.service.http]
+    audit_allowed = false
+
+  [[device.service]]
+  name = "http"
+  protocol = "http"
+  listen = "127.0.0.1:$P_M_HTTP"
+  upstream = "127.0.0.1:$P_B_HTTP"
+  allow = ["loopback"]
+  max_connections = 40000
+  plaintext = true
+    [device.service.http]
+    audit_allowed = false
+
+  [[device.service]]
+  name = "tcp-tls"
+  protocol = "tcp"
+  listen = "127.0.0.1:$P_M_L4TLS"
+  upstream = "127.0.0.1:$P_IPERF"
+  allow = ["loopback"]
+  max_connections = 40000
+    [device.service.tls]
+    certificates = [{ cert = "$CERTS/server.pem", key = "$CERTS/server.key" }]
+    min_version = "1.3"
+
+  [[device.service]]
+  name = "tcp"
+  protocol = "tcp"
+  listen = "127.0.0.1:$P_M_L4"
+  upstream = "127.0.0.1:$P_IPERF"
+  allow = ["loopback"]
+  max_connections = 40000
+  plaintext = true
+EOF
+
+nginx -t -q -p "$WORK/backend/" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf"
+nginx -t -q -p "$WORK/nginx/" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf"
+haproxy -c -q -f "$WORK/haproxy.cfg"
+"$MOAT_BIN" check -c "$WORK/moat.toml" >/dev/null
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+
+log "starting servers on 127.0.0.1 (proxies and backend on cpu$PROXY_CPU, load on cpu$LOAD_CPU)"
+start backend "$PROXY_CPU" nginx -p "$WORK/backend/" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf"
+start iperfs "$PROXY_CPU" iperf3 -s -B 127.0.0.1 -p "$P_IPERF"
+start nginx "$PROXY_CPU" nginx -p "$WORK/nginx/" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf"
+start haproxy "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg"
+# One tokio worker thread, like nginx's one worker and HAProxy's one thread.
+# (tokio's Builder::new_multi_thread reads TOKIO_WORKER_THREADS; pinned to one
+# CPU it would also pick 1. The blocking pool, used for audit file writes,
+# runs on the same CPU.)
+start moat "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 MOAT_LOG=warn "$MOAT_BIN" run -c "$WORK/moat.toml"
+# Client-side TLS for the L4 TLS test: iperf3 -> socat (TLS client) -> proxy.
+start socat_moat "$LOAD_CPU" socat -b 65536 "TCP-LISTEN:$P_S_MOAT,bind=127.0.0.1,fork,reuseaddr" "OPENSSL:127.0.0.1:$P_M_L4TLS,verify=0"
+start socat_nginx "$LOAD_CPU" socat -b 65536 "TCP-LISTEN:$P_S_NGINX,bind=127.0.0.1,fork,reuseaddr" "OPENSSL:127.0.0.1:$P_N_L4TLS,verify=0"
+start socat_haproxy "$LOAD_CPU" socat -b 65536 "TCP-LISTEN:$P_S_HAPROXY,bind=127.0.0.1,fork,reuseaddr" "OPENSSL:127.0.0.1:$P_H_L4TLS,verify=0"
+
+for p in $P_B_HTTP $P_B_TLS $P_IPERF $P_M_TLS $P_M_HTTP $P_M_L4TLS $P_M_L4 $P_N_TLS $P_N_HTTP \
+  $P_N_L4TLS $P_N_L4 $P_H_TLS $P_H_HTTP $P_H_L4TLS $P_H_L4 $P_S_MOAT $P_S_NGINX $P_S_HAPROXY; do
+  $TOOL wait-port "$p" 20 || { tail -n 20 "$WORK"/*.err >&2; exit 1; }
+done
+MOAT_THREADS=$(ls /proc/"$PG_moat"/task | wc -l)
+
+# ------------------------------------------------------------------ targets
+port_of() { # TEST SYSTEM -> port, or nothing when the pair is not measured
+  case "$1:$2" in
+    h1_tls:direct | h2_tls:direct | handshake*:direct) echo "$P_B_TLS" ;;
+    h1_tls:moat | h2_tls:moat | handshake*:moat) echo "$P_M_TLS" ;;
+    h1_tls:nginx | h2_tls:nginx | handshake*:nginx) echo "$P_N_TLS" ;;
+    h1_tls:haproxy | h2_tls:haproxy | handshake*:haproxy) echo "$P_H_TLS" ;;
+    h1_plain:direct) echo "$P_B_HTTP" ;;
+    h1_plain:moat) echo "$P_M_HTTP" ;;
+    h1_plain:nginx) echo "$P_N_HTTP" ;;
+    h1_plain:haproxy) echo "$P_H_HTTP" ;;
+    l4_tls:moat) echo "$P_S_MOAT" ;;
+    l4_tls:nginx) echo "$P_S_NGINX" ;;
+    l4_tls:haproxy) echo "$P_S_HAPROXY" ;;
+    l4_plain:direct) echo "$P_IPERF" ;;
+    l4_plain:moat) echo "$P_M_L4" ;;
+    l4_plain:nginx) echo "$P_N_L4" ;;
+    l4_plain:haproxy) echo "$P_H_L4" ;;
+  esac
+}
+proxy_pg() { case "$1" in moat) echo "$PG_moat" ;; nginx) echo "$PG_nginx" ;; haproxy) echo "$PG_haproxy" ;; esac; }
+backend_pg() { case "$1" in l4_*) echo "$PG_iperfs" ;; *) echo "$PG_backend" ;; esac; }
+
+# Session resumption: the handshake tests want full handshakes. nginx, HAProxy
+# and the backend are configured without it; moat keeps rustls' defaults.
+RESUME_NOTES=""
+for s in direct moat nginx haproxy; do
+  r=$($TOOL probe-resume "$(port_of h1_tls "$s")" 2>/dev/null || echo "probe failed")
+  RESUME_NOTES+="$s=$r "
+done
+log "TLS session resumption offered: $RESUME_NOTES"
+
+# ------------------------------------------------------------------ one measurement
+# measure TEST SYSTEM RUN: runs the load, appends a row to $RAW.
+ERRORS=()
+measure() {
+  local test=$1 sys=$2 run=$3 port out json
+  port=$(port_of "$test" "$sys")
+  [ -n "$port" ] || return 0
+  out="$WORK/out.$test.$sys.$run"
+  local ppg bpg p0=0 b0=0 p1=0 b1=0 s0=0 s1=0
+  ppg=$(proxy_pg "$sys"); bpg=$(backend_pg "$test")
+  [ -z "$ppg" ] || p0=$(ticks "$ppg")
+  b0=$(ticks "$bpg")
+  local spg=""
+  [ "$test" != l4_tls ] || { spg=$(eval echo "\$PG_socat_$sys"); s0=$(ticks "$spg"); }
+  local t0 t1 rc=0
+  t0=$(date +%s.%N)
+  case "$test" in
+    h1_tls | h1_plain)
+      local scheme=https; [ "$test" = h1_plain ] && scheme=http
+      $TOOL runcpu "$out.cpu" -- taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$scheme://127.0.0.1:$port/" >"$out" 2>&1 || rc=$?
+      json=$($TOOL parse-wrk "$out") ;;
+    h2_tls)
+      $TOOL runcpu "$out.cpu" -- taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D "$DURATION" --log-file="$out.log" "https://127.0.0.1:$port/" >"$out" 2>&1 || rc=$?
+      json=$($TOOL parse-h2load "$out" "$out.log")
+      rm -f "$out.log" ;;
+    handshake)
+      if [ -n "$OHA" ]; then
+        $TOOL runcpu "$out.cpu" -- taskset -c "$LOAD_CPU" "$OHA" --no-tui --output-format json -o "$out" \
+          --disable-keepalive -z "${DURATION}s" -c "$CONNS" --insecure -w --worker-threads 1 \
+          "https://127.0.0.1:$port/" 2>"$out.err" || rc=$?
+        json=$($TOOL parse-oha "$out")
+      else # fallback: wrk, a new connection per request (wrk resumes sessions where offered)
+        $TOOL runcpu "$out.cpu" -- taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Connection: close" "https://127.0.0.1:$port/" >"$out" 2>&1 || rc=$?
+        json=$($TOOL parse-wrk "$out")
+      fi ;;
+    handshake_full)
+      # openssl s_time -new never resumes: full handshakes on every system,
+      # one HTTP/1.0 GET each. Expensive for the client (OpenSSL 3), so the
+      # load core is the limit here: compare the proxy CPU per connection.
+      $TOOL runcpu "$out.cpu" -- taskset -c "$LOAD_CPU" bash -c '
+        for i in $(seq 1 '"$STIME_PROCS"'); do
+          openssl s_time -connect 127.0.0.1:'"$port"' -new -time '"$DURATION"' -www / >'"$out"'.$i 2>&1 &
+        done; wait' || rc=$?
+      json=$(python3 - "$out" "$STIME_PROCS" "$DURATION" <<'PY'
+import json, re, sys
+out, n, d = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+total, errors, nbytes = 0, [], 0
+for i in range(1, n + 1):
+    try:
+        text = open(f"{out}.{i}").read()
+    except OSError as e:
+        errors.append(str(e)); continue
+    m = re.search(r"(\d+) connections in \d+ real seconds, (\d+) bytes read per connection", text)
+    if not m:
+        errors.append(f"s_time {i}: no result"); continue
+    total += int(m.group(1)); nbytes = int(m.group(2))
+    if int(m.group(1)) and int(m.group(2)) == 0:
+        errors.append(f"s_time {i}: no response bytes")
+    if re.search(r"(?i)error|fail", text.replace("connections/user sec", "")):
+        errors.append(f"s_time {i}: " + text.strip().splitlines()[-1][:200])
+if total == 0:
+    errors.append("s_time made no connection")
+print(json.dumps({"rps": total / d, "requests": total, "p50_ms": None, "p99_ms": None, "errors": errors}))
+PY
+) ;;
+    l4_tls | l4_plain)
+      $TOOL runcpu "$out.cpu" -- taskset -c "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -J >"$out" 2>&1 || rc=$?
+      json=$($TOOL parse-iperf "$out")
+      sleep 0.5 ;; # iperf3 -s serves one test at a time
+  esac
+  t1=$(date +%s.%N)
+  [ -z "$ppg" ] || p1=$(ticks "$ppg")
+  b1=$(ticks "$bpg")
+  [ -z "$spg" ] || s1=$(ticks "$spg")
+  local row
+  row=$(python3 - "$json" "$test" "$sys" "$run" "$p0" "$p1" "$b0" "$b1" "$s0" "$s1" "$CLK_TCK" "$t0" "$t1" "$(cat "$out.cpu" 2>/dev/null || echo 0)" "$rc" "${ppg:-}" <<'PY'
+import json, sys
+j = json.loads(sys.argv[1])
+test, sys_, run = sys.argv[2:5]
+p0, p1, b0, b1, s0, s1, hz = map(int, sys.argv[5:12])
+t0, t1, load_cpu = float(sys.argv[12]), float(sys.argv[13]), float(sys.argv[14])
+rc, has_proxy = int(sys.argv[15]), sys.argv[16] != ""
+wall = t1 - t0
+proxy_s = (p1 - p0) / hz if has_proxy else None
+backend_s = (b1 - b0) / hz
+load_s = load_cpu + (s1 - s0) / hz
+units = j.get("requests") or 0
+if test.startswith("l4_"):
+    per = lambda s: None if s is None or not units else s / (units / 1e9) * 1000   # ms per GB
+    value = j.get("gbit_s")
+else:
+    per = lambda s: None if s is None or not units else s / units * 1e6            # us per request
+    value = j.get("rps")
+errors = list(j.get("errors", []))
+if rc != 0:
+    errors.append(f"load tool exited {rc}")
+def f(v):
+    return "" if v is None else f"{v:.6g}"
+print("\t".join([run, test, sys_, f(value), f(j.get("p50_ms")), f(j.get("p99_ms")), str(units),
+                 f(proxy_s), f(per(proxy_s)), f(backend_s), f(per(backend_s)), f(load_s / wall if wall else None),
+                 "; ".join(errors).replace("\t", " ")]))
+PY
+)
+  printf '%s\n' "$row" >>"$RAW"
+  local value errs
+  value=$(cut -f4 <<<"$row"); errs=$(cut -f13 <<<"$row")
+  log "run $run $test $sys: $value${errs:+  ERROR: $errs}"
+  if [ -n "$errs" ]; then ERRORS+=("run $run $test $sys: $errs (output in $out)"); fi
+}
+
+# ------------------------------------------------------------------ runs
+mkdir -p "$RESULTS"
+RAW="$WORK/raw.tsv"
+printf 'run\ttest\tsystem\tvalue\tp50_ms\tp99_ms\tunits\tproxy_cpu_s\tproxy_cpu_per\tbackend_cpu_s\tbackend_cpu_per\tload_util\terrors\n' >"$RAW"
+read -ra SYS_LIST <<<"$SYSTEMS"
+n=${#SYS_LIST[@]}
+log "RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS; tests: $TESTS; systems: $SYSTEMS; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+for run in $(seq 1 "$RUNS"); do
+  for test in $TESTS; do
+    # Round-robin: each run starts with the next system, so no system always
+    # goes first (cold) or last.
+    for i in $(seq 0 $((n - 1))); do
+      measure "$test" "${SYS_LIST[$(((i + run - 1) % n))]}" "$run"
+    done
+  done
+done
+
+# moat's own view: denials, audit drops, audit volume.
+MOAT_NOTES=$(python3 - "$WORK/moat-audit.log" "$P_M_ADMIN" <<'PY'
+import json, sys, urllib.request
+denied = closed_err = lines = 0
+size = 0
+try:
+    with open(sys.argv[1], "rb") as f:
+        for raw in f:
+            lines += 1; size += len(raw)
+            if b'"connection_denied"' in raw: denied += 1
+            elif b'"closed_by":"error"' in raw: closed_err += 1
+except OSError:
+    pass
+dropped = "?"
+try:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith("moat_audit_dropped"):
+            dropped = line.split()[-1]
+except Exception as e:  # noqa: BLE001
+    dropped = f"? ({e})"
+print(f"audit lines {lines} ({size / 1e6:.1f} MB), connection_denied {denied}, closed_by error {closed_err}, audit dropped {dropped}")
+if denied:
+    sys.exit(3)
+PY
+) || ERRORS+=("moat denied connections: $MOAT_NOTES")
+
+STAMP=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+{
+  echo "# moat load benchmark, $STAMP"
+  echo "# moat $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') ($MOAT_BIN), $("$MOAT_BIN" --version 2>/dev/null)"
+  echo "# $(nginx -v 2>&1); $(haproxy -v | head -1); $(wrk -v 2>&1 | head -1); $(h2load --version | head -1); $(iperf3 -v | head -1); $(socat -V | sed -n 2p); $(openssl version)${OHA:+; $("$OHA" --version)}"
+  echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs; proxies+backend on cpu$PROXY_CPU, load on cpu$LOAD_CPU; moat threads at start: $MOAT_THREADS (TOKIO_WORKER_THREADS=1)"
+  echo "# RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS H2_STREAMS=$H2_STREAMS STIME_PROCS=$STIME_PROCS"
+  echo "# TLS session resumption offered: $RESUME_NOTES"
+  echo "# moat: $MOAT_NOTES"
+} >"$WORK/header.txt"
+
+cat "$WORK/header.txt"
+$TOOL summary "$RAW" "$RESULTS/latest-summary.tsv" | tee "$WORK/table.txt"
+{ cat "$WORK/header.txt"; cat "$RAW"; } >"$RESULTS/latest.tsv"
+{ cat "$WORK/header.txt"; cat "$WORK/table.txt"; } >"$RESULTS/latest.txt"
+log "results: $RESULTS/latest.tsv (every run), latest-summary.tsv (medians), latest.txt (this table)"
+
+if [ ${#ERRORS[@]} -gt 0 ]; then
+  printf '\nERRORS:\n' >&2
+  printf '  %s\n' "${ERRORS[@]}" >&2
+  KEEP_WORK=1
+  exit 1
+fi
