@@ -53,7 +53,7 @@ cleanup() {
   if [ "$rc" -ne 0 ]; then
     log "moat stderr (last lines):"; tail -n 20 "$WORK/moat.err" >&2 2>/dev/null || true
   fi
-  rm -rf "$WORK"
+  if [ "${CI_LOAD_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -104,7 +104,9 @@ EOF
 start backend $TOOL http-backend "$P_HTTP"
 start echo $TOOL echo-server "$P_ECHO"
 start moat env MOAT_LOG=warn "$MOAT_BIN" run -c "$WORK/moat.toml"
-for p in $P_HTTP $P_ECHO $P_M_TLS $P_M_L4 $P_ADMIN; do
+# moat binds every service before its admin listener: waiting for the admin
+# port does not open (and audit) a connection to a service.
+for p in $P_HTTP $P_ECHO $P_ADMIN; do
   $TOOL wait-port "$p" 20 || fail "127.0.0.1:$p did not come up"
 done
 
@@ -128,13 +130,15 @@ $TOOL tls-echo-load "$P_M_L4" "$WORK/certs/ca.pem" "$ECHO_CONNS" "$ECHO_ROUNDS" 
 
 # -- moat's own record: nothing denied, cut or dropped
 sleep 0.5 # let the last connection_closed events reach the audit file
-python3 - "$WORK/audit.log" "$P_ADMIN" "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$WRK")" "$ECHO_CONNS" <<'PY' || fail "moat's audit trail shows problems"
+python3 - "$WORK/audit.log" "$P_ADMIN" "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$WRK")" "$ECHO_CONNS" "$CONNS" <<'PY' || fail "moat's audit trail shows problems"
 import collections, json, sys, urllib.request
-path, admin, wrk_requests, echo_conns = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+path, admin, wrk_requests, echo_conns, conns = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 events = collections.Counter()
 statuses = collections.Counter()
 closed = collections.Counter()
 problems = []
+https_reset = 0
+wrk_probe = False
 for line in open(path):
     e = json.loads(line)
     events[e["event"]] += 1
@@ -143,9 +147,21 @@ for line in open(path):
     if e["event"] == "connection_closed":
         closed[(e["service"], e["closed_by"])] += 1
         if e["closed_by"] not in ("client", "upstream"):
-            problems.append(f"connection {e['conn_id']} closed_by {e['closed_by']}: {e.get('error', '')}")
+            if e["service"] == "https" and e["closed_by"] == "error":
+                # wrk exits with requests in flight: the kernel resets those
+                # connections, and moat records the failed shutdown. Counted
+                # below; a reset during the run shows up as a wrk socket error.
+                https_reset += 1
+            else:
+                problems.append(f"connection {e['conn_id']} closed_by {e['closed_by']}: {e.get('error', '')}")
     if e["event"] in ("connection_denied", "connection_revoked"):
-        problems.append(f"{e['event']}: {e.get('reason')} {e.get('detail', '')}")
+        if (e["service"] == "https" and e.get("reason") == "tls_handshake_failed"
+                and e.get("detail") == "tls handshake eof" and not wrk_probe):
+            # wrk opens one plain TCP connection to check the address before
+            # it starts, and closes it: that one is an EOF in the handshake.
+            wrk_probe = True
+        else:
+            problems.append(f"{e['event']}: {e.get('reason')} {e.get('detail', '')}")
 # 499: a request still in flight when wrk stopped (wrk does not count it).
 bad = {s: n for s, n in statuses.items() if not (200 <= s < 300 or s == 499)}
 if bad:
@@ -153,6 +169,8 @@ if bad:
 ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
 if ok < wrk_requests:
     problems.append(f"audit has {ok} 2xx requests, wrk completed {wrk_requests}")
+if https_reset > conns:
+    problems.append(f"{https_reset} https connections ended in error, more than the {conns} wrk opened")
 echo_closed = sum(n for (svc, _), n in closed.items() if svc == "tls-echo")
 if echo_closed != echo_conns:
     problems.append(f"{echo_closed} tls-echo connections closed, expected {echo_conns}")
@@ -160,7 +178,8 @@ metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5)
 for line in metrics.splitlines():
     if line.startswith("moat_audit_dropped") and float(line.split()[-1]) > 0:
         problems.append(f"audit events dropped: {line}")
-print(f"audit: {dict(events)}; http statuses {dict(statuses)}")
+print(f"audit: {dict(events)}; http statuses {dict(statuses)}; "
+      f"https connections reset when wrk stopped: {https_reset}")
 for p in problems[:20]:
     print("  " + p, file=sys.stderr)
 sys.exit(1 if problems else 0)

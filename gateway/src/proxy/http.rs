@@ -247,6 +247,9 @@ async fn handle(
     };
     record.path = path.clone();
     if let Err(d) = controls::request::check_request(http, req.method(), &path, req.headers()) {
+        if d.reason == Reason::RequestDenied {
+            drain_small_body(req.into_body()).await;
+        }
         return record.deny(d);
     }
 
@@ -296,6 +299,14 @@ async fn handle(
         record: Some((record, status.as_u16())),
     };
     Response::from_parts(parts, body.boxed())
+}
+
+/// Reads and drops a small request body before a refusal. An h2 client
+/// whose body is left unread gets the answer followed by RST_STREAM, which
+/// some clients (curl 7.88) report as an error instead of showing the 403.
+async fn drain_small_body(body: Incoming) {
+    const LIMIT: usize = 64 * 1024;
+    let _ = tokio::time::timeout(Duration::from_secs(1), Limited::new(body, LIMIT).collect()).await;
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
