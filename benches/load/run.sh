@@ -368,7 +368,9 @@ start socat_moat "$LOAD_CPU" socat -b 65536 "TCP-LISTEN:$P_S_MOAT,bind=127.0.0.1
 start socat_nginx "$LOAD_CPU" socat -b 65536 "TCP-LISTEN:$P_S_NGINX,bind=127.0.0.1,fork,reuseaddr" "OPENSSL:127.0.0.1:$P_N_L4TLS,verify=0"
 start socat_haproxy "$LOAD_CPU" socat -b 65536 "TCP-LISTEN:$P_S_HAPROXY,bind=127.0.0.1,fork,reuseaddr" "OPENSSL:127.0.0.1:$P_H_L4TLS,verify=0"
 
-for p in $P_B_HTTP $P_B_TLS $P_IPERF $P_M_TLS $P_M_HTTP $P_M_L4TLS $P_M_L4 $P_N_TLS $P_N_HTTP \
+# moat binds every service before its admin listener, so its admin port
+# stands for all of them (a probe of a service port would be audited).
+for p in $P_B_HTTP $P_B_TLS $P_IPERF $P_M_ADMIN $P_N_TLS $P_N_HTTP \
   $P_N_L4TLS $P_N_L4 $P_H_TLS $P_H_HTTP $P_H_L4TLS $P_H_L4 $P_S_MOAT $P_S_NGINX $P_S_HAPROXY; do
   $TOOL wait-port "$p" 20 || { tail -n 20 "$WORK"/*.err >&2; exit 1; }
 done
@@ -534,18 +536,29 @@ for run in $(seq 1 "$RUNS"); do
 done
 
 # moat's own view: denials, audit drops, audit volume.
-MOAT_NOTES=$(python3 - "$WORK/moat-audit.log" "$P_M_ADMIN" <<'PY'
-import json, sys, urllib.request
-denied = closed_err = lines = 0
-size = 0
+MOAT_NOTES=$(python3 - "$WORK/moat-audit.log" "$P_M_ADMIN" "$WORK/moat.err" <<'PY'
+import collections, json, sys, urllib.request
+denials = collections.Counter()
+closed_err = lines = size = denied = 0
 try:
     with open(sys.argv[1], "rb") as f:
         for raw in f:
             lines += 1; size += len(raw)
-            if b'"connection_denied"' in raw: denied += 1
-            elif b'"closed_by":"error"' in raw: closed_err += 1
+            if b'"connection_denied"' in raw:
+                e = json.loads(raw)
+                denials[f"{e.get('reason')}: {e.get('detail', '')}"] += 1
+                # wrk opens and closes one plain TCP connection before each
+                # run: an EOF in the TLS handshake. Anything else is an error.
+                if e.get("detail") != "tls handshake eof":
+                    denied += 1
+            elif b'"closed_by":"error"' in raw:
+                closed_err += 1
 except OSError:
     pass
+try:
+    stderr_lines = sum(1 for _ in open(sys.argv[3], "rb"))
+except OSError:
+    stderr_lines = "?"
 dropped = "?"
 try:
     text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/metrics", timeout=5).read().decode()
@@ -554,7 +567,9 @@ try:
             dropped = line.split()[-1]
 except Exception as e:  # noqa: BLE001
     dropped = f"? ({e})"
-print(f"audit lines {lines} ({size / 1e6:.1f} MB), connection_denied {denied}, closed_by error {closed_err}, audit dropped {dropped}")
+print(f"audit lines {lines} ({size / 1e6:.1f} MB), connection_denied {dict(denials) or 0}, "
+      f"closed_by error {closed_err} (clients that stop with requests in flight), "
+      f"audit dropped {dropped}, stderr lines {stderr_lines}")
 if denied:
     sys.exit(3)
 PY

@@ -1285,3 +1285,64 @@ fn upstream_tls_with_a_pinned_certificate() {
         "HTTP/2",
     );
 }
+
+/// Rapid reset (CVE-2023-44487): an h2 client that opens streams and resets
+/// them at once makes the device work for nothing. moat counts abandoned
+/// requests per connection and hangs up after a hundred.
+#[test]
+fn rapid_reset_clients_are_disconnected() {
+    let ws = Workspace::new();
+    let dev = device();
+    let moat = start(&ws, &[("ui", http_service(&ws, "ui", dev.addr, "", ""))]);
+    let ui = moat.addr("ui");
+    let mut cfg = (*tls_client(&ws.certs, false)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (sent, local) = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(ui).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let mut sent = 0;
+        for _ in 0..1000 {
+            if send.ready().await.is_err() {
+                break;
+            }
+            let req = http::Request::get("https://localhost/slow")
+                .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+                .unwrap();
+            // Let the HEADERS go out, then drop the request: RST_STREAM.
+            let _ = tokio::time::timeout(Duration::from_millis(2), send.send_request(req)).await;
+            sent += 1;
+        }
+        let _ = tokio::time::timeout(DEADLINE, conn)
+            .await
+            .expect("moat closes the connection");
+        (sent, local)
+    });
+    assert!(sent < 1000, "moat kept accepting resets: {sent}");
+    let closed = moat.wait_for_client("connection_closed", local);
+    assert_eq!(closed["closed_by"], "error");
+    assert!(
+        closed["error"].as_str().unwrap().contains("rapid reset"),
+        "{closed}"
+    );
+    let abandoned = moat
+        .events("http_request")
+        .iter()
+        .filter(|e| e["status"] == 499)
+        .count();
+    assert!(
+        (100..=120).contains(&abandoned),
+        "{abandoned} abandoned requests audited"
+    );
+}

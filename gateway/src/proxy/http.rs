@@ -79,6 +79,8 @@ where
         idle_mark: AtomicU64::new(0),
         tunnels: TaskTracker::new(),
         cut: CancellationToken::new(),
+        abandoned: AtomicU64::new(0),
+        abusive: CancellationToken::new(),
     });
     let session = Arc::new(session);
     let svc = {
@@ -134,6 +136,10 @@ where
             }
         }
         _ = rt.hard_stop.cancelled() => (ClosedBy::Shutdown, None),
+        _ = live.abusive.cancelled() => {
+            let detail = format!("over {ABANDONED_LIMIT} abandoned requests (rapid reset?)");
+            (ClosedBy::Error, Some(detail))
+        }
         d = &mut revoked => {
             revocation = Some(d);
             (ClosedBy::Revoked, None)
@@ -189,6 +195,9 @@ struct Live {
     tunnels: TaskTracker,
     /// Cancelled when the connection ends for any reason: tunnels stop too.
     cut: CancellationToken,
+    abandoned: AtomicU64,
+    /// Cancelled when the client abandons too many requests.
+    abusive: CancellationToken,
 }
 
 fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<String>) {
@@ -597,10 +606,23 @@ impl RequestRecord {
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
+        if self.done {
+            return;
+        }
         // 499, as nginx logs it: the client went away before the answer.
         self.write(CLIENT_CLOSED_REQUEST, 0, None);
+        // Browsers cancel a request now and then; a client that cancels
+        // them by the hundred is resetting streams to make the device work
+        // for nothing (CVE-2023-44487). hyper's own limit only counts
+        // streams reset before they are accepted.
+        if self.live.abandoned.fetch_add(1, Ordering::Relaxed) + 1 > ABANDONED_LIMIT {
+            self.live.abusive.cancel();
+        }
     }
 }
+
+/// Abandoned (cancelled or reset) requests one connection may make.
+const ABANDONED_LIMIT: u64 = 100;
 
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
