@@ -96,7 +96,7 @@ cleanup() {
   sleep 0.5
   for p in "${PGIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ "${KEEP_WORK:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+  if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" -ne 0 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -130,8 +130,8 @@ cat >"$WORK/backend/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
 pid $WORK/backend/nginx.pid;
-worker_rlimit_nofile 65536;
-events { worker_connections 20000; }
+worker_rlimit_nofile 16384;
+events { worker_connections 8000; }
 http {
   access_log off;
   default_type text/plain;
@@ -171,8 +171,8 @@ $NGINX_STREAM_LOAD
 worker_processes 1;
 daemon off;
 pid $WORK/nginx/nginx.pid;
-worker_rlimit_nofile 65536;
-events { worker_connections 20000; }
+worker_rlimit_nofile 16384;
+events { worker_connections 8000; }
 http {
   access_log off;
   keepalive_requests 1000000000;
@@ -231,7 +231,7 @@ EOF
 cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 40000
+  maxconn 8000
   tune.ssl.cachesize 0
   ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets
 
@@ -243,7 +243,7 @@ defaults
   timeout http-keep-alive 120s
   timeout http-request 10s
   option http-keep-alive
-  maxconn 40000
+  maxconn 8000
 
 frontend fe_tls
   bind 127.0.0.1:$P_H_TLS ssl crt $CERTS/haproxy.pem alpn h2,http/1.1
@@ -307,7 +307,7 @@ name = "Load benchmark backend"
   listen = "127.0.0.1:$P_M_TLS"
   upstream = "127.0.0.1:$P_B_HTTP"
   allow = ["loopback"]
-  max_connections = 40000
+  max_connections = 8000
     [device.service.tls]
     certificates = [{ cert = "$CERTS/server.pem", key = "$CERTS/server.key" }]
     min_version = "1.3"
@@ -320,7 +320,7 @@ name = "Load benchmark backend"
   listen = "127.0.0.1:$P_M_HTTP"
   upstream = "127.0.0.1:$P_B_HTTP"
   allow = ["loopback"]
-  max_connections = 40000
+  max_connections = 8000
   plaintext = true
     [device.service.http]
     audit_allowed = false
@@ -331,7 +331,7 @@ name = "Load benchmark backend"
   listen = "127.0.0.1:$P_M_L4TLS"
   upstream = "127.0.0.1:$P_IPERF"
   allow = ["loopback"]
-  max_connections = 40000
+  max_connections = 8000
     [device.service.tls]
     certificates = [{ cert = "$CERTS/server.pem", key = "$CERTS/server.key" }]
     min_version = "1.3"
@@ -342,7 +342,7 @@ name = "Load benchmark backend"
   listen = "127.0.0.1:$P_M_L4"
   upstream = "127.0.0.1:$P_IPERF"
   allow = ["loopback"]
-  max_connections = 40000
+  max_connections = 8000
   plaintext = true
 EOF
 
@@ -351,7 +351,7 @@ nginx -t -q -p "$WORK/nginx/" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.c
 haproxy -c -q -f "$WORK/haproxy.cfg"
 "$MOAT_BIN" check -c "$WORK/moat.toml" >/dev/null
 
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log "starting servers on 127.0.0.1 (proxies and backend on cpu$PROXY_CPU, load on cpu$LOAD_CPU)"
 start backend "$PROXY_CPU" nginx -p "$WORK/backend/" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf"

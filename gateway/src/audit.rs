@@ -155,6 +155,11 @@ pub enum Event {
         version_in_force: u64,
         errors: Vec<String>,
     },
+    /// Denials not written individually in the last `window_ms`, because
+    /// they came faster than the audit trail admits (a scan or a flood).
+    /// They are still counted in `moat_connections_total` and
+    /// `moat_http_requests_total`.
+    DenialsSuppressed { count: u64, window_ms: u64 },
     GatewayStopping {
         grace_ms: u64,
         active_connections: usize,
@@ -177,11 +182,23 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
+/// Denials written individually: 200 a second, bursts of 1000. Beyond
+/// that a scan or flood is summarised once a second, so an attack cannot
+/// flood the trail (or the disk) while every allowed connection is kept.
+const DENIALS_PER_SECOND: u32 = 200;
+const DENIAL_BURST: u32 = 1000;
+
+struct FloodGate {
+    limiter: governor::DefaultDirectRateLimiter,
+    suppressed: AtomicU64,
+}
+
 /// A cheap, cloneable handle for recording events.
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
+    flood: Arc<FloodGate>,
 }
 
 impl Audit {
@@ -193,10 +210,47 @@ impl Audit {
         };
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(write_loop(rx, BufWriter::new(out)));
-        Ok(Audit {
+        let quota = governor::Quota::per_second(
+            std::num::NonZeroU32::new(DENIALS_PER_SECOND).expect("non-zero"),
+        )
+        .allow_burst(std::num::NonZeroU32::new(DENIAL_BURST).expect("non-zero"));
+        let audit = Audit {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
-        })
+            flood: Arc::new(FloodGate {
+                limiter: governor::RateLimiter::direct(quota),
+                suppressed: AtomicU64::new(0),
+            }),
+        };
+        let summary = audit.clone();
+        tokio::spawn(async move {
+            let window = std::time::Duration::from_secs(1);
+            let mut tick = tokio::time::interval(window);
+            loop {
+                tick.tick().await;
+                let count = summary.flood.suppressed.swap(0, Ordering::Relaxed);
+                if count > 0 {
+                    summary.record(Event::DenialsSuppressed {
+                        count,
+                        window_ms: window.as_millis() as u64,
+                    });
+                }
+                if summary.tx.is_closed() {
+                    break;
+                }
+            }
+        });
+        Ok(audit)
+    }
+
+    /// Records a denial, unless denials are arriving faster than the trail
+    /// admits; those are counted and summarised (`denials_suppressed`).
+    pub fn record_denial(&self, event: Event) {
+        if self.flood.limiter.check().is_ok() {
+            self.record(event);
+        } else {
+            self.flood.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Queues an event. Never waits.

@@ -147,6 +147,45 @@ pub struct ServiceSection {
     pub handshake_timeout: HumanDuration,
     /// HTTP settings; only for `protocol = "http"`.
     pub http: Option<HttpSection>,
+    /// Rate limits and the in-flight cap that shield the device.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// Rates are written "20/s", "600/min" or "20/s burst 40".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// New connections per second from one client address (IPv6: per /64).
+    pub connections_per_client: Option<Spanned<String>>,
+    /// HTTP requests from one client address.
+    pub requests_per_client: Option<Spanned<String>>,
+    /// HTTP requests from one authenticated identity (client certificate).
+    pub requests_per_identity: Option<Spanned<String>>,
+    /// All clients together: new connections (TCP) or requests (HTTP).
+    pub device_rate: Option<Spanned<String>>,
+    /// HTTP requests at the device at once.
+    pub max_in_flight: Option<Spanned<u32>>,
+    /// How long a request may queue for an in-flight slot before 503.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: HumanDuration,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            connections_per_client: None,
+            requests_per_client: None,
+            requests_per_identity: None,
+            device_rate: None,
+            max_in_flight: None,
+            queue_timeout: default_queue_timeout(),
+        }
+    }
+}
+
+fn default_queue_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(100))
 }
 
 fn default_max_connections() -> Spanned<u32> {

@@ -2,17 +2,74 @@
 //! outlives any one policy so that a reload neither resets nor leaks it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
-/// Runtime state of a service that must survive policy swaps.
-#[derive(Debug, Default)]
+use governor::clock::DefaultClock;
+
+use super::rate::{Limiters, LimitsPolicy};
+
+/// Runtime state of a service that must survive policy swaps: its
+/// connection count and its rate limiters.
+#[derive(Default)]
 pub struct ServiceState {
     active: AtomicU32,
+    limiters: RwLock<Option<Arc<Limiters>>>,
+}
+
+impl std::fmt::Debug for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceState")
+            .field("active", &self.active())
+            .finish()
+    }
 }
 
 impl ServiceState {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// The limiters for `policy`: those in use when it matches, else new
+    /// ones that keep every unchanged limiter (and so its buckets).
+    pub fn limiters(&self, policy: &LimitsPolicy) -> Arc<Limiters> {
+        if let Some(l) = self
+            .limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            if l.policy() == policy {
+                return l.clone();
+            }
+        }
+        let mut slot = self
+            .limiters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(l) if l.policy() == policy => l.clone(),
+            previous => {
+                let fresh = Arc::new(Limiters::build(
+                    policy,
+                    previous.map(|p| &**p),
+                    DefaultClock::default(),
+                ));
+                *slot = Some(fresh.clone());
+                fresh
+            }
+        }
+    }
+
+    /// Drops idle per-client state (see [`Limiters::collect_garbage`]).
+    pub fn collect_garbage(&self) {
+        if let Some(l) = self
+            .limiters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            l.collect_garbage();
+        }
     }
 
     pub fn active(&self) -> u32 {

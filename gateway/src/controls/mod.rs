@@ -8,6 +8,7 @@
 //! handshake, in [`crate::proxy`], and report through the same [`Denial`].
 
 mod concurrency;
+pub mod rate;
 mod reason;
 pub mod request;
 
@@ -40,6 +41,13 @@ pub fn admit_connection(
     client: IpAddr,
 ) -> Result<Admitted, Denial> {
     let matched = check_source(service, client)?;
+    let limiters = state.limiters(&service.limits);
+    limiters.check_connection(client)?;
+    if service.protocol == crate::config::schema::Protocol::Tcp {
+        // For TCP a connection is the unit of work the device sees; HTTP
+        // counts requests instead.
+        limiters.check_device()?;
+    }
     let slot = state.try_acquire(service.max_connections).ok_or_else(|| {
         Denial::with_detail(
             Reason::MaxConnections,

@@ -41,10 +41,19 @@ pub enum Reason {
     BodyTooLarge,
     /// The grace period ended while the connection was still being set up.
     GatewayShutdown,
+    /// This client exceeded its connection or request rate.
+    RateLimitedClient,
+    /// This authenticated identity exceeded its request rate.
+    RateLimitedIdentity,
+    /// All clients together exceeded the rate the device is allowed.
+    RateLimitedDevice,
+    /// The device already has `max_in_flight` requests and none finished in
+    /// `queue_timeout`.
+    DeviceBusy,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 21] = [
         Reason::NotAllowlisted,
         Reason::Denylisted,
         Reason::MaxConnections,
@@ -62,6 +71,10 @@ impl Reason {
         Reason::HeadersTooLarge,
         Reason::BodyTooLarge,
         Reason::GatewayShutdown,
+        Reason::RateLimitedClient,
+        Reason::RateLimitedIdentity,
+        Reason::RateLimitedDevice,
+        Reason::DeviceBusy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +96,10 @@ impl Reason {
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::BodyTooLarge => "body_too_large",
             Reason::GatewayShutdown => "gateway_shutdown",
+            Reason::RateLimitedClient => "rate_limited_client",
+            Reason::RateLimitedIdentity => "rate_limited_identity",
+            Reason::RateLimitedDevice => "rate_limited_device",
+            Reason::DeviceBusy => "device_busy",
         }
     }
 
@@ -95,7 +112,11 @@ impl Reason {
             Reason::HeadersTooLarge => 431,
             Reason::UpstreamUnreachable => 502,
             Reason::UpstreamTimeout => 504,
-            Reason::MaxConnections | Reason::GatewayShutdown => 503,
+            Reason::RateLimitedClient | Reason::RateLimitedIdentity => 429,
+            Reason::MaxConnections
+            | Reason::GatewayShutdown
+            | Reason::RateLimitedDevice
+            | Reason::DeviceBusy => 503,
             _ => 403,
         }
     }
@@ -112,6 +133,8 @@ impl std::fmt::Display for Reason {
 pub struct Denial {
     pub reason: Reason,
     pub detail: Option<String>,
+    /// When the client may try again (rate limits, busy device).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Denial {
@@ -119,12 +142,14 @@ impl Denial {
         Denial {
             reason,
             detail: None,
+            retry_after: None,
         }
     }
     pub fn with_detail(reason: Reason, detail: impl Into<String>) -> Self {
         Denial {
             reason,
             detail: Some(detail.into()),
+            retry_after: None,
         }
     }
 }

@@ -92,6 +92,20 @@ impl Runtime {
         client
     }
 
+    /// Forgets rate-limit state of clients idle for a replenish period.
+    pub fn collect_garbage(&self) {
+        let states: Vec<Arc<ServiceState>> = self
+            .states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for state in states {
+            state.collect_garbage();
+        }
+    }
+
     /// State kept across reloads for a service.
     pub fn state(&self, key: &ServiceKey) -> Arc<ServiceState> {
         let mut states = self.states.lock().expect("state map poisoned");
@@ -162,6 +176,20 @@ impl Gateway {
         ));
         for (service, listener) in sockets {
             reloader.start_listener(&service, listener);
+        }
+        // Per-client limiter state is bounded by the clients active within
+        // one replenish period: sweep the rest regularly.
+        {
+            let (rt, stop) = (runtime.clone(), stop_accepting.clone());
+            listeners.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => rt.collect_garbage(),
+                    }
+                }
+            });
         }
         let admin_addr = match admin {
             Some(l) => {

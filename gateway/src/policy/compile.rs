@@ -11,11 +11,13 @@ use toml::Spanned;
 
 use super::http::{Glob, HttpPolicy, RequestRule, UpstreamTls};
 use super::{AccessList, AuditTarget, CidrSet, Device, Policy, Service, Upstream};
+use crate::config::schema::LimitsSection;
 use crate::config::schema::RuleAction;
 use crate::config::schema::{
     ClientCertMode, FileConfig, HttpSection, Protocol, ServiceSection, TlsSection,
 };
 use crate::config::{self, did_you_mean, netfile, ConfigError, ConfigErrors, LoadedConfig};
+use crate::controls::rate::{LimitsPolicy, RateSpec};
 use crate::tls;
 
 /// Reads `path` (and every file it names) and compiles it.
@@ -353,6 +355,7 @@ impl Compiler<'_> {
             }
             (Protocol::Tcp, None) => None,
         };
+        let limits = self.limits(&s.limits, &format!("{field}.limits"), s.protocol);
         if self.errors.len() != before {
             return None;
         }
@@ -369,6 +372,7 @@ impl Compiler<'_> {
             handshake_timeout: s.handshake_timeout.0,
             tls,
             http,
+            limits,
         })
     }
 
@@ -473,6 +477,57 @@ impl Compiler<'_> {
                 None
             }
         }
+    }
+}
+
+impl Compiler<'_> {
+    fn limits(&mut self, l: &LimitsSection, field: &str, protocol: Protocol) -> LimitsPolicy {
+        let rate = |spec: &Option<Spanned<String>>, name: &str, this: &mut Self| {
+            let spec = spec.as_ref()?;
+            match RateSpec::parse(spec.get_ref()) {
+                Ok(r) => Some(r),
+                Err(msg) => {
+                    this.err(spec.span(), &format!("{field}.{name}"), msg);
+                    None
+                }
+            }
+        };
+        let policy = LimitsPolicy {
+            connections_per_client: rate(&l.connections_per_client, "connections_per_client", self),
+            requests_per_client: rate(&l.requests_per_client, "requests_per_client", self),
+            requests_per_identity: rate(&l.requests_per_identity, "requests_per_identity", self),
+            device_rate: rate(&l.device_rate, "device_rate", self),
+            max_in_flight: l.max_in_flight.as_ref().map(|m| *m.get_ref()),
+            queue_timeout: l.queue_timeout.0,
+        };
+        if let Some(m) = &l.max_in_flight {
+            if *m.get_ref() == 0 {
+                self.err(
+                    m.span(),
+                    &format!("{field}.max_in_flight"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        if protocol == Protocol::Tcp {
+            for (set, name) in [
+                (&l.requests_per_client, "requests_per_client"),
+                (&l.requests_per_identity, "requests_per_identity"),
+            ] {
+                if let Some(v) = set {
+                    self.err(
+                        v.span(),
+                        &format!("{field}.{name}"),
+                        "applies to `protocol = \"http\"` only".into(),
+                    );
+                }
+            }
+            if let Some(m) = &l.max_in_flight {
+                let msg = "applies to `protocol = \"http\"` only; TCP services cap connections with `max_connections`";
+                self.err(m.span(), &format!("{field}.max_in_flight"), msg.into());
+            }
+        }
+        policy
     }
 }
 

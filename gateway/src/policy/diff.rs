@@ -58,6 +58,7 @@ fn same_service(a: &Service, b: &Service) -> bool {
         && a.access.deny.iter().eq(b.access.deny.iter())
         && a.tls.as_ref().map(|t| &t.fingerprint) == b.tls.as_ref().map(|t| &t.fingerprint)
         && a.http.as_ref().map(|h| h.summary()) == b.http.as_ref().map(|h| h.summary())
+        && a.limits == b.limits
 }
 
 impl PolicyDiff {

@@ -103,6 +103,7 @@ pub struct Service {
     pub tls: Option<TlsTermination>,
     /// L7 policy; present exactly when `protocol` is HTTP.
     pub http: Option<http::HttpPolicy>,
+    pub limits: crate::controls::rate::LimitsPolicy,
 }
 
 /// Where a device listens, as `host:port`; resolved at connect time.

@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::relay::{Activity, Metered, RelayOutcome};
-use crate::audit::{ClosedBy, ConnMeta, Event};
+use crate::audit::{Audit, ClosedBy, ConnMeta, Event};
 use crate::controls::{self, ConnFacts, Denial, Reason};
-use crate::gateway::Runtime;
+use crate::gateway::{Runtime, ServiceKey};
 use crate::metrics::OutcomeLabels;
 use crate::policy::http::HttpPolicy;
 use crate::policy::{ListenerId, Service};
@@ -261,6 +261,29 @@ async fn handle(
         }
         return record.deny(d);
     }
+    // Shield the device: rates first (cheap, no waiting), then a slot among
+    // the requests it may have in flight, queueing briefly for one.
+    let limiters =
+        s.rt.state(&ServiceKey::of(&service))
+            .limiters(&service.limits);
+    if let Err(d) = limiters.check_request(s.conn.client.ip(), s.client_identity.as_deref()) {
+        return record.deny(d);
+    }
+    let permit = match limiters.in_flight() {
+        None => None,
+        Some(slots) => {
+            match tokio::time::timeout(service.limits.queue_timeout, slots.acquire_owned()).await {
+                Ok(Ok(p)) => Some(p),
+                _ => {
+                    let limit = service.limits.max_in_flight.unwrap_or_default();
+                    let mut d =
+                        Denial::with_detail(Reason::DeviceBusy, format!("max_in_flight {limit}"));
+                    d.retry_after = Some(Duration::from_secs(1));
+                    return record.deny(d);
+                }
+            }
+        }
+    };
 
     let websocket = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -306,6 +329,7 @@ async fn handle(
         inner: body.map_err(BoxError::from).boxed(),
         bytes: 0,
         record: Some((record, status.as_u16())),
+        _permit: permit,
     };
     Response::from_parts(parts, body.boxed())
 }
@@ -546,6 +570,12 @@ impl RequestRecord {
             "x-moat-reason",
             HeaderValue::from_static(denial.reason.as_str()),
         );
+        if let Some(wait) = denial.retry_after {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
         if denial.reason == Reason::ConnectRefused {
             h.insert(
                 header::ALLOW,
@@ -584,23 +614,31 @@ impl RequestRecord {
         if denial.is_none() && !self.audit_allowed {
             return;
         }
-        s.rt.audit.record(Event::HttpRequest {
-            conn: s.conn.clone(),
-            method: std::mem::take(&mut self.method),
-            path: std::mem::take(&mut self.path),
-            version: self.version,
-            status,
-            response_bytes,
-            duration_ms: self.started.elapsed().as_millis() as u64,
-            decision: if denial.is_some() {
-                "denied"
-            } else {
-                "allowed"
+        let audit = if denial.is_some() {
+            Audit::record_denial
+        } else {
+            Audit::record
+        };
+        audit(
+            &s.rt.audit,
+            Event::HttpRequest {
+                conn: s.conn.clone(),
+                method: std::mem::take(&mut self.method),
+                path: std::mem::take(&mut self.path),
+                version: self.version,
+                status,
+                response_bytes,
+                duration_ms: self.started.elapsed().as_millis() as u64,
+                decision: if denial.is_some() {
+                    "denied"
+                } else {
+                    "allowed"
+                },
+                reason: denial.as_ref().map(|d| d.reason),
+                detail: denial.and_then(|d| d.detail),
+                client_identity: s.client_identity.clone(),
             },
-            reason: denial.as_ref().map(|d| d.reason),
-            detail: denial.and_then(|d| d.detail),
-            client_identity: s.client_identity.clone(),
-        });
+        );
     }
 }
 
@@ -632,6 +670,8 @@ struct AuditedBody {
     inner: ProxyBody,
     bytes: u64,
     record: Option<(RequestRecord, u16)>,
+    /// The device's in-flight slot, held until the response is delivered.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Body for AuditedBody {

@@ -314,7 +314,7 @@ fn deny(
     rt.metrics
         .outcome(&conn.device, &conn.service, Err(denial.reason));
     tracing::debug!(client = %conn.client, device = %conn.device, service = %conn.service, reason = %denial.reason, "denied");
-    rt.audit.record(Event::ConnectionDenied {
+    rt.audit.record_denial(Event::ConnectionDenied {
         conn,
         reason: denial.reason,
         detail: denial.detail,
