@@ -289,18 +289,34 @@ async fn handle(
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let upstream_req = upstream_request(req, &service, http, &s, &path, websocket);
     let client = s.rt.http_client(&service);
-    let mut resp =
-        match tokio::time::timeout(http.response_timeout, client.request(upstream_req)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return record.deny(classify_upstream_error(&e, &service)),
-            Err(_) => {
-                let detail = format!(
-                    "{}: no response within {:?}",
-                    service.upstream, http.response_timeout
-                );
-                return record.deny(Denial::with_detail(Reason::UpstreamTimeout, detail));
-            }
-        };
+    let response_timeout = http.response_timeout;
+    let capped = permit.is_some();
+    let exchange = async move {
+        let result = tokio::time::timeout(response_timeout, client.request(upstream_req)).await;
+        (result, permit)
+    };
+    // With an in-flight cap, the exchange runs in its own task that owns
+    // the slot: a client that gives up (hyper drops this handler) must not
+    // free a slot while its request is still at the device.
+    let (result, permit) = if capped {
+        match tokio::spawn(exchange).await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    } else {
+        exchange.await
+    };
+    let mut resp = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return record.deny(classify_upstream_error(&e, &service)),
+        Err(_) => {
+            let detail = format!(
+                "{}: no response within {:?}",
+                service.upstream, response_timeout
+            );
+            return record.deny(Denial::with_detail(Reason::UpstreamTimeout, detail));
+        }
+    };
 
     let status = resp.status();
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, status) {
