@@ -166,9 +166,10 @@ pub struct LimitsSection {
     pub device_rate: Option<Spanned<String>>,
     /// HTTP requests at the device at once.
     pub max_in_flight: Option<Spanned<u32>>,
-    /// How long a request may queue for an in-flight slot before 503.
-    #[serde(default = "default_queue_timeout")]
-    pub queue_timeout: HumanDuration,
+    /// How long a request (HTTP: for an in-flight slot) or a connection
+    /// (TCP: for one of `max_connections`) may wait before being shed.
+    /// Defaults: 100ms for HTTP, 0 (refuse at once) for TCP.
+    pub queue_timeout: Option<HumanDuration>,
 }
 
 impl Default for LimitsSection {
@@ -179,13 +180,9 @@ impl Default for LimitsSection {
             requests_per_identity: None,
             device_rate: None,
             max_in_flight: None,
-            queue_timeout: default_queue_timeout(),
+            queue_timeout: None,
         }
     }
-}
-
-fn default_queue_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_millis(100))
 }
 
 fn default_max_connections() -> Spanned<u32> {

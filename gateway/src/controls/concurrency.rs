@@ -13,6 +13,8 @@ use super::rate::{Limiters, LimitsPolicy};
 #[derive(Default)]
 pub struct ServiceState {
     active: AtomicU32,
+    /// Woken when a connection slot is released, for connections queueing.
+    freed: tokio::sync::Notify,
     limiters: RwLock<Option<Arc<Limiters>>>,
 }
 
@@ -76,6 +78,24 @@ impl ServiceState {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Waits up to `wait` for a slot to come free.
+    pub async fn acquire_within(
+        self: &Arc<Self>,
+        limit: u32,
+        wait: std::time::Duration,
+    ) -> Option<ConnectionSlot> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let freed = self.freed.notified();
+            if let Some(slot) = self.try_acquire(limit) {
+                return Some(slot);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
     /// Takes a slot if fewer than `limit` are held. Refuses at once, never
     /// queues: a fragile device should not see a burst released later.
     pub fn try_acquire(self: &Arc<Self>, limit: u32) -> Option<ConnectionSlot> {
@@ -95,6 +115,7 @@ pub struct ConnectionSlot(Arc<ServiceState>);
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
     }
 }
 
@@ -111,5 +132,22 @@ mod tests {
         assert_eq!(state.active(), 2);
         drop(a);
         assert!(state.try_acquire(2).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_connection_gets_the_next_free_slot_or_gives_up() {
+        let state = ServiceState::new();
+        let held = state.try_acquire(1).unwrap();
+        // Nothing frees up: shed after the wait.
+        let wait = std::time::Duration::from_millis(100);
+        assert!(state.acquire_within(1, wait).await.is_none());
+        // A slot freed while waiting is taken.
+        let waiter = {
+            let state = state.clone();
+            tokio::spawn(async move { state.acquire_within(1, wait).await.is_some() })
+        };
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(waiter.await.unwrap());
     }
 }

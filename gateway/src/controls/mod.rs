@@ -34,6 +34,28 @@ pub struct Admitted {
     pub slot: ConnectionSlot,
 }
 
+/// Runs the connection-level chain; when only the connection cap refuses
+/// and the service allows a queue, waits up to `queue_timeout` for a slot.
+pub async fn admit_connection_queued(
+    service: &Service,
+    state: &Arc<ServiceState>,
+    client: IpAddr,
+) -> Result<Admitted, Denial> {
+    match admit_connection(service, state, client) {
+        Err(d) if d.reason == Reason::MaxConnections && !service.limits.queue_timeout.is_zero() => {
+            let matched = check_source(service, client)?;
+            match state
+                .acquire_within(service.max_connections, service.limits.queue_timeout)
+                .await
+            {
+                Some(slot) => Ok(Admitted { matched, slot }),
+                None => Err(d),
+            }
+        }
+        other => other,
+    }
+}
+
 /// Runs the connection-level chain for a client of `service`.
 pub fn admit_connection(
     service: &Service,

@@ -498,7 +498,11 @@ impl Compiler<'_> {
             requests_per_identity: rate(&l.requests_per_identity, "requests_per_identity", self),
             device_rate: rate(&l.device_rate, "device_rate", self),
             max_in_flight: l.max_in_flight.as_ref().map(|m| *m.get_ref()),
-            queue_timeout: l.queue_timeout.0,
+            queue_timeout: match (l.queue_timeout, protocol) {
+                (Some(t), _) => t.0,
+                (None, Protocol::Http) => std::time::Duration::from_millis(100),
+                (None, Protocol::Tcp) => std::time::Duration::ZERO,
+            },
         };
         if let Some(m) = &l.max_in_flight {
             if *m.get_ref() == 0 {

@@ -71,10 +71,11 @@ pub async fn accept_loop(
         let id = id.clone();
         rt.connections.spawn(async move {
             // Cheapest checks first, before the TLS handshake costs anything.
-            let admitted = match controls::admit_connection(&service, &state, client.ip()) {
-                Ok(a) => a,
-                Err(denial) => return deny(&rt2, conn, denial, None, None),
-            };
+            let admitted =
+                match controls::admit_connection_queued(&service, &state, client.ip()).await {
+                    Ok(a) => a,
+                    Err(denial) => return deny(&rt2, conn, denial, None, None),
+                };
             let _slot = admitted.slot;
             let matched = admitted.matched.to_string();
             handle(socket, service, id, conn, matched, rt2).await;
