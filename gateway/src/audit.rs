@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use std::io::{BufWriter, Write};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::controls::Reason;
@@ -204,12 +204,16 @@ pub struct Audit {
 impl Audit {
     /// Opens the target and starts the writer task.
     pub async fn start(target: &AuditTarget) -> std::io::Result<Audit> {
-        let out: Box<dyn AsyncWrite + Send + Unpin> = match target {
-            AuditTarget::Stdout => Box::new(tokio::io::stdout()),
-            AuditTarget::File(path) => Box::new(open_append(path).await?),
+        let out: Box<dyn Write + Send> = match target {
+            AuditTarget::Stdout => Box::new(std::io::stdout()),
+            AuditTarget::File(path) => Box::new(open_append(path)?),
         };
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(write_loop(rx, BufWriter::new(out)));
+        // A thread of its own: file writes block, and must never do so on
+        // (or through the blocking pool of) the data-plane runtime.
+        std::thread::Builder::new()
+            .name("moat-audit".into())
+            .spawn(move || write_loop(rx, BufWriter::with_capacity(64 * 1024, out)))?;
         let quota = governor::Quota::per_second(
             std::num::NonZeroU32::new(DENIALS_PER_SECOND).expect("non-zero"),
         )
@@ -281,12 +285,12 @@ impl Audit {
     }
 }
 
-async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
-    let mut opts = tokio::fs::OpenOptions::new();
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
     opts.create(true).append(true);
     #[cfg(unix)]
-    opts.mode(0o640);
-    opts.open(path).await.map_err(|e| {
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o640);
+    opts.open(path).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("cannot open audit log {}: {e}", path.display()),
@@ -294,12 +298,9 @@ async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
     })
 }
 
-async fn write_loop(
-    mut rx: mpsc::Receiver<Msg>,
-    mut out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
-) {
+fn write_loop(mut rx: mpsc::Receiver<Msg>, mut out: BufWriter<Box<dyn Write + Send>>) {
     let mut line = Vec::with_capacity(512);
-    while let Some(msg) = rx.recv().await {
+    while let Some(msg) = rx.blocking_recv() {
         let mut next = Some(msg);
         // Drain whatever is queued, then flush once.
         while let Some(msg) = next {
@@ -312,19 +313,19 @@ async fn write_loop(
                     };
                     if serde_json::to_writer(&mut line, &record).is_ok() {
                         line.push(b'\n');
-                        if let Err(e) = out.write_all(&line).await {
+                        if let Err(e) = out.write_all(&line) {
                             tracing::error!(error = %e, "writing audit trail failed");
                         }
                     }
                 }
                 Msg::Flush(done) => {
-                    let _ = out.flush().await;
+                    let _ = out.flush();
                     let _ = done.send(());
                 }
             }
             next = rx.try_recv().ok();
         }
-        if let Err(e) = out.flush().await {
+        if let Err(e) = out.flush() {
             tracing::error!(error = %e, "flushing audit trail failed");
         }
     }

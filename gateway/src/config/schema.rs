@@ -153,7 +153,7 @@ pub struct ServiceSection {
 }
 
 /// Rates are written "20/s", "600/min" or "20/s burst 40".
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
     /// New connections per second from one client address (IPv6: per /64).
@@ -170,19 +170,6 @@ pub struct LimitsSection {
     /// (TCP: for one of `max_connections`) may wait before being shed.
     /// Defaults: 100ms for HTTP, 0 (refuse at once) for TCP.
     pub queue_timeout: Option<HumanDuration>,
-}
-
-impl Default for LimitsSection {
-    fn default() -> Self {
-        LimitsSection {
-            connections_per_client: None,
-            requests_per_client: None,
-            requests_per_identity: None,
-            device_rate: None,
-            max_in_flight: None,
-            queue_timeout: None,
-        }
-    }
 }
 
 fn default_max_connections() -> Spanned<u32> {

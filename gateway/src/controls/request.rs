@@ -2,6 +2,8 @@
 //! body limits, method and path rules. They run after the connection-level
 //! chain and report through the same [`Denial`].
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, Method};
 
 use super::{Denial, Reason};
@@ -54,10 +56,18 @@ pub fn check_request(
 /// empty segments collapsed, percent-escapes of unreserved characters
 /// decoded. Encoded `/`, `\` or NUL, and raw `\`, are refused outright:
 /// devices disagree on what they mean, and a rule could be bypassed.
-pub fn normalize_path(raw: &str) -> Result<String, Denial> {
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
     let bad = |why: &str| Denial::with_detail(Reason::BadRequest, format!("path {raw:?}: {why}"));
     if !raw.starts_with('/') {
         return Err(bad("not an absolute path"));
+    }
+    // Most paths are already normal: no escapes, no empty or dot segments.
+    let b = raw.as_bytes();
+    let plain = !b.iter().any(|&c| c == b'%' || c == b'\\')
+        && !raw.contains("//")
+        && !raw.split('/').any(|seg| seg == "." || seg == "..");
+    if plain {
+        return Ok(Cow::Borrowed(raw));
     }
     let mut decoded = String::with_capacity(raw.len());
     let bytes = raw.as_bytes();
@@ -106,7 +116,7 @@ pub fn normalize_path(raw: &str) -> Result<String, Denial> {
     if out.is_empty() || (trailing && !out.ends_with('/')) {
         out.push('/');
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 #[cfg(test)]

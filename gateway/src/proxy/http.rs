@@ -29,7 +29,6 @@ use crate::audit::{Audit, ClosedBy, ConnMeta, Event};
 use crate::controls::{self, ConnFacts, Denial, Reason};
 use crate::gateway::{Runtime, ServiceKey};
 use crate::metrics::OutcomeLabels;
-use crate::policy::http::HttpPolicy;
 use crate::policy::{ListenerId, Service};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -63,7 +62,17 @@ where
         .expect("an HTTP service has an HTTP policy");
     let activity = Activity::new();
     let io = TokioIo::new(Metered::client(client, activity.clone()));
+    let client_ip = session.conn.client.ip().to_canonical();
+    let proto = if session.tls { "https" } else { "http" };
+    let node = match client_ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("\"[{a}]\""),
+    };
     let live = Arc::new(Live {
+        resolved: std::sync::Mutex::new(None),
+        forwarded_for: value(&client_ip.to_string()),
+        forwarded_proto: HeaderValue::from_static(proto),
+        forwarded_base: format!("for={node};proto={proto}"),
         requests: AtomicU64::new(0),
         allowed: session
             .rt
@@ -181,8 +190,65 @@ async fn first_request_overdue(live: &Live, limit: Duration) {
     }
 }
 
+/// A connection's view of the policy in force, worked out once per policy
+/// version rather than once per request.
+struct Resolved {
+    version: u64,
+    service: Arc<Service>,
+    /// The connection-level re-check against this policy.
+    verdict: Result<(), Denial>,
+    limiters: Arc<crate::controls::rate::Limiters>,
+    client: UpstreamClient,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    host_rewrite: Option<HeaderValue>,
+}
+
+impl Live {
+    /// The service behind this connection's listener in the current policy
+    /// (`None` if it is gone, or is no longer an HTTP service).
+    fn resolve(&self, s: &Session) -> Option<Arc<Resolved>> {
+        let policy = s.rt.policy.borrow().clone();
+        let mut cache = self
+            .resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(r) = cache.as_ref().filter(|r| r.version == policy.version) {
+            return Some(r.clone());
+        }
+        let service = policy.service_for(&s.id)?.clone();
+        let http = service.http.as_ref()?;
+        let authority: http::uri::Authority = service.upstream.to_string().parse().ok()?;
+        let resolved = Arc::new(Resolved {
+            version: policy.version,
+            verdict: controls::recheck(Some(&service), &s.facts),
+            limiters: s
+                .rt
+                .state(&ServiceKey::of(&service))
+                .limiters(&service.limits),
+            client: s.rt.http_client(&service),
+            scheme: if http.upstream_tls.is_some() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            },
+            authority,
+            host_rewrite: http.host_rewrite.as_deref().map(value),
+            service,
+        });
+        *cache = Some(resolved.clone());
+        Some(resolved)
+    }
+}
+
 /// What a client connection shares with its requests.
 struct Live {
+    resolved: std::sync::Mutex<Option<Arc<Resolved>>>,
+    /// `X-Forwarded-For`, `X-Forwarded-Proto` and the start of `Forwarded`:
+    /// fixed for the connection.
+    forwarded_for: HeaderValue,
+    forwarded_proto: HeaderValue,
+    forwarded_base: String,
     /// Requests seen so far.
     requests: AtomicU64,
     /// `moat_http_requests_total{outcome="allowed"}` for this service.
@@ -227,8 +293,9 @@ async fn handle(
     let mut record = RequestRecord {
         session: s.clone(),
         live: live.clone(),
-        method: req.method().to_string(),
-        path: req.uri().path().to_string(),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        path: None,
         version: version_name(req.version()),
         started: Instant::now(),
         audit_allowed: true,
@@ -236,25 +303,31 @@ async fn handle(
     };
     // Before anything parses the target: `CONNECT host:port` has no path.
     if req.method() == http::Method::CONNECT {
-        record.path = req.uri().to_string();
         return record.deny(Denial::new(Reason::ConnectRefused));
     }
-    // The policy in force now, not the one the connection started under.
-    let Some(service) = s.rt.service(&s.id) else {
+    // The policy in force now, not the one the connection started under
+    // (resolved once per policy version, not per request).
+    let resolved = live.resolve(&s);
+    let Some(current) = resolved.as_ref() else {
         return record.deny(Denial::new(Reason::ServiceRemoved));
     };
-    if let Err(d) = controls::recheck(Some(&service), &s.facts) {
-        return record.deny(d);
+    if let Err(d) = &current.verdict {
+        return record.deny(d.clone());
     }
-    let Some(http) = service.http.as_ref() else {
-        return record.deny(Denial::new(Reason::ServiceRemoved));
-    };
+    let service = &current.service;
+    let http = service
+        .http
+        .as_ref()
+        .expect("resolve() only keeps HTTP services");
     record.audit_allowed = http.audit_allowed;
-    let path = match controls::request::normalize_path(req.uri().path()) {
+    let uri = req.uri().clone();
+    let path = match controls::request::normalize_path(uri.path()) {
         Ok(p) => p,
         Err(d) => return record.deny(d),
     };
-    record.path = path.clone();
+    if let std::borrow::Cow::Owned(p) = &path {
+        record.path = Some(p.clone());
+    }
     if let Err(d) = controls::request::check_request(http, req.method(), &path, req.headers()) {
         if d.reason == Reason::RequestDenied {
             drain_small_body(req.into_body()).await;
@@ -263,9 +336,7 @@ async fn handle(
     }
     // Shield the device: rates first (cheap, no waiting), then a slot among
     // the requests it may have in flight, queueing briefly for one.
-    let limiters =
-        s.rt.state(&ServiceKey::of(&service))
-            .limiters(&service.limits);
+    let limiters = &current.limiters;
     if let Err(d) = limiters.check_request(s.conn.client.ip(), s.client_identity.as_deref()) {
         return record.deny(d);
     }
@@ -287,8 +358,8 @@ async fn handle(
 
     let websocket = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let upstream_req = upstream_request(req, &service, http, &s, &path, websocket);
-    let client = s.rt.http_client(&service);
+    let upstream_req = upstream_request(req, current, &live, &path, websocket);
+    let client = current.client.clone();
     let response_timeout = http.response_timeout;
     let capped = permit.is_some();
     let exchange = async move {
@@ -308,7 +379,7 @@ async fn handle(
     };
     let mut resp = match result {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return record.deny(classify_upstream_error(&e, &service)),
+        Ok(Err(e)) => return record.deny(classify_upstream_error(&e, service)),
         Err(_) => {
             let detail = format!(
                 "{}: no response within {:?}",
@@ -428,31 +499,35 @@ fn harden(headers: &mut HeaderMap, tls: bool) {
 /// goes to this service's upstream and nowhere else: never an open proxy.
 fn upstream_request(
     req: Request<Incoming>,
-    service: &Service,
-    http: &HttpPolicy,
-    s: &Session,
+    current: &Resolved,
+    live: &Live,
     path: &str,
     websocket: bool,
 ) -> Request<ProxyBody> {
+    let http = current.service.http.as_ref().expect("an HTTP service");
     let (mut parts, body) = req.into_parts();
-    let original_host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-    let scheme = if http.upstream_tls.is_some() {
-        "https"
-    } else {
-        "http"
+    let original_host: Option<HeaderValue> =
+        parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+    // The normalised path, the client's query, this service's device.
+    let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
+        (Some(pq), _) if pq.path() == path => pq.clone(),
+        (_, Some(q)) => format!("{path}?{q}")
+            .parse()
+            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
+        (_, None) => path
+            .parse()
+            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
     };
-    let query = parts
-        .uri
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    parts.uri = format!("{scheme}://{}{path}{query}", service.upstream)
-        .parse()
+    parts.uri = http::Uri::builder()
+        .scheme(current.scheme.clone())
+        .authority(current.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
         .unwrap_or_else(|_| http::Uri::from_static("/"));
     parts.version = Version::HTTP_11;
 
@@ -468,31 +543,28 @@ fn upstream_request(
     ] {
         headers.remove(name);
     }
-    let client_ip = s.conn.client.ip().to_canonical();
-    let proto = if s.tls { "https" } else { "http" };
-    headers.insert("x-forwarded-for", value(&client_ip.to_string()));
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    let node = match client_ip {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("\"[{a}]\""),
-    };
-    let mut forwarded = format!("for={node};proto={proto}");
-    if let Some(host) = &original_host {
-        headers.insert("x-forwarded-host", value(host));
-        if host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+    headers.insert("x-forwarded-for", live.forwarded_for.clone());
+    headers.insert("x-forwarded-proto", live.forwarded_proto.clone());
+    let forwarded = match original_host.as_ref().and_then(|h| h.to_str().ok()) {
+        Some(host)
+            if host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)) =>
         {
-            forwarded.push_str(&format!(";host={host}"));
+            value(&format!("{};host={host}", live.forwarded_base))
         }
+        _ => value(&live.forwarded_base),
+    };
+    headers.insert(header::FORWARDED, forwarded);
+    if let Some(host) = &original_host {
+        headers.insert("x-forwarded-host", host.clone());
     }
-    headers.insert(header::FORWARDED, value(&forwarded));
-    let host = http
-        .host_rewrite
-        .clone()
-        .or(original_host)
-        .unwrap_or_else(|| service.upstream.to_string());
-    headers.insert(header::HOST, value(&host));
+    let host = match (&current.host_rewrite, original_host) {
+        (Some(rewrite), _) => rewrite.clone(),
+        (None, Some(original)) => original,
+        (None, None) => value(current.authority.as_str()),
+    };
+    headers.insert(header::HOST, host);
 
     let body = if websocket {
         Empty::<Bytes>::new().map_err(BoxError::from).boxed()
@@ -552,11 +624,13 @@ fn version_name(v: Version) -> &'static str {
 struct RequestRecord {
     session: Arc<Session>,
     live: Arc<Live>,
+    method: http::Method,
+    uri: http::Uri,
+    /// The normalised path, when it differs from the request's.
+    path: Option<String>,
     /// Set once the record is written; a record dropped unwritten is a
     /// request the client abandoned (or an h2 stream it reset).
     done: bool,
-    method: String,
-    path: String,
     version: &'static str,
     started: Instant,
     audit_allowed: bool,
@@ -639,8 +713,12 @@ impl RequestRecord {
             &s.rt.audit,
             Event::HttpRequest {
                 conn: s.conn.clone(),
-                method: std::mem::take(&mut self.method),
-                path: std::mem::take(&mut self.path),
+                method: self.method.to_string(),
+                path: match self.path.take() {
+                    Some(p) => p,
+                    None if self.method == http::Method::CONNECT => self.uri.to_string(),
+                    None => self.uri.path().to_string(),
+                },
                 version: self.version,
                 status,
                 response_bytes,

@@ -2,7 +2,9 @@ use super::*;
 use crate::policy::http::{Glob, RequestRule};
 
 fn n(p: &str) -> Result<String, Reason> {
-    normalize_path(p).map_err(|d| d.reason)
+    normalize_path(p)
+        .map(|p| p.into_owned())
+        .map_err(|d| d.reason)
 }
 
 #[test]
