@@ -13,7 +13,11 @@ Subcommands:
   parse-oha FILE               -> JSON
   parse-iperf FILE             -> JSON {gbit_s, bytes, errors}
   probe-resume PORT [h2]       does the server resume a TLS session? yes/no
-  summary RAW_TSV OUT_TSV      print the median table and ratios
+  upstream-sampler PORT OUT PGID...
+                               until killed: the most connections the
+                               process groups held open to 127.0.0.1:PORT
+  summary RAW_TSV OUT_TSV [RESUMING]
+                               print the median table and ratios
   http-backend PORT            tiny keep-alive HTTP/1.1 server ("ok\\n")
   echo-server PORT             TCP echo server
   tls-echo-load PORT CA N R    N parallel TLS connections, R echo round
@@ -96,6 +100,38 @@ def cmd_runcpu(out, *cmd):
     with open(out, "w") as f:
         f.write(f"{cpu:.3f}\n")
     sys.exit(rc)
+
+
+def cmd_upstream_sampler(port, out, *pgids):
+    """Samples `ss` every 0.25 s; writes the maximum seen so far to OUT."""
+    want = {int(p) for p in pgids}
+    pg_of = {}
+    best = 0
+    while True:
+        try:
+            text = subprocess.run(
+                ["ss", "-Htnp", "state", "established", f"( dport = :{port} )"],
+                capture_output=True, text=True, timeout=5,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            text = ""
+        n = 0
+        for line in text.splitlines():
+            pids = {int(x) for x in re.findall(r"pid=(\d+)", line)}
+            for pid in pids:
+                if pid not in pg_of:
+                    try:
+                        pg_of[pid] = int(proc_stat(pid)[2])
+                    except (OSError, ValueError):
+                        pg_of[pid] = -1
+            if any(pg_of[pid] in want for pid in pids):
+                n += 1
+        if n > best:
+            best = n
+            with open(out + ".tmp", "w") as f:
+                f.write(f"{best}\n")
+            os.replace(out + ".tmp", out)
+        time.sleep(0.25)
 
 
 # ---------------------------------------------------------------- parsers
@@ -270,6 +306,9 @@ UNITS = {
 }
 
 
+COLS = ("value", "p50_ms", "p99_ms", "proxy_cpu_per", "backend_cpu_per", "load_util")
+
+
 def med(vals):
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) if vals else None
@@ -283,7 +322,8 @@ def fmt(v, digits=None):
     return f"{v:,.{digits}f}"
 
 
-def cmd_summary(raw, out):
+def cmd_summary(raw, out, resuming=""):
+    resuming = {x for x in resuming.split(",") if x}
     rows = []
     with open(raw) as f:
         header = f.readline().rstrip("\n").split("\t")
@@ -307,7 +347,7 @@ def cmd_summary(raw, out):
         lines.append(f"== {t}  ({unit}; proxy CPU in {cpu_unit}; load = busy share of the load core)")
         lines.append(
             f"{'system':<9}{'runs':>5}{unit:>14}{'p50 ms':>10}{'p99 ms':>10}"
-            f"{'proxy CPU':>12}{'backend CPU':>13}{'load':>7}"
+            f"{'proxy CPU':>12}{'backend CPU':>13}{'load':>7}{'upstream':>10}"
         )
         meds = {}
         for s in order:
@@ -316,15 +356,20 @@ def cmd_summary(raw, out):
                 continue
             m = {
                 k: med([num(r, k) for r in rs])
-                for k in ("value", "p50_ms", "p99_ms", "proxy_cpu_per", "backend_cpu_per", "load_util")
+                for k in COLS
             }
+            mx = [num(r, "upstream_max") for r in rs]
+            mx = [v for v in mx if v is not None]
+            m["upstream_max"] = max(mx) if mx else None
             meds[s] = m
+            name = s + ("*" if t == "handshake" and s in resuming else "")
             lines.append(
-                f"{s:<9}{len(rs):>5}{fmt(m['value']):>14}{fmt(m['p50_ms'], 3):>10}"
+                f"{name:<9}{len(rs):>5}{fmt(m['value']):>14}{fmt(m['p50_ms'], 3):>10}"
                 f"{fmt(m['p99_ms'], 3):>10}{fmt(m['proxy_cpu_per']):>12}"
                 f"{fmt(m['backend_cpu_per']):>13}{fmt(m['load_util'], 2):>7}"
+                f"{fmt(m['upstream_max'], 0):>10}"
             )
-            summary_rows.append([t, s, len(rs)] + [m[k] for k in ("value", "p50_ms", "p99_ms", "proxy_cpu_per", "backend_cpu_per", "load_util")])
+            summary_rows.append([t, s, len(rs)] + [m[k] for k in COLS + ("upstream_max",)])
         if "moat" in meds:
             parts = []
             for other in ("nginx", "haproxy", "direct"):
@@ -337,12 +382,15 @@ def cmd_summary(raw, out):
                 mm = meds["moat"]["proxy_cpu_per"]
                 if o and mm:
                     cpu_parts.append(f"moat/{other} {mm / o:.2f}")
+            if t == "handshake" and resuming & set(meds):
+                lines.append("* offers TLS session resumption and the client resumes: mostly resumed "
+                             "handshakes, not full ones (see handshake_full)")
             lines.append("throughput ratio: " + (", ".join(parts) or "-"))
             if cpu_parts:
                 lines.append("proxy CPU per unit ratio: " + ", ".join(cpu_parts))
     print("\n".join(lines))
     with open(out, "w") as f:
-        f.write("test\tsystem\truns\tvalue\tp50_ms\tp99_ms\tproxy_cpu_per\tbackend_cpu_per\tload_util\n")
+        f.write("test\tsystem\truns\t" + "\t".join(COLS) + "\tupstream_max\n")
         for r in summary_rows:
             f.write("\t".join("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in r) + "\n")
 
@@ -480,6 +528,7 @@ COMMANDS = {
     "parse-oha": cmd_parse_oha,
     "parse-iperf": cmd_parse_iperf,
     "probe-resume": cmd_probe_resume,
+    "upstream-sampler": cmd_upstream_sampler,
     "summary": cmd_summary,
     "http-backend": cmd_http_backend,
     "echo-server": cmd_echo_server,

@@ -20,6 +20,9 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
 H2_STREAMS=${H2_STREAMS:-10}
 STIME_PROCS=${STIME_PROCS:-16}
+# nginx keeps this many idle connections to the backend: 64 is what moat's
+# HTTP client pool keeps (hard-coded), HAProxy keeps all of them.
+NGINX_KEEPALIVE=${NGINX_KEEPALIVE:-64}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 TESTS=${TESTS:-"h1_tls h2_tls handshake handshake_full h1_plain l4_tls l4_plain"}
@@ -42,6 +45,7 @@ install_tools() {
   command -v socat >/dev/null || need+=(socat)
   command -v openssl >/dev/null || need+=(openssl)
   command -v taskset >/dev/null || need+=(util-linux)
+  command -v ss >/dev/null || need+=(iproute2)
   if ! nginx_has_stream; then need+=(libnginx-mod-stream); fi
   if [ ${#need[@]} -gt 0 ]; then
     log "installing: ${need[*]}"
@@ -88,10 +92,12 @@ fi
 WORK=$(mktemp -d /tmp/moat-load.XXXXXX)
 chmod 755 "$WORK"   # nginx workers run as nobody
 PGIDS=()
+SAMPLER=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   local p
+  [ -z "$SAMPLER" ] || kill "$SAMPLER" 2>/dev/null || true
   for p in "${PGIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
   sleep 0.5
   for p in "${PGIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
@@ -102,6 +108,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+PG_backend="" PG_iperfs="" PG_nginx="" PG_haproxy="" PG_moat=""
+# shellcheck disable=SC2034 # read indirectly, as ${!v}
+PG_socat_moat="" PG_socat_nginx="" PG_socat_haproxy=""
 # start NAME CPU CMD...: runs CMD in its own process group (so that it and
 # any workers it forks can be measured and stopped together), pinned to CPU.
 start() {
@@ -179,7 +188,7 @@ http {
   keepalive_timeout 120s;
   upstream backend {
     server 127.0.0.1:$P_B_HTTP;
-    keepalive 64;
+    keepalive $NGINX_KEEPALIVE;
     keepalive_requests 1000000000;
   }
   server {
@@ -421,7 +430,14 @@ measure() {
   [ -z "$ppg" ] || p0=$(ticks "$ppg")
   b0=$(ticks "$bpg")
   local spg=""
-  [ "$test" != l4_tls ] || { spg=$(eval echo "\$PG_socat_$sys"); s0=$(ticks "$spg"); }
+  if [ "$test" = l4_tls ]; then
+    local v="PG_socat_$sys"; spg=${!v}; s0=$(ticks "$spg")
+  fi
+  # How many connections the proxy holds open to the backend at most.
+  if [ -n "$ppg" ] && [[ $test != l4_* ]]; then
+    taskset -c "$LOAD_CPU" python3 "$HERE/loadtool.py" upstream-sampler "$P_B_HTTP" "$out.up" "$ppg" &
+    SAMPLER=$!
+  fi
   local t0 t1 rc=0
   t0=$(date +%s.%N)
   case "$test" in
@@ -479,17 +495,22 @@ PY
       sleep 0.5 ;; # iperf3 -s serves one test at a time
   esac
   t1=$(date +%s.%N)
+  if [ -n "$SAMPLER" ]; then
+    kill "$SAMPLER" 2>/dev/null || true
+    wait "$SAMPLER" 2>/dev/null || true
+    SAMPLER=""
+  fi
   [ -z "$ppg" ] || p1=$(ticks "$ppg")
   b1=$(ticks "$bpg")
   [ -z "$spg" ] || s1=$(ticks "$spg")
   local row
-  row=$(python3 - "$json" "$test" "$sys" "$run" "$p0" "$p1" "$b0" "$b1" "$s0" "$s1" "$CLK_TCK" "$t0" "$t1" "$(cat "$out.cpu" 2>/dev/null || echo 0)" "$rc" "${ppg:-}" <<'PY'
+  row=$(python3 - "$json" "$test" "$sys" "$run" "$p0" "$p1" "$b0" "$b1" "$s0" "$s1" "$CLK_TCK" "$t0" "$t1" "$(cat "$out.cpu" 2>/dev/null || echo 0)" "$rc" "${ppg:-}" "$(cat "$out.up" 2>/dev/null || true)" <<'PY'
 import json, sys
 j = json.loads(sys.argv[1])
 test, sys_, run = sys.argv[2:5]
 p0, p1, b0, b1, s0, s1, hz = map(int, sys.argv[5:12])
 t0, t1, load_cpu = float(sys.argv[12]), float(sys.argv[13]), float(sys.argv[14])
-rc, has_proxy = int(sys.argv[15]), sys.argv[16] != ""
+rc, has_proxy, upstream = int(sys.argv[15]), sys.argv[16] != "", sys.argv[17]
 wall = t1 - t0
 proxy_s = (p1 - p0) / hz if has_proxy else None
 backend_s = (b1 - b0) / hz
@@ -508,12 +529,12 @@ def f(v):
     return "" if v is None else f"{v:.6g}"
 print("\t".join([run, test, sys_, f(value), f(j.get("p50_ms")), f(j.get("p99_ms")), str(units),
                  f(proxy_s), f(per(proxy_s)), f(backend_s), f(per(backend_s)), f(load_s / wall if wall else None),
-                 "; ".join(errors).replace("\t", " ")]))
+                 upstream, "; ".join(errors).replace("\t", " ")]))
 PY
 )
   printf '%s\n' "$row" >>"$RAW"
   local value errs
-  value=$(cut -f4 <<<"$row"); errs=$(cut -f13 <<<"$row")
+  value=$(cut -f4 <<<"$row"); errs=$(cut -f14 <<<"$row")
   log "run $run $test $sys: $value${errs:+  ERROR: $errs}"
   if [ -n "$errs" ]; then ERRORS+=("run $run $test $sys: $errs (output in $out)"); fi
 }
@@ -521,7 +542,7 @@ PY
 # ------------------------------------------------------------------ runs
 mkdir -p "$RESULTS"
 RAW="$WORK/raw.tsv"
-printf 'run\ttest\tsystem\tvalue\tp50_ms\tp99_ms\tunits\tproxy_cpu_s\tproxy_cpu_per\tbackend_cpu_s\tbackend_cpu_per\tload_util\terrors\n' >"$RAW"
+printf 'run\ttest\tsystem\tvalue\tp50_ms\tp99_ms\tunits\tproxy_cpu_s\tproxy_cpu_per\tbackend_cpu_s\tbackend_cpu_per\tload_util\tupstream_max\terrors\n' >"$RAW"
 read -ra SYS_LIST <<<"$SYSTEMS"
 n=${#SYS_LIST[@]}
 log "RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS; tests: $TESTS; systems: $SYSTEMS; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -578,16 +599,17 @@ PY
 STAMP=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 {
   echo "# moat load benchmark, $STAMP"
-  echo "# moat $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') ($MOAT_BIN), $("$MOAT_BIN" --version 2>/dev/null)"
+  echo "# $("$MOAT_BIN" --version 2>/dev/null) at $MOAT_BIN, built $(date -u -r "$MOAT_BIN" +%Y-%m-%dT%H:%M:%SZ); work tree now at $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
   echo "# $(nginx -v 2>&1); $(haproxy -v | head -1); $(wrk -v 2>&1 | head -1); $(h2load --version | head -1); $(iperf3 -v | head -1); $(socat -V | sed -n 2p); $(openssl version)${OHA:+; $("$OHA" --version)}"
   echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs; proxies+backend on cpu$PROXY_CPU, load on cpu$LOAD_CPU; moat threads at start: $MOAT_THREADS (TOKIO_WORKER_THREADS=1)"
-  echo "# RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS H2_STREAMS=$H2_STREAMS STIME_PROCS=$STIME_PROCS"
+  echo "# RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS H2_STREAMS=$H2_STREAMS STIME_PROCS=$STIME_PROCS NGINX_KEEPALIVE=$NGINX_KEEPALIVE"
   echo "# TLS session resumption offered: $RESUME_NOTES"
   echo "# moat: $MOAT_NOTES"
 } >"$WORK/header.txt"
 
 cat "$WORK/header.txt"
-$TOOL summary "$RAW" "$RESULTS/latest-summary.tsv" | tee "$WORK/table.txt"
+RESUMING=$(tr ' ' '\n' <<<"$RESUME_NOTES" | sed -n 's/=yes$//p' | paste -sd, -)
+$TOOL summary "$RAW" "$RESULTS/latest-summary.tsv" "$RESUMING" | tee "$WORK/table.txt"
 { cat "$WORK/header.txt"; cat "$RAW"; } >"$RESULTS/latest.tsv"
 { cat "$WORK/header.txt"; cat "$WORK/table.txt"; } >"$RESULTS/latest.txt"
 log "results: $RESULTS/latest.tsv (every run), latest-summary.tsv (medians), latest.txt (this table)"
