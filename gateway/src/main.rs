@@ -111,8 +111,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// One worker per CPU moat may run on (`MOAT_WORKER_THREADS` overrides).
+/// With a single CPU the current-thread scheduler is used: no work
+/// stealing, no cross-thread wake-ups, nothing to gain from them.
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+    let workers = std::env::var("MOAT_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
         .enable_all()
         .build()
         .expect("starting the tokio runtime")

@@ -828,7 +828,6 @@ impl UpstreamClient {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         match service.http.as_ref().and_then(|h| h.upstream_tls.as_ref()) {
