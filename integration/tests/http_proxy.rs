@@ -5,14 +5,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::http_device::{self, HttpDevice};
 use support::*;
 
 // ---------------------------------------------------------------------------
@@ -24,15 +24,15 @@ use support::*;
 /// names), then `body-bytes: N`. `/slow` answers after 2 s.
 struct Device {
     addr: SocketAddr,
-    /// TCP connections accepted.
-    accepted: Arc<AtomicUsize>,
+    server: HttpDevice,
     /// `METHOD PATH` of every request received in full (head and body).
     seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl Device {
+    /// TCP connections accepted.
     fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
+        self.server.accepted()
     }
     fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
@@ -40,39 +40,9 @@ impl Device {
 }
 
 fn device() -> Device {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let (count, log) = (accepted.clone(), seen.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            count.fetch_add(1, Ordering::SeqCst);
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let _ = serve_device_connection(stream, log);
-            });
-        }
-    });
-    Device {
-        addr,
-        accepted,
-        seen,
-    }
-}
-
-struct DeviceRequest {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body_bytes: usize,
-}
-
-fn serve_device_connection(stream: TcpStream, log: Arc<Mutex<Vec<String>>>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
-    while let Some(req) = read_device_request(&mut reader)? {
+    let log = seen.clone();
+    let server = http_device::serve(move |req| {
         log.lock()
             .unwrap()
             .push(format!("{} {}", req.method, req.path));
@@ -84,94 +54,14 @@ fn serve_device_connection(stream: TcpStream, log: Arc<Mutex<Vec<String>>>) -> s
         for (name, value) in &req.headers {
             body.push_str(&format!("{name}: {value}\n"));
         }
-        body.push_str(&format!("body-bytes: {}\n", req.body_bytes));
-        let close = req
-            .headers
-            .iter()
-            .any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close"));
-        write!(
-            out,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
-            body.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        )?;
-        out.flush()?;
-        if close {
-            break;
-        }
+        body.push_str(&format!("body-bytes: {}\n", req.body_len));
+        body
+    });
+    Device {
+        addr: server.addr,
+        server,
+        seen,
     }
-    Ok(())
-}
-
-fn invalid(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
-}
-
-/// Reads one request (head and body); `None` when the peer closed cleanly
-/// between requests.
-fn read_device_request(r: &mut impl BufRead) -> std::io::Result<Option<DeviceRequest>> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(path), Some(_version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid("request line"));
-    };
-    let (method, path) = (method.to_string(), path.to_string());
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(invalid("truncated head"));
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            break;
-        }
-        let (name, value) = l.split_once(':').ok_or_else(|| invalid("header"))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let mut body_bytes = 0;
-    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        loop {
-            line.clear();
-            r.read_line(&mut line)?;
-            let size = line.trim().split(';').next().unwrap_or("");
-            let size = usize::from_str_radix(size, 16).map_err(|_| invalid("chunk size"))?;
-            if size == 0 {
-                // Trailers, up to the empty line.
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            let mut chunk = vec![0u8; size + 2];
-            r.read_exact(&mut chunk)?;
-            body_bytes += size;
-        }
-    } else if let Some(len) = header("content-length") {
-        let len: usize = len.parse().map_err(|_| invalid("content-length"))?;
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body)?;
-        body_bytes = len;
-    }
-    Ok(Some(DeviceRequest {
-        method,
-        path,
-        headers,
-        body_bytes,
-    }))
 }
 
 /// A WebSocket echo device (tungstenite, sync).

@@ -8,8 +8,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::http_device;
 use support::*;
 
 /// Held by each test: loads and rate measurements run one at a time.
@@ -56,120 +57,29 @@ impl Device {
 }
 
 fn device(work: Duration) -> Device {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
     let active = Arc::new(AtomicUsize::new(0));
     let max_active = Arc::new(AtomicUsize::new(0));
-    let counters = (requests.clone(), active.clone(), max_active.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let counters = counters.clone();
-            std::thread::spawn(move || {
-                let _ = serve_device_connection(stream, work, counters);
-            });
-        }
-    });
-    Device {
-        addr,
-        requests,
-        active,
-        max_active,
-    }
-}
-
-type Counters = (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>);
-
-fn serve_device_connection(
-    stream: TcpStream,
-    work: Duration,
-    (requests, active, max_active): Counters,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
-    while let Some(close) = read_device_request(&mut reader)? {
-        requests.fetch_add(1, Ordering::SeqCst);
-        let now = active.fetch_add(1, Ordering::SeqCst) + 1;
-        max_active.fetch_max(now, Ordering::SeqCst);
+    let (count, now_active, most) = (requests.clone(), active.clone(), max_active.clone());
+    let server = http_device::serve(move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let now = now_active.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(now, Ordering::SeqCst);
         if !work.is_zero() {
             // The device being slow is what this simulates.
             std::thread::sleep(work);
         }
         // Done with the request before the answer leaves, so the count
         // never includes a request moat may already consider finished.
-        active.fetch_sub(1, Ordering::SeqCst);
-        write!(
-            out,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n{}\r\nok\n",
-            if close { "Connection: close\r\n" } else { "" }
-        )?;
-        out.flush()?;
-        if close {
-            break;
-        }
+        now_active.fetch_sub(1, Ordering::SeqCst);
+        "ok\n".to_string()
+    });
+    Device {
+        addr: server.addr,
+        requests,
+        active,
+        max_active,
     }
-    Ok(())
-}
-
-fn invalid(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
-}
-
-/// Reads one request (head and body). `None` when the peer closed between
-/// requests, else whether the request asked to close the connection.
-fn read_device_request(r: &mut impl BufRead) -> std::io::Result<Option<bool>> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    if line.split_whitespace().count() != 3 {
-        return Err(invalid("request line"));
-    }
-    let mut close = false;
-    let mut length = 0usize;
-    let mut chunked = false;
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(invalid("truncated head"));
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            break;
-        }
-        let (name, value) = l.split_once(':').ok_or_else(|| invalid("header"))?;
-        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-        match name.as_str() {
-            "connection" => close |= value.eq_ignore_ascii_case("close"),
-            "content-length" => length = value.parse().map_err(|_| invalid("length"))?,
-            "transfer-encoding" => chunked |= value.to_ascii_lowercase().contains("chunked"),
-            _ => {}
-        }
-    }
-    if chunked {
-        loop {
-            line.clear();
-            r.read_line(&mut line)?;
-            let size = line.trim().split(';').next().unwrap_or("");
-            let size = usize::from_str_radix(size, 16).map_err(|_| invalid("chunk size"))?;
-            if size == 0 {
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            let mut chunk = vec![0u8; size + 2];
-            r.read_exact(&mut chunk)?;
-        }
-    } else {
-        let mut body = vec![0u8; length];
-        r.read_exact(&mut body)?;
-    }
-    Ok(Some(close))
 }
 
 // ---------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 //! its audit trail. Every wait has a deadline; nothing sleeps to synchronise.
 #![allow(dead_code)]
 
+pub mod http_device;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
