@@ -320,6 +320,7 @@ name = "Load benchmark backend"
     [device.service.tls]
     certificates = [{ cert = "$CERTS/server.pem", key = "$CERTS/server.key" }]
     min_version = "1.3"
+    session_resumption = false   # like nginx and HAProxy here: full handshakes only
     [device.service.http]
     audit_allowed = false
 

@@ -129,6 +129,7 @@ pub struct TlsInputs {
     pub certificates: Vec<LoadedCertificate>,
     pub alpn: Vec<String>,
     pub min_version: TlsVersion,
+    pub session_resumption: bool,
     pub client_roots: Option<RootCertStore>,
     pub client_cert: Option<ClientCertMode>,
     pub fingerprint: String,
@@ -161,6 +162,10 @@ pub fn build_termination(inputs: TlsInputs) -> Result<TlsTermination, TlsError> 
     let resolver = SniResolver::new(&inputs.certificates);
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = inputs.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    if !inputs.session_resumption {
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    }
     Ok(TlsTermination {
         server_config: Arc::new(config),
         client_cert: inputs.client_cert,

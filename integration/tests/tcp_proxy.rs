@@ -509,3 +509,37 @@ fn ipv6_listener_and_allowlist() {
     let allowed = moat.wait_event("connection_allowed", |_| true);
     assert_eq!(allowed["matched"], "::1/128");
 }
+
+#[test]
+fn session_resumption_is_on_by_default_and_can_be_turned_off() {
+    let ws = Workspace::new();
+    let echo = echo_upstream();
+    let body = format!(
+        "{}\n[[device.service]]\nname = \"full\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"127.0.0.1\"]\n{}session_resumption = false\n",
+        tls_service(&ws, echo.addr, "", ""),
+        echo.addr,
+        ws.tls_table()
+    );
+    let moat = Moat::start(&ws, &body, &["dicom", "full"]);
+    // One client config, so one client-side session cache, per service.
+    let second_kind = |service: &str| {
+        let cfg = tls_client(&ws.certs, false);
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let mut s = tls_connect(
+                cfg.clone(),
+                "localhost",
+                connect_from("127.0.0.1", moat.addr(service)),
+            )
+            .unwrap();
+            // Tickets arrive after the handshake: one round trip collects them.
+            s.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            kinds.push(s.conn.handshake_kind());
+        }
+        kinds[1]
+    };
+    assert_eq!(second_kind("dicom"), Some(rustls::HandshakeKind::Resumed));
+    assert_eq!(second_kind("full"), Some(rustls::HandshakeKind::Full));
+}

@@ -197,6 +197,10 @@ pub struct TlsSection {
     /// "1.2" (default) or "1.3". Nothing older is ever offered.
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// Offer session resumption (TLS 1.3 tickets, a TLS 1.2 session cache),
+    /// so returning clients skip the full handshake. On by default.
+    #[serde(default = "default_true")]
+    pub session_resumption: bool,
     /// CA bundle that client certificates must chain to. Setting it turns
     /// client-certificate verification on.
     pub client_ca: Option<Spanned<String>>,

@@ -456,7 +456,13 @@ impl Compiler<'_> {
                     .map_or(&[][..], |b| b.as_slice()),
             );
         }
-        fp.update(format!("{:?}{:?}{:?}", t.alpn, t.min_version, client_cert).as_bytes());
+        fp.update(
+            format!(
+                "{:?}{:?}{:?}{}",
+                t.alpn, t.min_version, client_cert, t.session_resumption
+            )
+            .as_bytes(),
+        );
         let inputs = tls::TlsInputs {
             fingerprint: tls::hex(fp.finish().as_ref()),
             certificates,
@@ -466,6 +472,7 @@ impl Compiler<'_> {
                 t.alpn.clone()
             },
             min_version: t.min_version,
+            session_resumption: t.session_resumption,
             client_roots,
             client_cert,
         };
