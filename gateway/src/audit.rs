@@ -159,7 +159,11 @@ pub enum Event {
     /// they came faster than the audit trail admits (a scan or a flood).
     /// They are still counted in `moat_connections_total` and
     /// `moat_http_requests_total`.
-    DenialsSuppressed { count: u64, window_ms: u64 },
+    DenialsSuppressed {
+        count: u64,
+        by_reason: std::collections::BTreeMap<&'static str, u64>,
+        window_ms: u64,
+    },
     GatewayStopping {
         grace_ms: u64,
         active_connections: usize,
@@ -191,6 +195,8 @@ const DENIAL_BURST: u32 = 1000;
 struct FloodGate {
     limiter: governor::DefaultDirectRateLimiter,
     suppressed: AtomicU64,
+    /// Per reason, indexed like `Reason::ALL`.
+    by_reason: [AtomicU64; Reason::ALL.len()],
 }
 
 /// A cheap, cloneable handle for recording events.
@@ -211,19 +217,22 @@ impl Audit {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         // A thread of its own: file writes block, and must never do so on
         // (or through the blocking pool of) the data-plane runtime.
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
         std::thread::Builder::new()
             .name("moat-audit".into())
-            .spawn(move || write_loop(rx, BufWriter::with_capacity(64 * 1024, out)))?;
+            .spawn(move || write_loop(rx, BufWriter::with_capacity(64 * 1024, out), &lost))?;
         let quota = governor::Quota::per_second(
             std::num::NonZeroU32::new(DENIALS_PER_SECOND).expect("non-zero"),
         )
         .allow_burst(std::num::NonZeroU32::new(DENIAL_BURST).expect("non-zero"));
         let audit = Audit {
             tx,
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped,
             flood: Arc::new(FloodGate {
                 limiter: governor::RateLimiter::direct(quota),
                 suppressed: AtomicU64::new(0),
+                by_reason: std::array::from_fn(|_| AtomicU64::new(0)),
             }),
         };
         let summary = audit.clone();
@@ -234,8 +243,17 @@ impl Audit {
                 tick.tick().await;
                 let count = summary.flood.suppressed.swap(0, Ordering::Relaxed);
                 if count > 0 {
+                    let by_reason = Reason::ALL
+                        .iter()
+                        .zip(&summary.flood.by_reason)
+                        .filter_map(|(r, n)| {
+                            let n = n.swap(0, Ordering::Relaxed);
+                            (n > 0).then_some((r.as_str(), n))
+                        })
+                        .collect();
                     summary.record(Event::DenialsSuppressed {
                         count,
+                        by_reason,
                         window_ms: window.as_millis() as u64,
                     });
                 }
@@ -247,13 +265,27 @@ impl Audit {
         Ok(audit)
     }
 
-    /// Records a denial, unless denials are arriving faster than the trail
-    /// admits; those are counted and summarised (`denials_suppressed`).
+    /// Records a denial. Denials an outsider or a flood can generate in
+    /// bulk (scans, rate limits, a busy or dead device) are summarised when
+    /// they arrive faster than the trail admits (`denials_suppressed`);
+    /// those that say something about one admitted client (client
+    /// certificates, request rules, malformed requests) are always written.
     pub fn record_denial(&self, event: Event) {
+        let reason = match &event {
+            Event::ConnectionDenied { reason, .. } => Some(*reason),
+            Event::HttpRequest { reason, .. } => *reason,
+            _ => None,
+        };
+        let Some(reason) = reason.filter(|r| r.flood_prone()) else {
+            return self.record(event);
+        };
         if self.flood.limiter.check().is_ok() {
             self.record(event);
         } else {
             self.flood.suppressed.fetch_add(1, Ordering::Relaxed);
+            if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+                self.flood.by_reason[i].fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -298,7 +330,11 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     })
 }
 
-fn write_loop(mut rx: mpsc::Receiver<Msg>, mut out: BufWriter<Box<dyn Write + Send>>) {
+fn write_loop(
+    mut rx: mpsc::Receiver<Msg>,
+    mut out: BufWriter<Box<dyn Write + Send>>,
+    lost: &AtomicU64,
+) {
     let mut line = Vec::with_capacity(512);
     while let Some(msg) = rx.blocking_recv() {
         let mut next = Some(msg);
@@ -314,6 +350,8 @@ fn write_loop(mut rx: mpsc::Receiver<Msg>, mut out: BufWriter<Box<dyn Write + Se
                     if serde_json::to_writer(&mut line, &record).is_ok() {
                         line.push(b'\n');
                         if let Err(e) = out.write_all(&line) {
+                            // Counted with the queue drops: the record is lost either way.
+                            lost.fetch_add(1, Ordering::Relaxed);
                             tracing::error!(error = %e, "writing audit trail failed");
                         }
                     }

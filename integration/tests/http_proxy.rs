@@ -1236,3 +1236,58 @@ fn rapid_reset_clients_are_disconnected() {
         "{abandoned} abandoned requests audited"
     );
 }
+
+/// Spellings a lenient or case-insensitive device treats as the same
+/// request must meet the same rule.
+#[test]
+fn rules_hold_against_case_parameters_lowercase_methods_and_overrides() {
+    require("curl");
+    let ws = Workspace::new();
+    let dev = device();
+    let rule = "[[device.service.http.rule]]\naction = \"deny\"\nmethods = [\"POST\", \"DELETE\"]\npath = \"/firmware/*\"\n";
+    let moat = start(&ws, &[("ui", http_service(&ws, "ui", dev.addr, "", rule))]);
+    let ui = moat.addr("ui");
+    for path in [
+        "/FIRMWARE/upload",
+        "/firmware;jsessionid=1/upload",
+        "/Firmware/Upload",
+    ] {
+        let reply = curl(&ws, &["--http1.1", "-X", "POST", &url(ui, path)]);
+        assert_denied(&reply, 403, "request_denied");
+    }
+    // `post` is not POST to HTTP, but some device servers run it as POST.
+    let reply = curl(
+        &ws,
+        &["--http1.1", "-X", "post", &url(ui, "/firmware/upload")],
+    );
+    assert_denied(&reply, 400, "bad_request");
+    // Double encoding would let a device that decodes twice see `..`.
+    let reply = curl(
+        &ws,
+        &[
+            "--http1.1",
+            "--path-as-is",
+            &url(ui, "/x/%252e%252e/firmware/y"),
+        ],
+    );
+    assert_denied(&reply, 400, "bad_request");
+    // A method override header never reaches the device.
+    let reply = curl(
+        &ws,
+        &[
+            "-H",
+            "X-HTTP-Method-Override: DELETE",
+            &url(ui, "/firmware/upload"),
+        ],
+    );
+    let seen = reply.seen();
+    assert_eq!(seen.line, "GET /firmware/upload");
+    assert!(seen.values("x-http-method-override").is_empty(), "{seen:?}");
+    assert!(
+        dev.seen()
+            .iter()
+            .all(|l| !l.starts_with("POST") && !l.starts_with("post")),
+        "{:?}",
+        dev.seen()
+    );
+}

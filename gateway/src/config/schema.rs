@@ -244,8 +244,16 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str(r#"a duration such as "500ms", "30s" or "10m""#)
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                const MAX: Duration = Duration::from_secs(7 * 24 * 3600);
                 humantime::parse_duration(s)
-                    .map(HumanDuration)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| {
+                        if d > MAX {
+                            Err("longer than 7 days".to_string())
+                        } else {
+                            Ok(HumanDuration(d))
+                        }
+                    })
                     .map_err(|e| {
                         E::custom(format!(
                             "{s:?} is not a duration ({e}); write e.g. \"30s\" or \"10m\""

@@ -99,6 +99,13 @@ pub fn check_source(service: &Service, client: IpAddr) -> Result<IpNet, Denial> 
 #[derive(Debug, Clone)]
 pub struct ConnFacts {
     pub client: IpAddr,
+    /// The service it was admitted to: another service on the same listen
+    /// address (moved device, renamed service, new protocol, or for TCP a
+    /// new upstream) is not the one that admitted it.
+    pub device: Arc<str>,
+    pub service: Arc<str>,
+    pub protocol: crate::config::schema::Protocol,
+    pub upstream: crate::policy::Upstream,
     pub tls: bool,
     /// The client's certificate chain, leaf first, if it presented one.
     pub peer_chain: Option<Vec<CertificateDer<'static>>>,
@@ -112,6 +119,19 @@ pub fn recheck(service: Option<&Service>, facts: &ConnFacts) -> Result<(), Denia
     let Some(service) = service else {
         return Err(Denial::new(Reason::ServiceRemoved));
     };
+    let relayed_elsewhere = service.protocol == crate::config::schema::Protocol::Tcp
+        && service.upstream != facts.upstream;
+    if service.device.id != facts.device
+        || service.name != facts.service
+        || service.protocol != facts.protocol
+        || relayed_elsewhere
+    {
+        let detail = format!(
+            "now {}/{} ({:?}, {})",
+            service.device.id, service.name, service.protocol, service.upstream
+        );
+        return Err(Denial::with_detail(Reason::ServiceChanged, detail));
+    }
     check_source(service, facts.client)?;
     if service.tls.is_some() != facts.tls {
         return Err(Denial::new(Reason::TlsPolicyChanged));
@@ -132,5 +152,67 @@ pub fn recheck(service: Option<&Service>, facts: &ConnFacts) -> Result<(), Denia
             Err(Denial::new(Reason::ClientCertRequired))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::Policy;
+
+    fn policy(device: &str, upstream: &str, allow: &str) -> Policy {
+        let text = format!(
+            "[[device]]\nid = \"{device}\"\nname = \"d\"\n[[device.service]]\nname = \"s\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:11112\"\nupstream = \"{upstream}\"\nallow = [\"{allow}\"]\nplaintext = true\n"
+        );
+        let cfg = crate::config::parse(Path::new("moat.toml"), text).unwrap();
+        crate::policy::compile(&cfg, 1).unwrap()
+    }
+
+    fn facts(p: &Policy) -> ConnFacts {
+        let s = &p.services[0];
+        ConnFacts {
+            client: "10.0.0.7".parse().unwrap(),
+            device: s.device.id.clone(),
+            service: s.name.clone(),
+            protocol: s.protocol,
+            upstream: s.upstream.clone(),
+            tls: false,
+            peer_chain: None,
+        }
+    }
+
+    #[test]
+    fn recheck_follows_the_service_not_just_the_listener() {
+        let before = policy("ct", "10.1.0.5:104", "10.0.0.0/8");
+        let f = facts(&before);
+        // Still admitted: a wider allow list.
+        assert!(recheck(
+            Some(&policy("ct", "10.1.0.5:104", "0.0.0.0/0").services[0]),
+            &f
+        )
+        .is_ok());
+        // Source no longer allowed.
+        let d = recheck(
+            Some(&policy("ct", "10.1.0.5:104", "192.168.0.0/16").services[0]),
+            &f,
+        )
+        .unwrap_err();
+        assert_eq!(d.reason, Reason::NotAllowlisted);
+        // Same port, another device, or the device moved: not the service it was admitted to.
+        for p in [
+            policy("mri", "10.1.0.5:104", "10.0.0.0/8"),
+            policy("ct", "10.1.0.6:104", "10.0.0.0/8"),
+        ] {
+            assert_eq!(
+                recheck(Some(&p.services[0]), &f).unwrap_err().reason,
+                Reason::ServiceChanged
+            );
+        }
+        assert_eq!(
+            recheck(None, &f).unwrap_err().reason,
+            Reason::ServiceRemoved
+        );
     }
 }

@@ -29,6 +29,9 @@ pub enum Reason {
     ServiceRemoved,
     /// A new policy turned TLS on or off for the service.
     TlsPolicyChanged,
+    /// A new policy serves another device, service, protocol or (TCP)
+    /// upstream on this connection's listener.
+    ServiceChanged,
     /// An HTTP request rule denies this method and path.
     RequestDenied,
     /// The request path is malformed or ambiguous (encoded `/`, `\\`, NUL).
@@ -53,7 +56,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::NotAllowlisted,
         Reason::Denylisted,
         Reason::MaxConnections,
@@ -65,6 +68,7 @@ impl Reason {
         Reason::UpstreamTimeout,
         Reason::ServiceRemoved,
         Reason::TlsPolicyChanged,
+        Reason::ServiceChanged,
         Reason::RequestDenied,
         Reason::BadRequest,
         Reason::ConnectRefused,
@@ -90,6 +94,7 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::ServiceRemoved => "service_removed",
             Reason::TlsPolicyChanged => "tls_policy_changed",
+            Reason::ServiceChanged => "service_changed",
             Reason::RequestDenied => "request_denied",
             Reason::BadRequest => "bad_request",
             Reason::ConnectRefused => "connect_refused",
@@ -101,6 +106,26 @@ impl Reason {
             Reason::RateLimitedDevice => "rate_limited_device",
             Reason::DeviceBusy => "device_busy",
         }
+    }
+
+    /// Denials anyone (an unlisted scanner, a flood, a dead device) can make
+    /// moat produce in bulk; the audit trail summarises these under load.
+    pub fn flood_prone(self) -> bool {
+        matches!(
+            self,
+            Reason::NotAllowlisted
+                | Reason::Denylisted
+                | Reason::MaxConnections
+                | Reason::TlsHandshakeFailed
+                | Reason::TlsHandshakeTimeout
+                | Reason::UpstreamUnreachable
+                | Reason::UpstreamTimeout
+                | Reason::RateLimitedClient
+                | Reason::RateLimitedIdentity
+                | Reason::RateLimitedDevice
+                | Reason::DeviceBusy
+                | Reason::GatewayShutdown
+        )
     }
 
     /// The HTTP status an L7 service answers with for this reason.

@@ -43,13 +43,33 @@ pub fn check_request(
             return Err(Denial::with_detail(Reason::BodyTooLarge, detail));
         }
     }
-    match policy.rules.iter().find(|r| r.matches(method, path)) {
+    let key = match_form(path);
+    match policy.rules.iter().find(|r| r.matches(method, &key)) {
         Some(rule) if rule.action == RuleAction::Deny => Err(Denial::with_detail(
             Reason::RequestDenied,
             rule.text.clone(),
         )),
         _ => Ok(()),
     }
+}
+
+/// What rules are matched against: the normalised path, lower-cased, with
+/// `;parameters` dropped from each segment. Device web servers are often
+/// case-insensitive (IIS, embedded stacks) or strip path parameters
+/// (Java's `;jsessionid=`), so `/ADMIN;x/config` must meet the rule for
+/// `/admin/*`. Patterns are lower-cased when compiled.
+pub fn match_form(path: &str) -> Cow<'_, str> {
+    if !path.bytes().any(|b| b.is_ascii_uppercase() || b == b';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(&seg.split(';').next().unwrap_or("").to_ascii_lowercase());
+    }
+    Cow::Owned(out)
 }
 
 /// The path the rules see and the device receives: dot segments resolved,
@@ -81,6 +101,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
                 let b = u8::from_str_radix(hex, 16).map_err(|_| bad("invalid percent-escape"))?;
                 match b {
                     b'/' | b'\\' | 0 => return Err(bad("encoded '/', '\\' or NUL")),
+                    // An encoded '%' is a second layer of encoding: a device
+                    // that decodes twice would see what the rules did not.
+                    b'%' => return Err(bad("encoded '%'")),
                     b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
                         decoded.push(b as char)
                     }

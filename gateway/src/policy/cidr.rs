@@ -75,6 +75,16 @@ impl FromIterator<IpNet> for CidrSet {
         for net in iter {
             match net.trunc() {
                 IpNet::V4(n) => v4.push(n),
+                // `::ffff:a.b.c.d/p` (as a dual-stack socket shows IPv4
+                // clients) is the IPv4 net: lookups see IPv4 clients as IPv4.
+                IpNet::V6(n) if n.prefix_len() >= 96 && n.network().to_ipv4_mapped().is_some() => {
+                    let v4addr = n.network().to_ipv4_mapped().expect("checked");
+                    v4.push(
+                        Ipv4Net::new(v4addr, n.prefix_len() - 96)
+                            .expect("prefix fits")
+                            .trunc(),
+                    );
+                }
                 IpNet::V6(n) => v6.push(n),
             }
         }

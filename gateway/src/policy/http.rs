@@ -73,7 +73,7 @@ impl RequestRule {
 }
 
 /// A path pattern: `*` matches any run of characters, `/` included;
-/// everything else matches itself. Patterns are matched against the
+/// everything else matches itself, ignoring ASCII case. Patterns are matched against the
 /// normalised path (dot segments resolved, `//` collapsed, percent-escapes
 /// of unreserved characters decoded), never the raw request target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,7 @@ impl Glob {
         if !pattern.starts_with('/') && !pattern.starts_with('*') {
             return Err(format!("{pattern:?} must start with '/' or '*'"));
         }
-        Ok(Glob(pattern.to_string()))
+        Ok(Glob(pattern.to_ascii_lowercase()))
     }
 
     pub fn matches(&self, path: &str) -> bool {

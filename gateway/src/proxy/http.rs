@@ -305,6 +305,20 @@ async fn handle(
     if req.method() == http::Method::CONNECT {
         return record.deny(Denial::new(Reason::ConnectRefused));
     }
+    // Methods are case-sensitive tokens; a lenient device may still run
+    // `post` as POST, past a rule written for POST.
+    if !req
+        .method()
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_uppercase())
+    {
+        let detail = format!(
+            "method {:?} is not an upper-case token",
+            req.method().as_str()
+        );
+        return record.deny(Denial::with_detail(Reason::BadRequest, detail));
+    }
     // The policy in force now, not the one the connection started under
     // (resolved once per policy version, not per request).
     let resolved = live.resolve(&s);
@@ -534,12 +548,16 @@ fn upstream_request(
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, websocket);
     // moat states who the client is; nothing the client sent survives.
+    // Method overrides would let a GET carry a DELETE past the rules.
     for name in [
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
         "forwarded",
         "x-real-ip",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
     ] {
         headers.remove(name);
     }

@@ -95,6 +95,10 @@ async fn handle(
     let Some(tls) = &service.tls else {
         let facts = ConnFacts {
             client: conn.client.ip(),
+            device: service.device.id.clone(),
+            service: service.name.clone(),
+            protocol: service.protocol,
+            upstream: service.upstream.clone(),
             tls: false,
             peer_chain: None,
         };
@@ -124,6 +128,10 @@ async fn handle(
     let (info, identity) = describe_tls(&stream);
     let facts = ConnFacts {
         client: conn.client.ip(),
+        device: service.device.id.clone(),
+        service: service.name.clone(),
+        protocol: service.protocol,
+        upstream: service.upstream.clone(),
         tls: true,
         peer_chain: stream
             .get_ref()

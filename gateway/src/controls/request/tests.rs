@@ -116,3 +116,19 @@ fn limits_and_connect() {
         Reason::ConnectRefused
     );
 }
+
+#[test]
+fn rules_see_through_case_and_path_parameters() {
+    let p = policy(vec![deny_post_firmware()]);
+    let h = HeaderMap::new();
+    for path in [
+        "/FIRMWARE/upload",
+        "/firmware;x=1/upload",
+        "/Firmware;jsessionid=ab/up",
+    ] {
+        let d = check_request(&p, &Method::POST, path, &h).unwrap_err();
+        assert_eq!(d.reason, Reason::RequestDenied, "{path}");
+    }
+    assert_eq!(match_form("/a/b"), "/a/b");
+    assert_eq!(match_form("/A;x/b;y=2"), "/a/b");
+}

@@ -129,3 +129,20 @@ fn agrees_with_brute_force() {
         assert_eq!(s.lookup(probe), expected, "{probe}");
     }
 }
+
+#[test]
+fn ipv4_mapped_entries_match_ipv4_clients() {
+    let acl = AccessList {
+        allow: set(&["10.20.0.0/16"]),
+        deny: set(&["::ffff:10.20.40.17/128", "::ffff:10.20.50.0/120"]),
+    };
+    assert_eq!(
+        acl.check(ip("10.20.40.17")),
+        Err(SourceRefusal::Denylisted(net("10.20.40.17/32")))
+    );
+    assert_eq!(
+        acl.check(ip("::ffff:10.20.50.9")),
+        Err(SourceRefusal::Denylisted(net("10.20.50.0/24")))
+    );
+    assert!(acl.check(ip("10.20.40.18")).is_ok());
+}
