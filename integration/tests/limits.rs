@@ -893,3 +893,39 @@ fn an_abandoned_http1_request_keeps_its_in_flight_slot() {
 fn an_abandoned_h2_request_keeps_its_in_flight_slot() {
     abandoned_request_keeps_its_slot("--http2");
 }
+
+/// One client cannot hold every connection slot of a device.
+#[test]
+fn one_client_holds_at_most_its_share_of_connections() {
+    let _serial = serial();
+    let echo = echo_upstream();
+    let svc = tcp_service(
+        "echo",
+        echo.addr,
+        r#"["127.0.0.0/8"]"#,
+        "max_connections_per_client = 2",
+    );
+    let ws = Workspace::new();
+    let moat = Moat::start(&ws, &config(&svc), &["echo"]);
+    let addr = moat.addr("echo");
+    let round_trip = |s: &mut std::net::TcpStream| {
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+    };
+    let mut held: Vec<_> = (0..2).map(|_| connect_from("127.0.0.2", addr)).collect();
+    held.iter_mut().for_each(round_trip);
+    let mut third = connect_from("127.0.0.2", addr);
+    let third_addr = third.local_addr().unwrap();
+    assert!(closed_without_data(&mut third));
+    let denied = moat.wait_for_client("connection_denied", third_addr);
+    assert_eq!(denied["reason"], "max_connections");
+    assert_eq!(denied["detail"], "per-client limit 2");
+    // Another client is not affected, and a freed share can be used again.
+    assert!(echo_once("127.0.0.3", addr));
+    let first = held.remove(0);
+    let first_addr = first.local_addr().unwrap();
+    drop(first);
+    moat.wait_for_client("connection_closed", first_addr);
+    assert!(echo_once("127.0.0.2", addr));
+}

@@ -166,6 +166,8 @@ pub struct LimitsSection {
     pub device_rate: Option<Spanned<String>>,
     /// HTTP requests at the device at once.
     pub max_in_flight: Option<Spanned<u32>>,
+    /// Connections one client address (IPv6: /64) may hold at once.
+    pub max_connections_per_client: Option<Spanned<u32>>,
     /// How long a request (HTTP: for an in-flight slot) or a connection
     /// (TCP: for one of `max_connections`) may wait before being shed.
     /// Defaults: 100ms for HTTP, 0 (refuse at once) for TCP.

@@ -1,6 +1,7 @@
 //! Per-service connection cap. The count lives in [`ServiceState`], which
 //! outlives any one policy so that a reload neither resets nor leaks it.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -15,6 +16,8 @@ pub struct ServiceState {
     active: AtomicU32,
     /// Woken when a connection slot is released, for connections queueing.
     freed: tokio::sync::Notify,
+    /// Connections held per client (see `limits.max_connections_per_client`).
+    per_client: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
     limiters: RwLock<Option<Arc<Limiters>>>,
 }
 
@@ -104,18 +107,59 @@ impl ServiceState {
                 (n < limit).then_some(n + 1)
             })
             .ok()
-            .map(|_| ConnectionSlot(self.clone()))
+            .map(|_| ConnectionSlot {
+                state: self.clone(),
+                client: None,
+            })
+    }
+
+    /// Attaches a client's share to a slot: refused (the slot is returned)
+    /// when `client` already holds `per_client` connections.
+    pub fn hold_for_client(
+        &self,
+        mut slot: ConnectionSlot,
+        client: IpAddr,
+        per_client: u32,
+    ) -> Option<ConnectionSlot> {
+        let mut held = self
+            .per_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(client).or_insert(0);
+        if *n >= per_client {
+            return None;
+        }
+        *n += 1;
+        slot.client = Some(client);
+        Some(slot)
     }
 }
 
 /// One held connection slot; released on drop.
 #[derive(Debug)]
-pub struct ConnectionSlot(Arc<ServiceState>);
+pub struct ConnectionSlot {
+    state: Arc<ServiceState>,
+    /// Set when the slot also counts against a per-client limit.
+    client: Option<IpAddr>,
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_one();
+        if let Some(client) = self.client {
+            let mut held = self
+                .state
+                .per_client
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let std::collections::hash_map::Entry::Occupied(mut e) = held.entry(client) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        self.state.active.fetch_sub(1, Ordering::AcqRel);
+        self.state.freed.notify_one();
     }
 }
 
@@ -132,6 +176,23 @@ mod tests {
         assert_eq!(state.active(), 2);
         drop(a);
         assert!(state.try_acquire(2).is_some());
+    }
+
+    #[test]
+    fn per_client_share_is_released_with_the_slot() {
+        let state = ServiceState::new();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = state
+            .hold_for_client(state.try_acquire(10).unwrap(), a, 1)
+            .unwrap();
+        assert!(state
+            .hold_for_client(state.try_acquire(10).unwrap(), a, 1)
+            .is_none());
+        assert_eq!(state.active(), 1, "the refused slot went back");
+        drop(first);
+        assert!(state
+            .hold_for_client(state.try_acquire(10).unwrap(), a, 1)
+            .is_some());
     }
 
     #[tokio::test(start_paused = true)]

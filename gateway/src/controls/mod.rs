@@ -48,7 +48,10 @@ pub async fn admit_connection_queued(
                 .acquire_within(service.max_connections, service.limits.queue_timeout)
                 .await
             {
-                Some(slot) => Ok(Admitted { matched, slot }),
+                Some(slot) => Ok(Admitted {
+                    matched,
+                    slot: per_client_share(service, state, client, slot)?,
+                }),
                 None => Err(d),
             }
         }
@@ -76,7 +79,25 @@ pub fn admit_connection(
             format!("limit {}", service.max_connections),
         )
     })?;
+    let slot = per_client_share(service, state, client, slot)?;
     Ok(Admitted { matched, slot })
+}
+
+/// One client may hold at most `max_connections_per_client` of the slots.
+fn per_client_share(
+    service: &Service,
+    state: &Arc<ServiceState>,
+    client: IpAddr,
+    slot: ConnectionSlot,
+) -> Result<ConnectionSlot, Denial> {
+    match service.limits.max_connections_per_client {
+        None => Ok(slot),
+        Some(limit) => state
+            .hold_for_client(slot, rate::client_key(client), limit)
+            .ok_or_else(|| {
+                Denial::with_detail(Reason::MaxConnections, format!("per-client limit {limit}"))
+            }),
+    }
 }
 
 /// The source allow/deny control on its own; also used to re-check live

@@ -21,13 +21,23 @@ use super::{Denial, Reason};
 
 /// A rate as ops write it: "20/s", "600/min", "5/h", optionally
 /// "… burst 40". Without a burst, the whole count may arrive at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RateSpec {
     pub count: NonZeroU32,
     pub per: Duration,
     pub burst: NonZeroU32,
     pub text: String,
 }
+
+/// Two specs are the same limit when they mean the same quota, however
+/// written ("20/s" and "20/s burst 20"): a reload keeps their buckets.
+impl PartialEq for RateSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.quota() == other.quota()
+    }
+}
+
+impl Eq for RateSpec {}
 
 impl RateSpec {
     pub fn parse(s: &str) -> Result<RateSpec, String> {
@@ -74,6 +84,8 @@ pub struct LimitsPolicy {
     pub device_rate: Option<RateSpec>,
     /// HTTP requests at the device at once.
     pub max_in_flight: Option<u32>,
+    /// Connections one client (IPv6: one /64) may hold at once.
+    pub max_connections_per_client: Option<u32>,
     /// How long a request may wait for an in-flight slot before 503.
     pub queue_timeout: Duration,
 }

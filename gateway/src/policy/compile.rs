@@ -505,12 +505,22 @@ impl Compiler<'_> {
             requests_per_identity: rate(&l.requests_per_identity, "requests_per_identity", self),
             device_rate: rate(&l.device_rate, "device_rate", self),
             max_in_flight: l.max_in_flight.as_ref().map(|m| *m.get_ref()),
+            max_connections_per_client: l.max_connections_per_client.as_ref().map(|m| *m.get_ref()),
             queue_timeout: match (l.queue_timeout, protocol) {
                 (Some(t), _) => t.0,
                 (None, Protocol::Http) => std::time::Duration::from_millis(100),
                 (None, Protocol::Tcp) => std::time::Duration::ZERO,
             },
         };
+        if let Some(m) = &l.max_connections_per_client {
+            if *m.get_ref() == 0 {
+                self.err(
+                    m.span(),
+                    &format!("{field}.max_connections_per_client"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
         if let Some(m) = &l.max_in_flight {
             if *m.get_ref() == 0 {
                 self.err(

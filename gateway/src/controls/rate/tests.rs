@@ -147,3 +147,19 @@ fn a_million_distinct_clients_are_forgotten_once_idle() {
     l.collect_garbage();
     assert_eq!(l.tracked_keys(), 0);
 }
+
+#[test]
+fn the_same_quota_written_two_ways_is_the_same_limit() {
+    assert_eq!(
+        RateSpec::parse("20/s").unwrap(),
+        RateSpec::parse("20/s burst 20").unwrap()
+    );
+    assert_eq!(
+        RateSpec::parse("60/min").unwrap(),
+        RateSpec::parse("1/s burst 60").unwrap()
+    );
+    assert_ne!(
+        RateSpec::parse("20/s").unwrap(),
+        RateSpec::parse("20/s burst 40").unwrap()
+    );
+}
