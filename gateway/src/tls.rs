@@ -28,6 +28,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 #[derive(Debug)]
 pub struct TlsTermination {
     pub server_config: Arc<ServerConfig>,
+    pub min_version: TlsVersion,
     pub client_cert: Option<ClientCertMode>,
     /// Kept to re-verify live connections' client certificates when a new
     /// policy changes the trusted CA.
@@ -168,6 +169,7 @@ pub fn build_termination(inputs: TlsInputs) -> Result<TlsTermination, TlsError> 
     }
     Ok(TlsTermination {
         server_config: Arc::new(config),
+        min_version: inputs.min_version,
         client_cert: inputs.client_cert,
         client_verifier,
         fingerprint: inputs.fingerprint,

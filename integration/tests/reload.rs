@@ -561,3 +561,56 @@ fn remove_service(text: &str, name: &str) -> String {
     }
     out
 }
+
+#[test]
+fn raising_min_version_cuts_older_sessions_only() {
+    let setup = Setup::new("127.0.0.1\n");
+    let moat = setup.start();
+    let addr = moat.addr("web");
+    // A TLS 1.2-only client next to a default (TLS 1.3) one.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in moat::tls::load_certs(&setup.ws.certs.ca).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let tls12 = Arc::new(
+        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut old = tls_connect(tls12, "localhost", connect_from("127.0.0.1", addr)).unwrap();
+    let old_addr = old.sock.local_addr().unwrap();
+    let mut new = tls_connect(
+        tls_client(&setup.ws.certs, false),
+        "localhost",
+        connect_from("127.0.0.1", addr),
+    )
+    .unwrap();
+    for s in [&mut old, &mut new] {
+        let mut b = [0u8; 2];
+        s.write_all(b"hi").unwrap();
+        s.read_exact(&mut b).unwrap();
+    }
+    assert_eq!(
+        moat.wait_for_client("connection_allowed", old_addr)["tls"]["version"],
+        "TLSv1.2"
+    );
+
+    let path = setup.ws.path("moat.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let raised = text.replacen(
+        "[device.service.tls]\n",
+        "[device.service.tls]\nmin_version = \"1.3\"\n",
+        1,
+    );
+    let tmp = setup.ws.path("moat.toml.new");
+    std::fs::write(&tmp, raised).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    wait_applied(&moat, 2);
+    let revoked = moat.wait_for_client("connection_revoked", old_addr);
+    assert_eq!(revoked["reason"], "tls_policy_changed");
+    // The TLS 1.3 session is untouched.
+    let mut b = [0u8; 5];
+    new.write_all(b"still").unwrap();
+    new.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"still");
+}

@@ -128,6 +128,8 @@ pub struct ConnFacts {
     pub protocol: crate::config::schema::Protocol,
     pub upstream: crate::policy::Upstream,
     pub tls: bool,
+    /// The TLS version negotiated, when TLS is terminated.
+    pub tls_version: Option<rustls::ProtocolVersion>,
     /// The client's certificate chain, leaf first, if it presented one.
     pub peer_chain: Option<Vec<CertificateDer<'static>>>,
 }
@@ -160,6 +162,14 @@ pub fn recheck(service: Option<&Service>, facts: &ConnFacts) -> Result<(), Denia
     let Some(tls) = &service.tls else {
         return Ok(());
     };
+    if tls.min_version == crate::config::schema::TlsVersion::Tls13
+        && facts.tls_version != Some(rustls::ProtocolVersion::TLSv1_3)
+    {
+        return Err(Denial::with_detail(
+            Reason::TlsPolicyChanged,
+            "min_version is now 1.3",
+        ));
+    }
     match (&tls.client_verifier, &facts.peer_chain) {
         (Some(verifier), Some(chain)) => {
             let (leaf, intermediates) =
@@ -200,6 +210,7 @@ mod tests {
             protocol: s.protocol,
             upstream: s.upstream.clone(),
             tls: false,
+            tls_version: None,
             peer_chain: None,
         }
     }

@@ -100,6 +100,7 @@ async fn handle(
             protocol: service.protocol,
             upstream: service.upstream.clone(),
             tls: false,
+            tls_version: None,
             peer_chain: None,
         };
         let admitted = Admitted { id, facts, matched };
@@ -133,6 +134,7 @@ async fn handle(
         protocol: service.protocol,
         upstream: service.upstream.clone(),
         tls: true,
+        tls_version: stream.get_ref().1.protocol_version(),
         peer_chain: stream
             .get_ref()
             .1
