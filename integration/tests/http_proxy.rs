@@ -1291,3 +1291,37 @@ fn rules_hold_against_case_parameters_lowercase_methods_and_overrides() {
         dev.seen()
     );
 }
+
+/// A WebSocket tunnel is one long request: a rule published later that
+/// refuses its path ends it.
+#[test]
+fn a_new_rule_ends_an_open_websocket_tunnel() {
+    let ws = Workspace::new();
+    let echo = ws_echo_device();
+    let moat = start(&ws, &[("ui", http_service(&ws, "ui", echo, "", ""))]);
+    let (mut socket, _) =
+        tungstenite::client::client("wss://localhost/console", h1_connect(&ws, moat.addr("ui")))
+            .unwrap();
+    socket
+        .send(tungstenite::Message::Text("before".into()))
+        .unwrap();
+    assert!(matches!(socket.read().unwrap(), tungstenite::Message::Text(t) if t == "before"));
+
+    let text = std::fs::read_to_string(&moat.config).unwrap();
+    let denied =
+        format!("{text}\n[[device.service.http.rule]]\naction = \"deny\"\npath = \"/console\"\n");
+    std::fs::write(&moat.config, denied).unwrap();
+    let (status, body) = moat.admin_post("/reload");
+    assert_eq!(status, 200, "{body}");
+    // The tunnel is closed by moat: the next read fails or sees the end.
+    let _ = socket.send(tungstenite::Message::Text("after".into()));
+    let ended = wait_for("the tunnel to end", || match socket.read() {
+        Ok(tungstenite::Message::Text(t)) if t == "after" => Some(false),
+        Ok(tungstenite::Message::Close(_)) | Err(_) => Some(true),
+        Ok(_) => None,
+    });
+    assert!(
+        ended,
+        "the tunnel still echoed after the rule was published"
+    );
+}

@@ -407,6 +407,7 @@ async fn handle(
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, status) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let cut = live.cut.clone();
+        let rules = rule_watch(&s, path.into_owned());
         live.tunnels.spawn(async move {
             if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
                 let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
@@ -414,6 +415,7 @@ async fn handle(
                 tokio::select! {
                     _ = copy => {}
                     _ = cut.cancelled() => {}
+                    _ = rules => {}
                 }
             }
         });
@@ -441,6 +443,34 @@ async fn handle(
 async fn drain_small_body(body: Incoming) {
     const LIMIT: usize = 64 * 1024;
     let _ = tokio::time::timeout(Duration::from_secs(1), Limited::new(body, LIMIT).collect()).await;
+}
+
+/// Resolves when a newly published policy's request rules would refuse the
+/// upgrade request (`GET path`) that opened a WebSocket tunnel: a tunnel is
+/// one long request, and a new deny rule must reach it like a new request.
+fn rule_watch(s: &Session, path: String) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut policy = s.rt.policy.clone();
+    let id = s.id.clone();
+    async move {
+        policy.borrow_and_update();
+        while policy.changed().await.is_ok() {
+            let current = policy.borrow_and_update().clone();
+            let refused = match current.service_for(&id).and_then(|svc| svc.http.as_ref()) {
+                None => true,
+                Some(http) => {
+                    let key = controls::request::match_form(&path);
+                    http.rules
+                        .iter()
+                        .find(|r| r.matches(&http::Method::GET, &key))
+                        .is_some_and(|r| r.action == crate::config::schema::RuleAction::Deny)
+                }
+            };
+            if refused {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
