@@ -170,8 +170,8 @@ impl<C: Clock + Clone> Limiters<C> {
             ),
             in_flight: policy.max_in_flight.map(|n| {
                 match previous.and_then(|p| p.in_flight.as_ref()) {
-                    Some((size, sem)) if *size == n => (n, sem.clone()),
-                    _ => (n, Arc::new(Semaphore::new(n as usize))),
+                    Some((size, sem)) => (n, resize(sem, *size, n)),
+                    None => (n, Arc::new(Semaphore::new(n as usize))),
                 }
             }),
             policy: policy.clone(),
@@ -276,6 +276,30 @@ impl<C: Clock + Clone> Limiters<C> {
                 .as_ref()
                 .map_or(0, |s| s.limiter.len())
     }
+}
+
+/// The same semaphore with `new` permits instead of `old`, so requests
+/// already at the device keep counting against the new cap. Shrinking
+/// takes the surplus permits as they come back and forgets them.
+fn resize(sem: &Arc<Semaphore>, old: u32, new: u32) -> Arc<Semaphore> {
+    if new > old {
+        sem.add_permits((new - old) as usize);
+    } else if new < old {
+        let surplus = old - new;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let sem = sem.clone();
+                rt.spawn(async move {
+                    if let Ok(p) = sem.acquire_many_owned(surplus).await {
+                        p.forget();
+                    }
+                });
+            }
+            // Outside a runtime (tooling): a fresh semaphore is all we can do.
+            Err(_) => return Arc::new(Semaphore::new(new as usize)),
+        }
+    }
+    sem.clone()
 }
 
 #[cfg(test)]

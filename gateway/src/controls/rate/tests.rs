@@ -163,3 +163,31 @@ fn the_same_quota_written_two_ways_is_the_same_limit() {
         RateSpec::parse("20/s burst 40").unwrap()
     );
 }
+
+#[tokio::test]
+async fn resizing_the_in_flight_cap_keeps_requests_at_the_device_counted() {
+    let clock = FakeRelativeClock::default();
+    let p = |n| policy(|p| p.max_in_flight = Some(n));
+    let l3 = Limiters::build(&p(3), None, clock.clone());
+    let held: Vec<_> = (0..3)
+        .map(|_| l3.in_flight().unwrap().try_acquire_owned().unwrap())
+        .collect();
+    // Shrink to 1 while 3 are at the device: nothing new until 2 are back.
+    let l1 = Limiters::build(&p(1), Some(&l3), clock.clone());
+    let sem = l1.in_flight().unwrap();
+    assert!(sem.clone().try_acquire_owned().is_err());
+    drop(held);
+    // The surplus is taken back as permits return; one remains usable.
+    tokio::task::yield_now().await;
+    let one = sem.clone().try_acquire_owned().expect("one slot");
+    assert!(sem.clone().try_acquire_owned().is_err());
+    drop(one);
+    // Grow to 4: four at once.
+    let l4 = Limiters::build(&p(4), Some(&l1), clock);
+    let sem = l4.in_flight().unwrap();
+    let four: Vec<_> = (0..4)
+        .map(|_| sem.clone().try_acquire_owned().unwrap())
+        .collect();
+    assert!(sem.clone().try_acquire_owned().is_err());
+    drop(four);
+}
