@@ -270,23 +270,27 @@ impl Audit {
     /// they arrive faster than the trail admits (`denials_suppressed`);
     /// those that say something about one admitted client (client
     /// certificates, request rules, malformed requests) are always written.
-    pub fn record_denial(&self, event: Event) {
+    /// Returns whether it was written on its own (not summarised), so that
+    /// anything logged alongside is held to the same budget.
+    pub fn record_denial(&self, event: Event) -> bool {
         let reason = match &event {
             Event::ConnectionDenied { reason, .. } => Some(*reason),
             Event::HttpRequest { reason, .. } => *reason,
             _ => None,
         };
         let Some(reason) = reason.filter(|r| r.flood_prone()) else {
-            return self.record(event);
+            self.record(event);
+            return true;
         };
         if self.flood.limiter.check().is_ok() {
             self.record(event);
-        } else {
-            self.flood.suppressed.fetch_add(1, Ordering::Relaxed);
-            if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
-                self.flood.by_reason[i].fetch_add(1, Ordering::Relaxed);
-            }
+            return true;
         }
+        self.flood.suppressed.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.flood.by_reason[i].fetch_add(1, Ordering::Relaxed);
+        }
+        false
     }
 
     /// Queues an event. Never waits.

@@ -135,7 +135,10 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rustls warns once per connection about clients that send an IP
+        // address as SNI (wrk, h2load, scripts): noise an attacker can
+        // multiply, so only its errors by default.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -103,18 +103,40 @@ impl Metrics {
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
+    /// Counts a connection: allowed, or refused for a reason.
     pub fn outcome(&self, device: &str, service: &str, outcome: Result<(), Reason>) {
+        self.outcome_counter(&self.connections, device, service, outcome)
+            .inc();
+    }
+
+    /// The HTTP request counter for one outcome of a service.
+    pub fn request_counter(
+        &self,
+        device: &str,
+        service: &str,
+        outcome: Result<(), Reason>,
+    ) -> Counter {
+        self.outcome_counter(&self.requests, device, service, outcome)
+    }
+
+    fn outcome_counter(
+        &self,
+        family: &Family<OutcomeLabels, Counter>,
+        device: &str,
+        service: &str,
+        outcome: Result<(), Reason>,
+    ) -> Counter {
         let outcome = match outcome {
             Ok(()) => "allowed",
             Err(r) => r.as_str(),
         };
-        self.connections
+        family
             .get_or_create(&OutcomeLabels {
                 device: device.to_string(),
                 service: service.to_string(),
                 outcome,
             })
-            .inc();
+            .clone()
     }
 
     pub fn encode(&self) -> String {

@@ -3,7 +3,8 @@
 //! connection on or refuses it with a typed [`Reason`].
 //!
 //! The connection-level chain, in order, cheapest first and before any TLS
-//! work: source allow/deny list, then the service's connection cap.
+//! work: source allow/deny list, per-client connection rate, (TCP) the
+//! device's rate, the service's connection cap, the client's share of it.
 //! Controls that need the TLS session (client certificate) run after the
 //! handshake, in [`crate::proxy`], and report through the same [`Denial`].
 
@@ -34,37 +35,51 @@ pub struct Admitted {
     pub slot: ConnectionSlot,
 }
 
-/// Runs the connection-level chain; when only the connection cap refuses
-/// and the service allows a queue, waits up to `queue_timeout` for a slot.
+/// Runs the connection-level chain; when the connection cap is reached and
+/// the service allows a queue, waits up to `queue_timeout` for a slot.
 pub async fn admit_connection_queued(
     service: &Service,
     state: &Arc<ServiceState>,
     client: IpAddr,
 ) -> Result<Admitted, Denial> {
-    match admit_connection(service, state, client) {
-        Err(d) if d.reason == Reason::MaxConnections && !service.limits.queue_timeout.is_zero() => {
-            let matched = check_source(service, client)?;
-            match state
-                .acquire_within(service.max_connections, service.limits.queue_timeout)
-                .await
-            {
-                Some(slot) => Ok(Admitted {
-                    matched,
-                    slot: per_client_share(service, state, client, slot)?,
-                }),
-                None => Err(d),
-            }
-        }
-        other => other,
-    }
+    let matched = check_before_cap(service, state, client)?;
+    let slot = match state.try_acquire(service.max_connections) {
+        Some(slot) => slot,
+        None if !service.limits.queue_timeout.is_zero() => state
+            .acquire_within(service.max_connections, service.limits.queue_timeout)
+            .await
+            .ok_or_else(|| cap_reached(service))?,
+        None => return Err(cap_reached(service)),
+    };
+    Ok(Admitted {
+        matched,
+        slot: per_client_share(service, state, client, slot)?,
+    })
 }
 
-/// Runs the connection-level chain for a client of `service`.
+/// Runs the connection-level chain for a client of `service`, refusing at
+/// once at the connection cap.
 pub fn admit_connection(
     service: &Service,
     state: &Arc<ServiceState>,
     client: IpAddr,
 ) -> Result<Admitted, Denial> {
+    let matched = check_before_cap(service, state, client)?;
+    let slot = state
+        .try_acquire(service.max_connections)
+        .ok_or_else(|| cap_reached(service))?;
+    Ok(Admitted {
+        matched,
+        slot: per_client_share(service, state, client, slot)?,
+    })
+}
+
+/// Source list, then rates: everything before the connection cap.
+fn check_before_cap(
+    service: &Service,
+    state: &Arc<ServiceState>,
+    client: IpAddr,
+) -> Result<IpNet, Denial> {
     let matched = check_source(service, client)?;
     let limiters = state.limiters(&service.limits);
     limiters.check_connection(client)?;
@@ -73,14 +88,14 @@ pub fn admit_connection(
         // counts requests instead.
         limiters.check_device()?;
     }
-    let slot = state.try_acquire(service.max_connections).ok_or_else(|| {
-        Denial::with_detail(
-            Reason::MaxConnections,
-            format!("limit {}", service.max_connections),
-        )
-    })?;
-    let slot = per_client_share(service, state, client, slot)?;
-    Ok(Admitted { matched, slot })
+    Ok(matched)
+}
+
+fn cap_reached(service: &Service) -> Denial {
+    Denial::with_detail(
+        Reason::MaxConnections,
+        format!("limit {}", service.max_connections),
+    )
 }
 
 /// One client may hold at most `max_connections_per_client` of the slots.

@@ -10,17 +10,30 @@ use super::{Denial, Reason};
 use crate::config::schema::RuleAction;
 use crate::policy::http::HttpPolicy;
 
-/// Checks a request against the service's L7 policy. `path` must already be
-/// normalised with [`normalize_path`].
+/// The method on its own, before anything reads the target: `CONNECT
+/// host:port` has no path, and moat is never a forward proxy. Methods are
+/// case-sensitive tokens, yet a lenient device may run `post` as POST,
+/// past a rule written for POST.
+pub fn check_method(method: &Method) -> Result<(), Denial> {
+    if method == Method::CONNECT {
+        return Err(Denial::new(Reason::ConnectRefused));
+    }
+    if !method.as_str().bytes().all(|b| b.is_ascii_uppercase()) {
+        let detail = format!("method {:?} is not an upper-case token", method.as_str());
+        return Err(Denial::with_detail(Reason::BadRequest, detail));
+    }
+    Ok(())
+}
+
+/// Checks a request against the service's L7 policy. `method` must have
+/// passed [`check_method`] and `path` been normalised with
+/// [`normalize_path`].
 pub fn check_request(
     policy: &HttpPolicy,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(), Denial> {
-    if method == Method::CONNECT {
-        return Err(Denial::new(Reason::ConnectRefused));
-    }
     if headers.len() > policy.max_headers {
         let detail = format!("{} headers, limit {}", headers.len(), policy.max_headers);
         return Err(Denial::with_detail(Reason::HeadersTooLarge, detail));
@@ -43,6 +56,13 @@ pub fn check_request(
             return Err(Denial::with_detail(Reason::BodyTooLarge, detail));
         }
     }
+    check_rules(policy, method, path)
+}
+
+/// The first rule matching `method` and the normalised `path` decides;
+/// none matching allows. Also re-run for open WebSocket tunnels when a new
+/// policy is published.
+pub fn check_rules(policy: &HttpPolicy, method: &Method, path: &str) -> Result<(), Denial> {
     let key = match_form(path);
     match policy.rules.iter().find(|r| r.matches(method, &key)) {
         Some(rule) if rule.action == RuleAction::Deny => Err(Denial::with_detail(

@@ -183,6 +183,13 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
 }
 
 impl Compiler<'_> {
+    /// An error about a field that has no span of its own (a default, or a
+    /// combination of fields): named by file and field, without a line.
+    fn err_in_file(&mut self, field: &str, message: String) {
+        let e = ConfigError::file(&self.cfg.path, message).with_field(field);
+        self.errors.push(e);
+    }
+
     fn err(&mut self, span: std::ops::Range<usize>, field: &str, message: String) {
         let e = self.cfg.error_at(span, message).with_field(field);
         self.errors.push(e);
@@ -605,8 +612,7 @@ impl Compiler<'_> {
             }
         }
         if h.max_header_bytes < 1024 {
-            self.err(
-                0..0,
+            self.err_in_file(
                 &format!("{field}.max_header_bytes"),
                 "must be at least 1024".into(),
             );
@@ -643,8 +649,7 @@ impl Compiler<'_> {
                     None => None,
                 };
                 if u.ca.is_some() == u.pin_sha256.is_some() {
-                    self.err(
-                        0..0,
+                    self.err_in_file(
                         &format!("{field}.upstream_tls"),
                         "set exactly one of `ca` and `pin_sha256`".into(),
                     );
@@ -654,28 +659,28 @@ impl Compiler<'_> {
                     .clone()
                     .or_else(|| upstream.map(|u| u.host.clone()))
                     .unwrap_or_default();
-                if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
-                    self.err(
-                        0..0,
+                fp.update(server_name.as_bytes());
+                let parsed_name = rustls::pki_types::ServerName::try_from(server_name.clone());
+                if parsed_name.is_err() {
+                    self.err_in_file(
                         &format!("{field}.upstream_tls.server_name"),
                         format!("{server_name:?} is not a DNS name or IP address"),
                     );
                 }
-                fp.update(server_name.as_bytes());
-                if self.errors.len() != before {
-                    None
-                } else {
-                    match tls::upstream_client_config(roots, pin) {
+                match parsed_name {
+                    Err(_) => None,
+                    Ok(_) if self.errors.len() != before => None,
+                    Ok(server_name) => match tls::upstream_client_config(roots, pin) {
                         Ok(config) => Some(UpstreamTls {
                             config: std::sync::Arc::new(config),
                             server_name,
                             fingerprint: tls::hex(fp.finish().as_ref()),
                         }),
                         Err(msg) => {
-                            self.err(0..0, &format!("{field}.upstream_tls"), msg);
+                            self.err_in_file(&format!("{field}.upstream_tls"), msg);
                             None
                         }
-                    }
+                    },
                 }
             }
         };

@@ -50,7 +50,8 @@ impl HttpPolicy {
 #[derive(Debug)]
 pub struct UpstreamTls {
     pub config: Arc<rustls::ClientConfig>,
-    pub server_name: String,
+    /// Sent as SNI and verified; checked when the policy is compiled.
+    pub server_name: rustls::pki_types::ServerName<'static>,
     /// Changes whenever anything that shapes the connection changes, so
     /// the gateway knows when a pooled client must be replaced.
     pub fingerprint: String,

@@ -25,10 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::relay::{Activity, Metered, RelayOutcome};
-use crate::audit::{Audit, ClosedBy, ConnMeta, Event};
+use crate::audit::{ClosedBy, ConnMeta, Event};
 use crate::controls::{self, ConnFacts, Denial, Reason};
 use crate::gateway::{Runtime, ServiceKey};
-use crate::metrics::OutcomeLabels;
 use crate::policy::{ListenerId, Service};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -74,16 +73,11 @@ where
         forwarded_proto: HeaderValue::from_static(proto),
         forwarded_base: format!("for={node};proto={proto}"),
         requests: AtomicU64::new(0),
-        allowed: session
-            .rt
-            .metrics
-            .requests
-            .get_or_create(&OutcomeLabels {
-                device: session.conn.device.to_string(),
-                service: session.conn.service.to_string(),
-                outcome: "allowed",
-            })
-            .clone(),
+        allowed: session.rt.metrics.request_counter(
+            &session.conn.device,
+            &session.conn.service,
+            Ok(()),
+        ),
         activity: activity.clone(),
         idle_mark: AtomicU64::new(0),
         tunnels: TaskTracker::new(),
@@ -138,11 +132,7 @@ where
         // hyper's header timer covers HTTP/1 heads only; this one also
         // covers an h2 preface and first HEADERS trickled in byte by byte.
         _ = first_request_overdue(&live, http.header_read_timeout) => {
-            if activity.bytes().0 == 0 {
-                (ClosedBy::IdleTimeout, None)
-            } else {
-                (ClosedBy::HeaderTimeout, Some("no complete request in time".to_string()))
-            }
+            live.head_timed_out("no complete request in time".to_string())
         }
         _ = rt.hard_stop.cancelled() => (ClosedBy::Shutdown, None),
         _ = live.abusive.cancelled() => {
@@ -205,6 +195,18 @@ struct Resolved {
 }
 
 impl Live {
+    /// A request-head deadline passed. Header timers also run between
+    /// keep-alive requests: only a started-but-unfinished head (bytes read
+    /// since the last answer) is a slow client; otherwise it is just idle.
+    fn head_timed_out(&self, detail: String) -> (ClosedBy, Option<String>) {
+        let (read, _) = self.activity.bytes();
+        if read == self.idle_mark.load(Ordering::Relaxed) {
+            (ClosedBy::IdleTimeout, None)
+        } else {
+            (ClosedBy::HeaderTimeout, Some(detail))
+        }
+    }
+
     /// The service behind this connection's listener in the current policy
     /// (`None` if it is gone, or is no longer an HTTP service).
     fn resolve(&self, s: &Session) -> Option<Arc<Resolved>> {
@@ -269,13 +271,7 @@ struct Live {
 fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<String>) {
     if let Some(h) = e.downcast_ref::<hyper::Error>() {
         if h.is_timeout() {
-            // hyper's header timer also runs between keep-alive requests:
-            // only a started-but-unfinished head is a slow client.
-            let (read, _) = live.activity.bytes();
-            if read == live.idle_mark.load(Ordering::Relaxed) {
-                return (ClosedBy::IdleTimeout, None);
-            }
-            return (ClosedBy::HeaderTimeout, Some(h.to_string()));
+            return live.head_timed_out(h.to_string());
         }
         if h.is_incomplete_message() || h.is_canceled() {
             return (ClosedBy::Client, None);
@@ -301,23 +297,8 @@ async fn handle(
         audit_allowed: true,
         done: false,
     };
-    // Before anything parses the target: `CONNECT host:port` has no path.
-    if req.method() == http::Method::CONNECT {
-        return record.deny(Denial::new(Reason::ConnectRefused));
-    }
-    // Methods are case-sensitive tokens; a lenient device may still run
-    // `post` as POST, past a rule written for POST.
-    if !req
-        .method()
-        .as_str()
-        .bytes()
-        .all(|b| b.is_ascii_uppercase())
-    {
-        let detail = format!(
-            "method {:?} is not an upper-case token",
-            req.method().as_str()
-        );
-        return record.deny(Denial::with_detail(Reason::BadRequest, detail));
+    if let Err(d) = controls::request::check_method(req.method()) {
+        return record.deny(d);
     }
     // The policy in force now, not the one the connection started under
     // (resolved once per policy version, not per request).
@@ -445,31 +426,19 @@ async fn drain_small_body(body: Incoming) {
     let _ = tokio::time::timeout(Duration::from_secs(1), Limited::new(body, LIMIT).collect()).await;
 }
 
-/// Resolves when a newly published policy's request rules would refuse the
-/// upgrade request (`GET path`) that opened a WebSocket tunnel: a tunnel is
-/// one long request, and a new deny rule must reach it like a new request.
+/// Resolves when a newly published policy would refuse the upgrade request
+/// (`GET path`) that opened a WebSocket tunnel: a tunnel is one long
+/// request, and a new deny rule must reach it like a new request.
 fn rule_watch(s: &Session, path: String) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut policy = s.rt.policy.clone();
-    let id = s.id.clone();
+    let (policy, id) = (s.rt.policy.clone(), s.id.clone());
     async move {
-        policy.borrow_and_update();
-        while policy.changed().await.is_ok() {
-            let current = policy.borrow_and_update().clone();
-            let refused = match current.service_for(&id).and_then(|svc| svc.http.as_ref()) {
-                None => true,
-                Some(http) => {
-                    let key = controls::request::match_form(&path);
-                    http.rules
-                        .iter()
-                        .find(|r| r.matches(&http::Method::GET, &key))
-                        .is_some_and(|r| r.action == crate::config::schema::RuleAction::Deny)
-                }
-            };
-            if refused {
-                return;
+        super::tcp::refused_by_policy(policy, move |current| {
+            match current.service_for(&id).and_then(|svc| svc.http.as_ref()) {
+                None => Err(Denial::new(Reason::ServiceRemoved)),
+                Some(http) => controls::request::check_rules(http, &http::Method::GET, &path),
             }
-        }
-        std::future::pending::<()>().await
+        })
+        .await;
     }
 }
 
@@ -629,23 +598,19 @@ fn value(s: &str) -> HeaderValue {
 }
 
 fn classify_upstream_error(e: &hyper_util::client::legacy::Error, service: &Service) -> Denial {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return Denial::with_detail(Reason::BodyTooLarge, "request body over max_body_bytes");
-        }
-        source = err.source();
-    }
     // The whole cause chain: "client error (Connect): tcp connect error:
     // Connection refused" says what the first link alone does not.
     let mut detail = format!("{}: {e}", service.upstream);
     let mut timed_out = false;
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
-        detail.push_str(&format!(": {err}"));
+        if err.is::<http_body_util::LengthLimitError>() {
+            return Denial::with_detail(Reason::BodyTooLarge, "request body over max_body_bytes");
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
         }
+        detail.push_str(&format!(": {err}"));
         source = err.source();
     }
     let reason = if timed_out {
@@ -653,7 +618,6 @@ fn classify_upstream_error(e: &hyper_util::client::legacy::Error, service: &Serv
     } else {
         Reason::UpstreamUnreachable
     };
-    tracing::warn!(device = %service.device.id, service = %service.name, %reason, detail, "device request failed");
     Denial::with_detail(reason, detail)
 }
 
@@ -740,47 +704,42 @@ impl RequestRecord {
             None => self.live.allowed.inc(),
             Some(d) => {
                 s.rt.metrics
-                    .requests
-                    .get_or_create(&OutcomeLabels {
-                        device: s.conn.device.to_string(),
-                        service: s.conn.service.to_string(),
-                        outcome: d.reason.as_str(),
-                    })
+                    .request_counter(&s.conn.device, &s.conn.service, Err(d.reason))
                     .inc()
             }
         };
         if denial.is_none() && !self.audit_allowed {
             return;
         }
-        let audit = if denial.is_some() {
-            Audit::record_denial
-        } else {
-            Audit::record
-        };
-        audit(
-            &s.rt.audit,
-            Event::HttpRequest {
-                conn: s.conn.clone(),
-                method: self.method.to_string(),
-                path: match self.path.take() {
-                    Some(p) => p,
-                    None if self.method == http::Method::CONNECT => self.uri.to_string(),
-                    None => self.uri.path().to_string(),
-                },
-                version: self.version,
-                status,
-                response_bytes,
-                duration_ms: self.started.elapsed().as_millis() as u64,
-                decision: if denial.is_some() {
-                    "denied"
-                } else {
-                    "allowed"
-                },
-                reason: denial.as_ref().map(|d| d.reason),
-                detail: denial.and_then(|d| d.detail),
-                client_identity: s.client_identity.clone(),
+        let event = Event::HttpRequest {
+            conn: s.conn.clone(),
+            method: self.method.to_string(),
+            path: match self.path.take() {
+                Some(p) => p,
+                None if self.method == http::Method::CONNECT => self.uri.to_string(),
+                None => self.uri.path().to_string(),
             },
-        );
+            version: self.version,
+            status,
+            response_bytes,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            decision: if denial.is_some() {
+                "denied"
+            } else {
+                "allowed"
+            },
+            reason: denial.as_ref().map(|d| d.reason),
+            detail: denial.as_ref().and_then(|d| d.detail.clone()),
+            client_identity: s.client_identity.clone(),
+        };
+        match &denial {
+            None => s.rt.audit.record(event),
+            Some(d) => {
+                if s.rt.audit.record_denial(event) {
+                    super::log_device_failure(&s.conn, d);
+                }
+            }
+        }
     }
 }
 
@@ -885,11 +844,7 @@ impl UpstreamClient {
                     .with_tls_config((*tls.config).clone())
                     .https_only()
                     .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                        rustls::pki_types::ServerName::try_from(tls.server_name.clone())
-                            .unwrap_or_else(|_| {
-                                rustls::pki_types::ServerName::try_from("invalid.invalid")
-                                    .expect("valid name")
-                            }),
+                        tls.server_name.clone(),
                     ))
                     .enable_http1()
                     .wrap_connector(connector);

@@ -3,3 +3,24 @@
 pub mod http;
 pub(crate) mod relay;
 pub mod tcp;
+
+use crate::audit::ConnMeta;
+use crate::controls::{Denial, Reason};
+
+/// An unreachable or silent device is worth an operator's attention on
+/// stderr too. Called only for denials the audit trail wrote on their own,
+/// so a dead device under load cannot flood the log either.
+pub(crate) fn log_device_failure(conn: &ConnMeta, denial: &Denial) {
+    if matches!(
+        denial.reason,
+        Reason::UpstreamUnreachable | Reason::UpstreamTimeout
+    ) {
+        tracing::warn!(
+            device = %conn.device,
+            service = %conn.service,
+            reason = %denial.reason,
+            detail = denial.detail.as_deref().unwrap_or(""),
+            "device unreachable"
+        );
+    }
+}

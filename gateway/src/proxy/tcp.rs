@@ -154,21 +154,34 @@ struct Admitted {
 
 /// Resolves when a newly published policy no longer admits the connection.
 pub(crate) async fn revoked_by_policy(
-    mut policy: watch::Receiver<Arc<Policy>>,
+    policy: watch::Receiver<Arc<Policy>>,
     id: ListenerId,
     facts: ConnFacts,
 ) -> (Denial, u64) {
+    refused_by_policy(policy, move |current| {
+        controls::recheck(current.service_for(&id).map(|s| &**s), &facts)
+    })
+    .await
+}
+
+/// The one way live things (connections, WebSocket tunnels) follow policy
+/// changes: `check` runs against the policy in force now — in case one was
+/// published during a handshake or an upstream connect — and then against
+/// every newly published one, until it refuses; returns the refusal and the
+/// version that made it.
+pub(crate) async fn refused_by_policy(
+    mut policy: watch::Receiver<Arc<Policy>>,
+    check: impl Fn(&Policy) -> Result<(), Denial>,
+) -> (Denial, u64) {
     loop {
         {
-            // Also checks the policy current at relay start, in case one was
-            // published during the handshake or the upstream connect.
             let current = policy.borrow_and_update();
-            if let Err(denial) = controls::recheck(current.service_for(&id).map(|s| &**s), &facts) {
+            if let Err(denial) = check(&current) {
                 return (denial, current.version);
             }
         }
         if policy.changed().await.is_err() {
-            // The gateway is going away; shutdown handles the connection.
+            // The gateway is going away; shutdown handles the rest.
             return std::future::pending().await;
         }
     }
@@ -204,7 +217,6 @@ async fn connect_upstream(
             ),
         ),
     };
-    tracing::warn!(device = %conn.device, service = %conn.service, reason = %denial.reason, detail = denial.detail.as_deref().unwrap_or(""), "upstream connect failed");
     deny(rt, conn.clone(), denial, tls.cloned(), identity.cloned());
     None
 }
@@ -325,13 +337,17 @@ fn deny(
     rt.metrics
         .outcome(&conn.device, &conn.service, Err(denial.reason));
     tracing::debug!(client = %conn.client, device = %conn.device, service = %conn.service, reason = %denial.reason, "denied");
-    rt.audit.record_denial(Event::ConnectionDenied {
+    let logged = (conn.clone(), denial.clone());
+    let written = rt.audit.record_denial(Event::ConnectionDenied {
         conn,
         reason: denial.reason,
         detail: denial.detail,
         tls,
         client_identity,
     });
+    if written {
+        super::log_device_failure(&logged.0, &logged.1);
+    }
 }
 
 fn describe_tls(stream: &TlsStream<TcpStream>) -> (TlsInfo, Option<ClientIdentity>) {

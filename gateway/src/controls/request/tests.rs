@@ -110,11 +110,12 @@ fn limits_and_connect() {
         Reason::HeadersTooLarge
     );
     assert_eq!(
-        check_request(&p, &Method::CONNECT, "/", &HeaderMap::new())
-            .unwrap_err()
-            .reason,
+        check_method(&Method::CONNECT).unwrap_err().reason,
         Reason::ConnectRefused
     );
+    let lower = Method::from_bytes(b"post").unwrap();
+    assert_eq!(check_method(&lower).unwrap_err().reason, Reason::BadRequest);
+    assert!(check_method(&Method::POST).is_ok());
 }
 
 #[test]
