@@ -398,3 +398,54 @@ pub fn require(tool: &str) {
         "{tool} is not installed; run .ci/run or see README (apt-get install ...)"
     );
 }
+
+/// An HTTP response as a client saw it (`curl -i`, a raw socket).
+#[derive(Debug)]
+pub struct Reply {
+    pub version: String,
+    pub status: u16,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses a response as `curl -i` prints it (interim 1xx answers skipped).
+pub fn parse_reply(bytes: &[u8]) -> Reply {
+    let mut rest = bytes;
+    loop {
+        let end = find(rest, b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(bytes)));
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        rest = &rest[end + 4..];
+        let mut lines = head.split("\r\n");
+        let mut status_line = lines.next().unwrap().split_whitespace();
+        let version = status_line.next().unwrap().to_string();
+        let status: u16 = status_line.next().unwrap().parse().unwrap();
+        if (100..200).contains(&status) && status != 101 {
+            continue;
+        }
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        return Reply {
+            version,
+            status,
+            headers,
+            body: String::from_utf8_lossy(rest).into_owned(),
+        };
+    }
+}
