@@ -61,6 +61,11 @@ enum CertsCommand {
     Dev { dir: PathBuf },
 }
 
+// hyper, h2 and rustls allocate small, short-lived buffers per request;
+// mimalloc serves those faster than glibc's allocator (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
