@@ -23,7 +23,7 @@ use crate::audit::{Audit, Event};
 use crate::controls::ServiceState;
 use crate::metrics::Metrics;
 use crate::policy::{ListenerId, Policy, Service};
-use crate::proxy::http::UpstreamClient;
+use crate::proxy::upstream::UpstreamClient;
 use crate::signals::{Signal, Signals};
 
 /// Identifies a service across policy versions: `device/service`.
@@ -92,8 +92,19 @@ impl Runtime {
         client
     }
 
-    /// Forgets rate-limit state of clients idle for a replenish period.
+    /// Forgets rate-limit state of clients idle for a replenish period,
+    /// and closes device connections idle for too long.
     pub fn collect_garbage(&self) {
+        let clients: Vec<UpstreamClient> = self
+            .http_clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|(_, client)| client.clone())
+            .collect();
+        for client in clients {
+            client.evict_idle();
+        }
         let states: Vec<Arc<ServiceState>> = self
             .states
             .lock()

@@ -16,8 +16,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Body, Bytes, Frame, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -25,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::relay::{Activity, Metered, RelayOutcome};
+use super::upstream::{UpstreamClient, UpstreamError};
 use crate::audit::{ClosedBy, ConnMeta, Event};
 use crate::controls::{self, ConnFacts, Denial, Reason};
 use crate::gateway::{Runtime, ServiceKey};
@@ -189,7 +188,6 @@ struct Resolved {
     verdict: Result<(), Denial>,
     limiters: Arc<crate::controls::rate::Limiters>,
     client: UpstreamClient,
-    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     host_rewrite: Option<HeaderValue>,
 }
@@ -229,11 +227,6 @@ impl Live {
                 .state(&ServiceKey::of(&service))
                 .limiters(&service.limits),
             client: s.rt.http_client(&service),
-            scheme: if http.upstream_tls.is_some() {
-                http::uri::Scheme::HTTPS
-            } else {
-                http::uri::Scheme::HTTP
-            },
             authority,
             host_rewrite: http.host_rewrite.as_deref().map(value),
             service,
@@ -405,6 +398,7 @@ async fn handle(
     strip_hop_by_hop(
         &mut parts.headers,
         status == StatusCode::SWITCHING_PROTOCOLS,
+        false,
     );
     if http.hardening_headers {
         harden(&mut parts.headers, s.tls);
@@ -456,21 +450,57 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
     connection_upgrade && websocket
 }
 
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
-/// For an upgrade, `Connection: upgrade` and `Upgrade` must pass.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+/// Headers about one hop, not the message: never passed on.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ]
+    .contains(name)
+}
+
+/// Headers in which a client would speak for moat (who the client is) or
+/// override the method the rules saw: whatever the client sent is dropped.
+fn is_client_asserted(name: &HeaderName) -> bool {
+    name == header::FORWARDED
+        || matches!(
+            name.as_str(),
+            "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "x-real-ip"
+                | "x-http-method-override"
+                | "x-http-method"
+                | "x-method-override"
+        )
+}
+
+/// Removes the headers `doomed` picks, looking at each name once (most
+/// messages have none to remove, and then nothing is allocated).
+fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names,
+/// and (for requests) the client-asserted ones. For an upgrade,
+/// `Connection: upgrade` and `Upgrade` must pass.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, client_asserted: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -478,18 +508,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if upgrade {
-        if let Some(v) = upgrade_value {
-            headers.insert(header::UPGRADE, v);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    remove_matching(headers, |name| {
+        is_hop_by_hop(name) || named.contains(name) || (client_asserted && is_client_asserted(name))
+    });
+    if let Some(v) = upgrade_value {
+        headers.insert(header::UPGRADE, v);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
@@ -536,32 +565,16 @@ fn upstream_request(
             .parse()
             .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
     };
-    parts.uri = http::Uri::builder()
-        .scheme(current.scheme.clone())
-        .authority(current.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    // Origin-form: the device is named by the connection, not the target.
+    parts.uri = http::Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
 
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers, websocket);
     // moat states who the client is; nothing the client sent survives.
     // Method overrides would let a GET carry a DELETE past the rules.
-    for name in [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "x-real-ip",
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-    ] {
-        headers.remove(name);
-    }
-    headers.insert("x-forwarded-for", live.forwarded_for.clone());
-    headers.insert("x-forwarded-proto", live.forwarded_proto.clone());
+    strip_hop_by_hop(headers, websocket, true);
+    headers.insert(X_FORWARDED_FOR, live.forwarded_for.clone());
+    headers.insert(X_FORWARDED_PROTO, live.forwarded_proto.clone());
     let forwarded = match original_host.as_ref().and_then(|h| h.to_str().ok()) {
         Some(host)
             if host
@@ -574,7 +587,7 @@ fn upstream_request(
     };
     headers.insert(header::FORWARDED, forwarded);
     if let Some(host) = &original_host {
-        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     let host = match (&current.host_rewrite, original_host) {
         (Some(rewrite), _) => rewrite.clone(),
@@ -597,11 +610,14 @@ fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn classify_upstream_error(e: &hyper_util::client::legacy::Error, service: &Service) -> Denial {
-    // The whole cause chain: "client error (Connect): tcp connect error:
-    // Connection refused" says what the first link alone does not.
+fn classify_upstream_error(e: &UpstreamError, service: &Service) -> Denial {
+    // The whole cause chain: "tcp connect error: Connection refused", or a
+    // body error behind hyper's "error from user's Body stream".
     let mut detail = format!("{}: {e}", service.upstream);
-    let mut timed_out = false;
+    let mut timed_out = matches!(e, UpstreamError::ConnectTimeout(_));
+    if let UpstreamError::Connect(io) | UpstreamError::Tls(io) = e {
+        timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+    }
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
@@ -816,65 +832,5 @@ impl AuditedBody {
 impl Drop for AuditedBody {
     fn drop(&mut self) {
         self.finish();
-    }
-}
-
-/// A pooled HTTP/1.1 client to one device, plaintext or TLS.
-#[derive(Clone)]
-pub enum UpstreamClient {
-    Plain(Client<HttpConnector, ProxyBody>),
-    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>),
-}
-
-impl UpstreamClient {
-    pub fn new(service: &Service) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(service.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        match service.http.as_ref().and_then(|h| h.upstream_tls.as_ref()) {
-            None => UpstreamClient::Plain(builder.build(connector)),
-            Some(tls) => {
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config((*tls.config).clone())
-                    .https_only()
-                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                        tls.server_name.clone(),
-                    ))
-                    .enable_http1()
-                    .wrap_connector(connector);
-                UpstreamClient::Tls(builder.build(https))
-            }
-        }
-    }
-
-    /// Changes whenever a new client is needed for `service`.
-    pub fn fingerprint(service: &Service) -> String {
-        let tls = service
-            .http
-            .as_ref()
-            .and_then(|h| h.upstream_tls.as_ref())
-            .map(|t| t.fingerprint.as_str());
-        format!(
-            "{}|{:?}|{}",
-            service.upstream,
-            service.connect_timeout,
-            tls.unwrap_or("-")
-        )
-    }
-
-    pub async fn request(
-        &self,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        match self {
-            UpstreamClient::Plain(c) => c.request(req).await,
-            UpstreamClient::Tls(c) => c.request(req).await,
-        }
     }
 }

@@ -1,8 +1,11 @@
-//! The data planes. `tcp` is the L4 proxy (DICOM, HL7 MLLP, anything).
+//! The data planes. `tcp` accepts every connection and runs the L4 proxy
+//! (DICOM, HL7 MLLP, anything) over `relay`; `http` is the L7 proxy for
+//! device web UIs, reaching the device through `upstream`'s pool.
 
 pub mod http;
 pub(crate) mod relay;
 pub mod tcp;
+pub mod upstream;
 
 use crate::audit::ConnMeta;
 use crate::controls::{Denial, Reason};

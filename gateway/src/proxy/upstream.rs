@@ -1,0 +1,234 @@
+//! HTTP/1.1 connections to one device, kept open and reused.
+//!
+//! moat's own small pool over hyper's connection API rather than
+//! hyper-util's general-purpose client: there is exactly one destination
+//! per service, so no pool key to hash, no connect racing an idle
+//! checkout (which opened twice as many device connections as there were
+//! clients), and no task spawned per request to return a connection.
+//! See docs/benchmarks.md for what it saved.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use super::http::ProxyBody;
+use crate::policy::{Service, Upstream};
+
+/// Idle connections older than this are closed (the device may have
+/// forgotten them long ago; legacy web servers often keep them for 5–15 s,
+/// and a closed one is noticed and skipped anyway).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// At most this many connections are kept per device.
+const MAX_POOLED: usize = 256;
+
+/// A pooled HTTP/1.1 client to one device, plaintext or TLS.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    upstream: Upstream,
+    connect_timeout: Duration,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// Most recently used last. A connection goes back as soon as its
+    /// response head arrives; it is taken again once hyper reports it
+    /// ready, i.e. that response has been read to the end.
+    conns: Mutex<Vec<Pooled>>,
+}
+
+struct Pooled {
+    sender: SendRequest<ProxyBody>,
+    returned: Instant,
+}
+
+/// Why a request did not get a response from the device.
+#[derive(Debug)]
+pub enum UpstreamError {
+    Connect(std::io::Error),
+    ConnectTimeout(Duration),
+    Tls(std::io::Error),
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect(e) => write!(f, "tcp connect error: {e}"),
+            UpstreamError::ConnectTimeout(t) => write!(f, "no connection within {t:?}"),
+            UpstreamError::Tls(e) => write!(f, "tls handshake with the device failed: {e}"),
+            UpstreamError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpstreamError::Connect(e) | UpstreamError::Tls(e) => e.source(),
+            UpstreamError::ConnectTimeout(_) => None,
+            UpstreamError::Http(e) => std::error::Error::source(e),
+        }
+    }
+}
+
+impl UpstreamClient {
+    pub fn new(service: &Service) -> Self {
+        let tls = service
+            .http
+            .as_ref()
+            .and_then(|h| h.upstream_tls.as_ref())
+            .map(|tls| {
+                (
+                    tokio_rustls::TlsConnector::from(tls.config.clone()),
+                    tls.server_name.clone(),
+                )
+            });
+        UpstreamClient {
+            pool: Arc::new(Pool {
+                upstream: service.upstream.clone(),
+                connect_timeout: service.connect_timeout,
+                tls,
+                conns: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Changes whenever a new client is needed for `service`.
+    pub fn fingerprint(service: &Service) -> String {
+        let tls = service
+            .http
+            .as_ref()
+            .and_then(|h| h.upstream_tls.as_ref())
+            .map(|t| t.fingerprint.as_str());
+        format!(
+            "{}|{:?}|{}",
+            service.upstream,
+            service.connect_timeout,
+            tls.unwrap_or("-")
+        )
+    }
+
+    /// Sends `req` (origin-form, with a `Host` header) to the device on an
+    /// idle pooled connection, or a new one.
+    pub async fn request(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.checkout() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    self.checkin(sender);
+                    return Ok(response);
+                }
+                // A pooled connection the device closed while it sat idle
+                // is only found out when used. The request never left, so
+                // it goes out on the next connection; each retry uses up a
+                // pooled one, and a fresh connection is not retried.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Closes connections idle for too long, and forgets closed ones.
+    pub fn evict_idle(&self) {
+        let now = Instant::now();
+        self.pool
+            .lock()
+            .retain(|p| !p.sender.is_closed() && now - p.returned < IDLE_TIMEOUT);
+    }
+
+    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+        let now = Instant::now();
+        let mut conns = self.pool.lock();
+        let mut i = conns.len();
+        while i > 0 {
+            i -= 1;
+            let p = &conns[i];
+            if p.sender.is_closed() || now - p.returned >= IDLE_TIMEOUT {
+                // Everything above `i` was already looked at, so moving
+                // the last entry here skips nothing.
+                conns.swap_remove(i);
+            } else if p.sender.is_ready() {
+                return Some(conns.swap_remove(i).sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<ProxyBody>) {
+        let mut conns = self.pool.lock();
+        // Over the cap the connection is dropped: hyper finishes the
+        // response in progress, then closes it.
+        if conns.len() < MAX_POOLED {
+            conns.push(Pooled {
+                sender,
+                returned: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let pool = &self.pool;
+        let target = (pool.upstream.host.as_str(), pool.upstream.port);
+        // The TLS handshake counts towards the connect timeout too: a
+        // device that accepts TCP and then says nothing is unreachable.
+        let connect = async {
+            let tcp = TcpStream::connect(target)
+                .await
+                .map_err(UpstreamError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            match &pool.tls {
+                None => handshake(tcp).await,
+                Some((connector, name)) => {
+                    let tls = connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(UpstreamError::Tls)?;
+                    handshake(tls).await
+                }
+            }
+        };
+        timeout(pool.connect_timeout, connect)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(pool.connect_timeout))?
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<SendRequest<ProxyBody>, UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(UpstreamError::Http)?;
+    // The connection's reads and writes run in a task of their own; it
+    // ends when the device closes, or once every sender is gone.
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "device connection ended");
+        }
+    });
+    Ok(sender)
+}
