@@ -825,6 +825,26 @@ fn device_connections_are_pooled_across_clients() {
     );
 }
 
+#[test]
+fn device_hanging_up_idle_connections_costs_no_request() {
+    require("curl");
+    let ws = Workspace::new();
+    let dev = http_device::serve_one_per_connection(|r| format!("{} {}\n", r.method, r.path));
+    let moat = start(&ws, &[("ui", http_service(&ws, "ui", dev.addr, "", ""))]);
+    let ui = moat.addr("ui");
+    for i in 0..10 {
+        let path = format!("/poll/{i}");
+        let reply = curl(&ws, &[&url(ui, &path)]);
+        assert_eq!(reply.status, 200, "request {i}: {reply:?}");
+        assert_eq!(reply.body, format!("GET {path}\n"));
+    }
+    assert_eq!(dev.accepted(), 10, "one device connection per request");
+    assert!(moat
+        .events("http_request")
+        .iter()
+        .all(|e| e["status"] == 200));
+}
+
 /// Sends `data` one byte every 100 ms until moat hangs up: (time until
 /// then or the end, bytes sent, bytes received). Each wait for moat to close
 /// is also the pause between two bytes. `started` hears of the first byte.

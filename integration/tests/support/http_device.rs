@@ -47,6 +47,22 @@ impl HttpDevice {
 /// request, on that connection's thread, and returns the answer's body.
 /// The connection stays open until the client closes it or asks to.
 pub fn serve(handler: impl Fn(&ParsedRequest) -> String + Send + Sync + 'static) -> HttpDevice {
+    serve_with(handler, usize::MAX)
+}
+
+/// Like `serve`, but hangs up after one answer without saying so first,
+/// like a legacy web server whose keep-alive timeout is shorter than the
+/// gateway's.
+pub fn serve_one_per_connection(
+    handler: impl Fn(&ParsedRequest) -> String + Send + Sync + 'static,
+) -> HttpDevice {
+    serve_with(handler, 1)
+}
+
+fn serve_with(
+    handler: impl Fn(&ParsedRequest) -> String + Send + Sync + 'static,
+    requests_per_connection: usize,
+) -> HttpDevice {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -58,7 +74,7 @@ pub fn serve(handler: impl Fn(&ParsedRequest) -> String + Send + Sync + 'static)
             count.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
             std::thread::spawn(move || {
-                let _ = serve_connection(stream, &*handler);
+                let _ = serve_connection(stream, &*handler, requests_per_connection);
             });
         }
     });
@@ -68,9 +84,11 @@ pub fn serve(handler: impl Fn(&ParsedRequest) -> String + Send + Sync + 'static)
 fn serve_connection(
     stream: TcpStream,
     handler: &dyn Fn(&ParsedRequest) -> String,
+    requests_per_connection: usize,
 ) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
+    let mut answered = 0;
     while let Some(req) = read_request(&mut reader)? {
         let body = handler(&req);
         write!(
@@ -84,7 +102,8 @@ fn serve_connection(
             }
         )?;
         out.flush()?;
-        if req.close {
+        answered += 1;
+        if req.close || answered == requests_per_connection {
             break;
         }
     }
