@@ -10,8 +10,11 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -38,9 +41,9 @@ struct Pool {
     upstream: Upstream,
     connect_timeout: Duration,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-    /// Most recently used last. A connection goes back as soon as its
-    /// response head arrives; it is taken again once hyper reports it
-    /// ready, i.e. that response has been read to the end.
+    /// Most recently used last. A connection goes back when the client is
+    /// done with its response body (`DeviceBody` is dropped); one the
+    /// device or hyper closed meanwhile is skipped when next looked at.
     conns: Mutex<Vec<Pooled>>,
 }
 
@@ -121,7 +124,7 @@ impl UpstreamClient {
     pub async fn request(
         &self,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<DeviceBody>, UpstreamError> {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
@@ -129,8 +132,11 @@ impl UpstreamClient {
             };
             match sender.try_send_request(req).await {
                 Ok(response) => {
-                    self.checkin(sender);
-                    return Ok(response);
+                    // Returned with the body, not now: until the body is
+                    // read the connection is busy, and a request arriving
+                    // meanwhile would open another one.
+                    let checkin = Some((sender, self.pool.clone()));
+                    return Ok(response.map(|inner| DeviceBody { inner, checkin }));
                 }
                 // A pooled connection the device closed while it sat idle
                 // is only found out when used. The request never left, so
@@ -169,19 +175,9 @@ impl UpstreamClient {
         }
         None
     }
+}
 
-    fn checkin(&self, sender: SendRequest<ProxyBody>) {
-        let mut conns = self.pool.lock();
-        // Over the cap the connection is dropped: hyper finishes the
-        // response in progress, then closes it.
-        if conns.len() < MAX_POOLED {
-            conns.push(Pooled {
-                sender,
-                returned: Instant::now(),
-            });
-        }
-    }
-
+impl UpstreamClient {
     async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
         let pool = &self.pool;
         let target = (pool.upstream.host.as_str(), pool.upstream.port);
@@ -212,6 +208,54 @@ impl UpstreamClient {
 impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn checkin(&self, sender: SendRequest<ProxyBody>) {
+        let mut conns = self.lock();
+        // Over the cap the connection is dropped: hyper finishes the
+        // response in progress, then closes it.
+        if conns.len() < MAX_POOLED {
+            conns.push(Pooled {
+                sender,
+                returned: Instant::now(),
+            });
+        }
+    }
+}
+
+/// A response body from the device. Its connection goes back to the pool
+/// when hyper is done with the body: read to the end (the usual case), or
+/// given up, in which case hyper closes the connection.
+pub struct DeviceBody {
+    inner: Incoming,
+    checkin: Option<(SendRequest<ProxyBody>, Arc<Pool>)>,
+}
+
+impl Body for DeviceBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for DeviceBody {
+    fn drop(&mut self) {
+        if let Some((sender, pool)) = self.checkin.take() {
+            pool.checkin(sender);
+        }
     }
 }
 
