@@ -28,8 +28,12 @@ use crate::policy::{Service, Upstream};
 /// forgotten them long ago; legacy web servers often keep them for 5–15 s,
 /// and a closed one is noticed and skipped anyway).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// At most this many connections are kept per device.
-const MAX_POOLED: usize = 256;
+/// At most this many connections are kept per device. The pool never
+/// holds more than the peak of concurrent requests (which `max_in_flight`
+/// caps for fragile devices); this only bounds what a burst leaves behind.
+/// Set lower, a burst above it would open and close a connection for
+/// nearly every request (h2 clients at 500 concurrent streams did).
+const MAX_POOLED: usize = 1024;
 
 /// A pooled HTTP/1.1 client to one device, plaintext or TLS.
 #[derive(Clone)]
