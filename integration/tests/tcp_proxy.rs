@@ -179,6 +179,36 @@ fn openssl_s_client_reaches_upstream_and_tls_1_1_is_refused() {
     moat.wait_event("connection_allowed", |e| e["tls"]["version"] == "TLSv1.2");
 }
 
+#[test]
+fn moat_picks_the_cipher_suite_not_the_client() {
+    require("openssl");
+    let ws = Workspace::new();
+    let echo = echo_upstream();
+    let moat = Moat::start(&ws, &tls_service(&ws, echo.addr, "", ""), &["dicom"]);
+    let connect = moat.addr("dicom").to_string();
+    let ca = ws.certs.ca.display().to_string();
+    // The client would rather have AES-256; moat's order puts AES-128-GCM
+    // first. A client that offers only AES-256 still gets it.
+    for (offered, expected) in [
+        (
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+            "TLS13_AES_128_GCM_SHA256",
+        ),
+        ("TLS_AES_256_GCM_SHA384", "TLS13_AES_256_GCM_SHA384"),
+    ] {
+        let args = [
+            "-connect",
+            &connect,
+            "-CAfile",
+            &ca,
+            "-ciphersuites",
+            offered,
+        ];
+        assert_eq!(s_client_echo(&args, expected), expected);
+        moat.wait_event("connection_allowed", |e| e["tls"]["cipher"] == expected);
+    }
+}
+
 /// Sends `line` through `openssl s_client -quiet` and returns the first line
 /// that comes back. s_client never exits on its own while stdin is open, so
 /// it is killed once the echo has arrived (or the deadline passes).
