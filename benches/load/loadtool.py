@@ -6,6 +6,9 @@ Subcommands:
   wait-port PORT [SECS]        wait until 127.0.0.1:PORT accepts
   cputicks PGID...             utime+stime (clock ticks) of every process in
                                the process groups, plus reaped children
+  preemptions PGID...          involuntary context switches of every thread
+                               in the process groups (times the scheduler
+                               took the CPU away to run something else)
   runcpu OUT -- CMD...         run CMD, write its CPU seconds (user+sys, it and
                                its children) to OUT, exit with its status
   parse-wrk FILE               -> JSON {rps, requests, p50_ms, p99_ms, errors}
@@ -87,6 +90,25 @@ def cmd_cputicks(*pgids):
             continue
         if int(f[2]) in want:
             total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    print(total)
+
+
+def cmd_preemptions(*pgids):
+    want = {int(p) for p in pgids}
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if int(proc_stat(name)[2]) not in want:
+                continue
+            for tid in os.listdir(f"/proc/{name}/task"):
+                with open(f"/proc/{name}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("nonvoluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
     print(total)
 
 
@@ -306,7 +328,8 @@ UNITS = {
 }
 
 
-COLS = ("value", "p50_ms", "p99_ms", "proxy_cpu_per", "backend_cpu_per", "load_util")
+COLS = ("value", "p50_ms", "p99_ms", "proxy_cpu_per", "backend_cpu_per", "load_util",
+        "proxy_preempted_per")
 
 
 def med(vals):
@@ -344,10 +367,12 @@ def cmd_summary(raw, out, resuming=""):
     for t in tests:
         unit, cpu_unit = UNITS[t]
         lines.append("")
-        lines.append(f"== {t}  ({unit}; proxy CPU in {cpu_unit}; load = busy share of the load core)")
+        per = cpu_unit.split("/")[1]
+        lines.append(f"== {t}  ({unit}; proxy CPU in {cpu_unit}; load = busy share of the load core; "
+                     f"preempted = the proxy's involuntary context switches per {per})")
         lines.append(
             f"{'system':<9}{'runs':>5}{unit:>14}{'p50 ms':>10}{'p99 ms':>10}"
-            f"{'proxy CPU':>12}{'backend CPU':>13}{'load':>7}{'upstream':>10}"
+            f"{'proxy CPU':>12}{'backend CPU':>13}{'load':>7}{'upstream':>10}{'preempted':>11}"
         )
         meds = {}
         for s in order:
@@ -367,7 +392,7 @@ def cmd_summary(raw, out, resuming=""):
                 f"{name:<9}{len(rs):>5}{fmt(m['value']):>14}{fmt(m['p50_ms'], 3):>10}"
                 f"{fmt(m['p99_ms'], 3):>10}{fmt(m['proxy_cpu_per']):>12}"
                 f"{fmt(m['backend_cpu_per']):>13}{fmt(m['load_util'], 2):>7}"
-                f"{fmt(m['upstream_max'], 0):>10}"
+                f"{fmt(m['upstream_max'], 0):>10}{fmt(m['proxy_preempted_per'], 2):>11}"
             )
             summary_rows.append([t, s, len(rs)] + [m[k] for k in COLS + ("upstream_max",)])
         if "moat" in meds:
@@ -522,6 +547,7 @@ COMMANDS = {
     "ports": cmd_ports,
     "wait-port": cmd_wait_port,
     "cputicks": cmd_cputicks,
+    "preemptions": cmd_preemptions,
     "runcpu": cmd_runcpu,
     "parse-wrk": cmd_parse_wrk,
     "parse-h2load": cmd_parse_h2load,

@@ -426,9 +426,9 @@ measure() {
   port=$(port_of "$test" "$sys")
   [ -n "$port" ] || return 0
   out="$WORK/out.$test.$sys.$run"
-  local ppg bpg p0=0 b0=0 p1=0 b1=0 s0=0 s1=0
+  local ppg bpg p0=0 b0=0 p1=0 b1=0 s0=0 s1=0 x0=0 x1=0
   ppg=$(proxy_pg "$sys"); bpg=$(backend_pg "$test")
-  [ -z "$ppg" ] || p0=$(ticks "$ppg")
+  [ -z "$ppg" ] || { p0=$(ticks "$ppg"); x0=$($TOOL preemptions "$ppg"); }
   b0=$(ticks "$bpg")
   local spg=""
   if [ "$test" = l4_tls ]; then
@@ -501,17 +501,18 @@ PY
     wait "$SAMPLER" 2>/dev/null || true
     SAMPLER=""
   fi
-  [ -z "$ppg" ] || p1=$(ticks "$ppg")
+  [ -z "$ppg" ] || { p1=$(ticks "$ppg"); x1=$($TOOL preemptions "$ppg"); }
   b1=$(ticks "$bpg")
   [ -z "$spg" ] || s1=$(ticks "$spg")
   local row
-  row=$(python3 - "$json" "$test" "$sys" "$run" "$p0" "$p1" "$b0" "$b1" "$s0" "$s1" "$CLK_TCK" "$t0" "$t1" "$(cat "$out.cpu" 2>/dev/null || echo 0)" "$rc" "${ppg:-}" "$(cat "$out.up" 2>/dev/null || true)" <<'PY'
+  row=$(python3 - "$json" "$test" "$sys" "$run" "$p0" "$p1" "$b0" "$b1" "$s0" "$s1" "$CLK_TCK" "$t0" "$t1" "$(cat "$out.cpu" 2>/dev/null || echo 0)" "$rc" "${ppg:-}" "$(cat "$out.up" 2>/dev/null || true)" "$x0" "$x1" <<'PY'
 import json, sys
 j = json.loads(sys.argv[1])
 test, sys_, run = sys.argv[2:5]
 p0, p1, b0, b1, s0, s1, hz = map(int, sys.argv[5:12])
 t0, t1, load_cpu = float(sys.argv[12]), float(sys.argv[13]), float(sys.argv[14])
 rc, has_proxy, upstream = int(sys.argv[15]), sys.argv[16] != "", sys.argv[17]
+preempted = int(sys.argv[19]) - int(sys.argv[18]) if has_proxy else None
 wall = t1 - t0
 proxy_s = (p1 - p0) / hz if has_proxy else None
 backend_s = (b1 - b0) / hz
@@ -530,7 +531,9 @@ def f(v):
     return "" if v is None else f"{v:.6g}"
 print("\t".join([run, test, sys_, f(value), f(j.get("p50_ms")), f(j.get("p99_ms")), str(units),
                  f(proxy_s), f(per(proxy_s)), f(backend_s), f(per(backend_s)), f(load_s / wall if wall else None),
-                 upstream, "; ".join(errors).replace("\t", " ")]))
+                 upstream, "; ".join(errors).replace("\t", " "),
+                 f(None if preempted is None or not units
+                   else preempted / (units / 1e9 if test.startswith("l4_") else units))]))
 PY
 )
   printf '%s\n' "$row" >>"$RAW"
@@ -543,7 +546,7 @@ PY
 # ------------------------------------------------------------------ runs
 mkdir -p "$RESULTS"
 RAW="$WORK/raw.tsv"
-printf 'run\ttest\tsystem\tvalue\tp50_ms\tp99_ms\tunits\tproxy_cpu_s\tproxy_cpu_per\tbackend_cpu_s\tbackend_cpu_per\tload_util\tupstream_max\terrors\n' >"$RAW"
+printf 'run\ttest\tsystem\tvalue\tp50_ms\tp99_ms\tunits\tproxy_cpu_s\tproxy_cpu_per\tbackend_cpu_s\tbackend_cpu_per\tload_util\tupstream_max\terrors\tproxy_preempted_per\n' >"$RAW"
 read -ra SYS_LIST <<<"$SYSTEMS"
 n=${#SYS_LIST[@]}
 log "RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS; tests: $TESTS; systems: $SYSTEMS; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
