@@ -78,9 +78,9 @@ def proc_stat(pid):
     return rest
 
 
-def cmd_cputicks(*pgids):
+def group_members(pgids):
+    """(pid, /proc stat fields) of every process in the process groups."""
     want = {int(p) for p in pgids}
-    total = 0
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -89,21 +89,19 @@ def cmd_cputicks(*pgids):
         except (OSError, ValueError):
             continue
         if int(f[2]) in want:
-            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-    print(total)
+            yield name, f
+
+
+def cmd_cputicks(*pgids):
+    print(sum(int(f[11]) + int(f[12]) + int(f[13]) + int(f[14]) for _, f in group_members(pgids)))
 
 
 def cmd_preemptions(*pgids):
-    want = {int(p) for p in pgids}
     total = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid, _ in group_members(pgids):
         try:
-            if int(proc_stat(name)[2]) not in want:
-                continue
-            for tid in os.listdir(f"/proc/{name}/task"):
-                with open(f"/proc/{name}/task/{tid}/status") as f:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
                     for line in f:
                         if line.startswith("nonvoluntary_ctxt_switches:"):
                             total += int(line.split()[1])
