@@ -1,5 +1,5 @@
-//! The control chain for one connection and for one HTTP request, and a
-//! policy compile with 100k allowlist entries.
+//! The control chain for one connection and for one HTTP request, the
+//! rate-limit checks, and a policy compile with 100k allowlist entries.
 
 use std::hint::black_box;
 use std::io::Write;
@@ -33,6 +33,10 @@ upstream = "127.0.0.1:8080"
 allow = ["big", "127.0.0.0/8"]
 deny = ["10.9.0.0/16"]
 plaintext = true
+[device.service.limits]
+connections_per_client = "1000000000/s"
+requests_per_client = "1000000000/s"
+device_rate = "1000000000/s"
 [device.service.http]
 [[device.service.http.rule]]
 action = "deny"
@@ -82,6 +86,30 @@ fn benches(c: &mut Criterion) {
             let path = request::normalize_path(black_box("/pumps/12/status")).unwrap();
             request::check_request(http, &Method::GET, &path, black_box(&headers)).unwrap();
             black_box(path);
+        })
+    });
+
+    // Limits that never trigger, so every check is a full GCRA update:
+    // one client over and over, and 10k clients in turn (the keyed map's
+    // lookup with a realistic spread of keys).
+    let limiters = state.limiters(&service.limits);
+    c.bench_function("rate_check_request_one_client", |b| {
+        b.iter(|| limiters.check_request(black_box(client), None).unwrap())
+    });
+    let clients: Vec<IpAddr> = (0..10_000u32)
+        .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    let mut next = clients.iter().cycle();
+    c.bench_function("rate_check_request_10k_clients", |b| {
+        b.iter(|| {
+            let ip = *next.next().unwrap();
+            limiters.check_request(black_box(ip), None).unwrap()
+        })
+    });
+    c.bench_function("rate_check_connection_10k_clients", |b| {
+        b.iter(|| {
+            let ip = *next.next().unwrap();
+            limiters.check_connection(black_box(ip)).unwrap()
         })
     });
 }
