@@ -5,6 +5,8 @@
 #   benches/load/run.sh                      # RUNS=3 DURATION=10
 #   RUNS=5 DURATION=20 benches/load/run.sh
 #   TESTS="h1_tls handshake" SYSTEMS="moat nginx" benches/load/run.sh
+#   PROFILE=1 TESTS=h2_tls SYSTEMS="moat haproxy" RUNS=1 benches/load/run.sh
+#                                            # + perf flamegraphs per proxy
 #
 # Installs what is missing (apt: nginx-light libnginx-mod-stream haproxy wrk
 # nghttp2-client iperf3 socat openssl; cargo: oha), builds moat in release
@@ -29,6 +31,10 @@ TESTS=${TESTS:-"h1_tls h2_tls handshake handshake_full h1_plain l4_tls l4_plain"
 SYSTEMS=${SYSTEMS:-"moat nginx haproxy direct"}
 RESULTS=${RESULTS:-$HERE/results}
 MOAT_BIN=${MOAT_BIN:-$ROOT/target/release/moat}
+# PROFILE=1: record each proxy with perf while it is measured (which slows
+# it: figures from such a run are not for comparison) and draw one
+# flamegraph per test and proxy into $RESULTS (needs perf and inferno).
+PROFILE=${PROFILE:-0}
 TOOL="python3 $HERE/loadtool.py"
 
 log() { printf '[load] %s\n' "$*" >&2; }
@@ -82,6 +88,17 @@ nginx_has_stream() {
 }
 
 install_tools
+if [ "$PROFILE" = 1 ]; then
+  command -v perf >/dev/null || { log "PROFILE=1 needs perf (apt: linux-perf)"; exit 1; }
+  if ! command -v inferno-flamegraph >/dev/null && [ -x "$HOME/.cargo/bin/inferno-flamegraph" ]; then
+    PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v inferno-flamegraph >/dev/null || {
+    log "installing inferno (cargo install inferno --locked)"
+    cargo install inferno --locked >"${TMPDIR:-/tmp}/inferno-install.log" 2>&1
+    PATH="$HOME/.cargo/bin:$PATH"
+  }
+fi
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building moat (cargo build --release -p moat)"
   (cd "$ROOT" && cargo build --release -p moat)
@@ -93,11 +110,13 @@ WORK=$(mktemp -d /tmp/moat-load.XXXXXX)
 chmod 755 "$WORK"   # nginx workers run as nobody
 PGIDS=()
 SAMPLER=""
+PERF=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   local p
   [ -z "$SAMPLER" ] || kill "$SAMPLER" 2>/dev/null || true
+  [ -z "$PERF" ] || kill -INT "$PERF" 2>/dev/null || true
   for p in "${PGIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
   sleep 0.5
   for p in "${PGIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
@@ -439,6 +458,15 @@ measure() {
     taskset -c "$LOAD_CPU" python3 "$HERE/loadtool.py" upstream-sampler "$P_B_HTTP" "$out.up" "$ppg" &
     SAMPLER=$!
   fi
+  if [ "$PROFILE" = 1 ] && [ -n "$ppg" ]; then
+    # Every thread of every process of the proxy, with DWARF unwinding
+    # (release builds keep no frame pointers).
+    local pids
+    pids=$(ps -o pid= -s "$ppg" | tr -s ' \n' ',' | sed 's/^,//; s/,$//')
+    perf record -q -F 499 --call-graph dwarf,16384 -o "$WORK/perf.$test.$sys.$run.data" -p "$pids" \
+      >/dev/null 2>&1 &
+    PERF=$!
+  fi
   local t0 t1 rc=0
   t0=$(date +%s.%N)
   case "$test" in
@@ -496,6 +524,11 @@ PY
       sleep 0.5 ;; # iperf3 -s serves one test at a time
   esac
   t1=$(date +%s.%N)
+  if [ -n "$PERF" ]; then
+    kill -INT "$PERF" 2>/dev/null || true
+    wait "$PERF" 2>/dev/null || true
+    PERF=""
+  fi
   if [ -n "$SAMPLER" ]; then
     kill "$SAMPLER" 2>/dev/null || true
     wait "$SAMPLER" 2>/dev/null || true
@@ -617,6 +650,17 @@ $TOOL summary "$RAW" "$RESULTS/latest-summary.tsv" "$RESUMING" | tee "$WORK/tabl
 { cat "$WORK/header.txt"; cat "$RAW"; } >"$RESULTS/latest.tsv"
 { cat "$WORK/header.txt"; cat "$WORK/table.txt"; } >"$RESULTS/latest.txt"
 log "results: $RESULTS/latest.tsv (every run), latest-summary.tsv (medians), latest.txt (this table)"
+
+if [ "$PROFILE" = 1 ]; then
+  for data in "$WORK"/perf.*.data; do
+    [ -e "$data" ] || continue
+    name=$(basename "$data" .data); name=${name#perf.}        # test.system.run
+    svg="$RESULTS/flame-${name//./-}.svg"
+    perf script -i "$data" 2>/dev/null | inferno-collapse-perf --all 2>/dev/null \
+      | inferno-flamegraph --minwidth 0.5 --title "$name ($(date -u +%F))" >"$svg" \
+      && log "flamegraph: $svg" || log "flamegraph for $name failed"
+  done
+fi
 
 if [ ${#ERRORS[@]} -gt 0 ]; then
   printf '\nERRORS:\n' >&2
