@@ -44,6 +44,7 @@ pub struct UpstreamClient {
 struct Pool {
     upstream: Upstream,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     /// Most recently used last. A connection goes back when the client is
     /// done with its response body (`DeviceBody` is dropped); one the
@@ -102,6 +103,7 @@ impl UpstreamClient {
             pool: Arc::new(Pool {
                 upstream: service.upstream.clone(),
                 connect_timeout: service.connect_timeout,
+                idle_timeout: IDLE_TIMEOUT,
                 tls,
                 conns: Mutex::new(Vec::new()),
             }),
@@ -159,7 +161,7 @@ impl UpstreamClient {
         let now = Instant::now();
         self.pool
             .lock()
-            .retain(|p| !p.sender.is_closed() && now - p.returned < IDLE_TIMEOUT);
+            .retain(|p| !p.sender.is_closed() && now - p.returned < self.pool.idle_timeout);
     }
 
     fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
@@ -169,7 +171,7 @@ impl UpstreamClient {
         while i > 0 {
             i -= 1;
             let p = &conns[i];
-            if p.sender.is_closed() || now - p.returned >= IDLE_TIMEOUT {
+            if p.sender.is_closed() || now - p.returned >= self.pool.idle_timeout {
                 // Everything above `i` was already looked at, so moving
                 // the last entry here skips nothing.
                 conns.swap_remove(i);
@@ -280,3 +282,6 @@ where
     });
     Ok(sender)
 }
+
+#[cfg(test)]
+mod tests;
