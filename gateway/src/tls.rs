@@ -337,7 +337,8 @@ pub fn upstream_client_config(
         (Some(roots), None) => builder.with_root_certificates(roots).with_no_client_auth(),
         (None, None) => return Err("upstream_tls needs `ca` or `pin_sha256`".into()),
     };
-    // ALPN is left to the HTTP connector, which sets http/1.1 itself.
+    // No ALPN: moat speaks HTTP/1.1 to devices, which legacy TLS stacks
+    // take without it (some choke on extensions they do not know).
     Ok(config)
 }
 
