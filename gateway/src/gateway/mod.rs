@@ -88,7 +88,17 @@ impl Runtime {
             .http_clients
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        clients.insert(key, (fingerprint, client.clone()));
+        // Another request may have built it meanwhile: one pool per shape.
+        if let Some((fp, existing)) = clients.get(&key) {
+            if *fp == fingerprint {
+                return existing.clone();
+            }
+        }
+        // The old pool's connections were made for what changed (another
+        // address, pin or CA): close them rather than wait for them to idle out.
+        if let Some((_, replaced)) = clients.insert(key, (fingerprint, client.clone())) {
+            replaced.retire();
+        }
         client
     }
 

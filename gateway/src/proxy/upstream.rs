@@ -7,6 +7,7 @@
 //! clients), and no task spawned per request to return a connection.
 //! See docs/benchmarks.md for what it saved.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ struct Pool {
     /// done with its response body (`DeviceBody` is dropped); one the
     /// device or hyper closed meanwhile is skipped when next looked at.
     conns: Mutex<Vec<Pooled>>,
+    /// Replaced by a pool for a changed service: takes nothing back.
+    retired: AtomicBool,
 }
 
 struct Pooled {
@@ -106,6 +109,7 @@ impl UpstreamClient {
                 idle_timeout: IDLE_TIMEOUT,
                 tls,
                 conns: Mutex::new(Vec::new()),
+                retired: AtomicBool::new(false),
             }),
         }
     }
@@ -154,6 +158,13 @@ impl UpstreamClient {
                 },
             }
         }
+    }
+
+    /// For a pool replaced on reload: closes its idle connections now, and
+    /// those still in use once their response ends.
+    pub fn retire(&self) {
+        self.pool.retired.store(true, Ordering::Relaxed);
+        self.pool.lock().clear();
     }
 
     /// Closes connections idle for too long, and forgets closed ones.
@@ -217,6 +228,9 @@ impl Pool {
     }
 
     fn checkin(&self, sender: SendRequest<ProxyBody>) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         let mut conns = self.lock();
         // Over the cap the connection is dropped: hyper finishes the
         // response in progress, then closes it.

@@ -182,6 +182,26 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_retired_pool_closes_its_connections() {
+    let dev = device().await;
+    let client = client(dev.addr);
+    assert_eq!(
+        read_to_end(client.request(get()).await.unwrap()).await,
+        "ok"
+    );
+    let in_use = client.request(get()).await.unwrap();
+    assert_eq!(dev.accepted.load(Ordering::SeqCst), 1);
+    client.retire();
+    assert_eq!(read_to_end(in_use).await, "ok");
+    // Idle or in use when retired, the connection is not kept.
+    until("the device to see the connection end", || {
+        dev.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(client.pool.lock().is_empty());
+}
+
+#[tokio::test]
 async fn a_device_that_is_down_is_a_connect_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
