@@ -326,17 +326,39 @@ pub fn closed_port() -> SocketAddr {
 /// A TCP connection from a chosen loopback source address.
 pub fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     let src: IpAddr = source.parse().unwrap();
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        None,
-    )
-    .unwrap();
-    socket.bind(&SocketAddr::new(src, 0).into()).unwrap();
-    socket.connect_timeout(&to.into(), DEADLINE).unwrap();
-    let s: TcpStream = socket.into();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s
+    // Binding the source first picks a port before the destination is
+    // known; in a tight loop of connections that port can still be tied
+    // to the same destination. That is the client's problem, not the
+    // server's: pick another.
+    let mut attempts = 0;
+    loop {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(to),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        let connected = socket
+            .bind(&SocketAddr::new(src, 0).into())
+            .and_then(|()| socket.connect_timeout(&to.into(), DEADLINE));
+        match connected {
+            Ok(()) => {
+                let s: TcpStream = socket.into();
+                s.set_read_timeout(Some(DEADLINE)).unwrap();
+                return s;
+            }
+            Err(e)
+                if attempts < 3
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                    ) =>
+            {
+                attempts += 1
+            }
+            Err(e) => panic!("connect from {source} to {to}: {e}"),
+        }
+    }
 }
 
 /// A rustls client config trusting the dev CA, optionally with the dev
