@@ -149,6 +149,30 @@ pub struct ConnFacts {
     pub peer_chain: Option<Vec<CertificateDer<'static>>>,
 }
 
+impl ConnFacts {
+    /// The facts of a connection from `client` admitted to `service`, with
+    /// what its TLS handshake settled if moat terminated TLS.
+    pub fn new(
+        client: IpAddr,
+        service: &Service,
+        tls: Option<&rustls::ServerConnection>,
+    ) -> ConnFacts {
+        ConnFacts {
+            client,
+            device: service.device.id.clone(),
+            service: service.name.clone(),
+            protocol: service.protocol,
+            upstream: service.upstream.clone(),
+            tls: tls.is_some(),
+            tls_version: tls.and_then(|t| t.protocol_version()),
+            peer_chain: tls.and_then(|t| {
+                t.peer_certificates()
+                    .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            }),
+        }
+    }
+}
+
 /// Would this connection still be admitted under `service` (the new
 /// policy's version of its service, `None` if it is gone)? The same
 /// controls as at accept time, minus the connection cap: a shrunken cap
@@ -217,17 +241,7 @@ mod tests {
     }
 
     fn facts(p: &Policy) -> ConnFacts {
-        let s = &p.services[0];
-        ConnFacts {
-            client: "10.0.0.7".parse().unwrap(),
-            device: s.device.id.clone(),
-            service: s.name.clone(),
-            protocol: s.protocol,
-            upstream: s.upstream.clone(),
-            tls: false,
-            tls_version: None,
-            peer_chain: None,
-        }
+        ConnFacts::new("10.0.0.7".parse().unwrap(), &p.services[0], None)
     }
 
     #[test]

@@ -71,29 +71,18 @@ impl Runtime {
     pub fn http_client(&self, service: &Service) -> UpstreamClient {
         let fingerprint = UpstreamClient::fingerprint(service);
         let key = ServiceKey::of(service);
-        {
-            let clients = self
-                .http_clients
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some((fp, client)) = clients.get(&key) {
-                if *fp == fingerprint {
-                    return client.clone();
-                }
-            }
-        }
-        // Built outside the lock: nothing that can fail holds it.
-        let client = UpstreamClient::new(service);
         let mut clients = self
             .http_clients
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Another request may have built it meanwhile: one pool per shape.
-        if let Some((fp, existing)) = clients.get(&key) {
+        if let Some((fp, client)) = clients.get(&key) {
             if *fp == fingerprint {
-                return existing.clone();
+                return client.clone();
             }
         }
+        // Building a client opens nothing (connections come per request),
+        // so it is made under the lock: one pool per service and shape.
+        let client = UpstreamClient::new(service);
         // The old pool's connections were made for what changed (another
         // address, pin or CA): close them rather than wait for them to idle out.
         if let Some((_, replaced)) = clients.insert(key, (fingerprint, client.clone())) {

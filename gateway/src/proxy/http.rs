@@ -161,14 +161,7 @@ where
     }
     live.cut.cancel();
     tunnels.wait().await;
-    let (bytes_from_client, bytes_to_client) = activity.bytes();
-    RelayOutcome {
-        bytes_from_client,
-        bytes_to_client,
-        closed_by,
-        error,
-        revoked: revocation,
-    }
+    RelayOutcome::new(&activity, closed_by, error, revocation)
 }
 
 /// Resolves if no request has arrived `limit` after the connection opened.
@@ -450,26 +443,24 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
     connection_upgrade && websocket
 }
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers about one hop, not the message: never passed on.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-    ]
-    .contains(name)
+    matches!(
+        name.as_str(),
+        "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "keep-alive"
+            | "proxy-connection"
+    )
 }
 
 /// Headers in which a client would speak for moat (who the client is) or

@@ -169,6 +169,25 @@ pub struct RelayOutcome {
     pub revoked: Option<Denial>,
 }
 
+impl RelayOutcome {
+    /// The outcome of a connection whose traffic `activity` counted.
+    pub(crate) fn new(
+        activity: &Activity,
+        closed_by: ClosedBy,
+        error: Option<String>,
+        revoked: Option<Denial>,
+    ) -> RelayOutcome {
+        let (bytes_from_client, bytes_to_client) = activity.bytes();
+        RelayOutcome {
+            bytes_from_client,
+            bytes_to_client,
+            closed_by,
+            error,
+            revoked,
+        }
+    }
+}
+
 /// Copies bytes both ways until both sides are done, the connection is idle
 /// for `idle_timeout`, `stop` is cancelled, or `revoked` resolves.
 pub async fn relay<C, U>(
@@ -207,14 +226,7 @@ where
             (ClosedBy::Revoked, None)
         }
     };
-    let (bytes_from_client, bytes_to_client) = activity.bytes();
-    RelayOutcome {
-        bytes_from_client,
-        bytes_to_client,
-        closed_by,
-        error,
-        revoked: revocation,
-    }
+    RelayOutcome::new(&activity, closed_by, error, revocation)
 }
 
 /// One direction's buffer and progress.

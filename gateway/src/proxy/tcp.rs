@@ -93,16 +93,7 @@ async fn handle(
 ) {
     let _ = socket.set_nodelay(true);
     let Some(tls) = &service.tls else {
-        let facts = ConnFacts {
-            client: conn.client.ip(),
-            device: service.device.id.clone(),
-            service: service.name.clone(),
-            protocol: service.protocol,
-            upstream: service.upstream.clone(),
-            tls: false,
-            tls_version: None,
-            peer_chain: None,
-        };
+        let facts = ConnFacts::new(conn.client.ip(), &service, None);
         let admitted = Admitted { id, facts, matched };
         return serve_protocol(socket, service, conn, admitted, None, None, rt).await;
     };
@@ -127,20 +118,7 @@ async fn handle(
         }
     };
     let (info, identity) = describe_tls(&stream);
-    let facts = ConnFacts {
-        client: conn.client.ip(),
-        device: service.device.id.clone(),
-        service: service.name.clone(),
-        protocol: service.protocol,
-        upstream: service.upstream.clone(),
-        tls: true,
-        tls_version: stream.get_ref().1.protocol_version(),
-        peer_chain: stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect()),
-    };
+    let facts = ConnFacts::new(conn.client.ip(), &service, Some(stream.get_ref().1));
     let admitted = Admitted { id, facts, matched };
     serve_protocol(stream, service, conn, admitted, Some(info), identity, rt).await;
 }
