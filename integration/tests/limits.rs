@@ -172,6 +172,15 @@ fn url(addr: SocketAddr) -> String {
     format!("https://{addr}/")
 }
 
+/// moat with one `ui` service in front of `dev`, admitting `allow`, with
+/// `limits` as its limits table; and that service's URL.
+fn ui_in_front_of(ws: &Workspace, dev: &Device, allow: &str, limits: &str) -> (Moat, String) {
+    let svc = http_service(ws, "ui", dev.addr, allow, limits);
+    let moat = Moat::start(ws, &config(&svc), &["ui"]);
+    let target = url(moat.addr("ui"));
+    (moat, target)
+}
+
 /// Asserts a refusal answered by moat: status, reason and a sensible
 /// `Retry-After` (whole seconds, 1..=`max_wait`).
 fn assert_refused(reply: &Reply, status: u16, reason: &str, max_wait: u64) -> u64 {
@@ -343,15 +352,12 @@ fn an_abusive_client_is_throttled_while_a_polite_one_is_served() {
     let _serial = serial();
     let ws = Workspace::new();
     let dev = device(Duration::ZERO);
-    let svc = http_service(
+    let (moat, target) = ui_in_front_of(
         &ws,
-        "ui",
-        dev.addr,
+        &dev,
         r#"["127.0.0.1", "127.0.0.2"]"#,
         r#"requests_per_client = "20/s burst 20""#,
     );
-    let moat = Moat::start(&ws, &config(&svc), &["ui"]);
-    let target = url(moat.addr("ui"));
 
     // The polite client: one request every 200 ms for the same 3 s, from
     // its own address. The pause is its pacing, not synchronisation.
@@ -486,22 +492,18 @@ fn refusals_carry_a_sensible_retry_after() {
 }
 
 #[test]
-
 fn the_device_never_sees_more_than_max_in_flight() {
     require("wrk");
     require("curl");
     let _serial = serial();
     let ws = Workspace::new();
     let dev = device(Duration::from_millis(200));
-    let svc = http_service(
+    let (moat, target) = ui_in_front_of(
         &ws,
-        "ui",
-        dev.addr,
+        &dev,
         r#"["127.0.0.1", "127.0.0.2"]"#,
         "max_in_flight = 3\nqueue_timeout = \"50ms\"",
     );
-    let moat = Moat::start(&ws, &config(&svc), &["ui"]);
-    let target = url(moat.addr("ui"));
 
     let load = {
         let target = target.clone();
@@ -553,15 +555,12 @@ fn a_busy_device_answers_503_with_retry_after_once_the_queue_times_out() {
     let _serial = serial();
     let ws = Workspace::new();
     let dev = device(Duration::from_secs(1));
-    let svc = http_service(
+    let (moat, target) = ui_in_front_of(
         &ws,
-        "ui",
-        dev.addr,
+        &dev,
         r#"["127.0.0.1", "127.0.0.2"]"#,
         "max_in_flight = 1\nqueue_timeout = \"50ms\"",
     );
-    let moat = Moat::start(&ws, &config(&svc), &["ui"]);
-    let target = url(moat.addr("ui"));
 
     let first = curl_command(&ws.certs.ca, "127.0.0.1", &target, &[])
         .stdout(Stdio::piped())
@@ -749,15 +748,12 @@ fn limits_survive_an_unrelated_reload_and_a_changed_limit_starts_afresh() {
     let _serial = serial();
     let ws = Workspace::new();
     let dev = device(Duration::ZERO);
-    let svc = http_service(
+    let (moat, target) = ui_in_front_of(
         &ws,
-        "ui",
-        dev.addr,
+        &dev,
         r#"["127.0.0.1"]"#,
         r#"requests_per_client = "2/min""#,
     );
-    let moat = Moat::start(&ws, &config(&svc), &["ui"]);
-    let target = url(moat.addr("ui"));
 
     assert_eq!(curl(&ws, "127.0.0.1", &target).status, 200);
     assert_eq!(curl(&ws, "127.0.0.1", &target).status, 200);
@@ -800,15 +796,13 @@ fn abandoned_request_keeps_its_slot(http_version: &str) {
     let _serial = serial();
     let ws = Workspace::new();
     let dev = device(Duration::from_secs(1));
-    let svc = http_service(
+    // Held to the end: dropping it stops the gateway.
+    let (_moat, target) = ui_in_front_of(
         &ws,
-        "ui",
-        dev.addr,
+        &dev,
         r#"["127.0.0.1", "127.0.0.2"]"#,
         "max_in_flight = 1\nqueue_timeout = \"5s\"",
     );
-    let moat = Moat::start(&ws, &config(&svc), &["ui"]);
-    let target = url(moat.addr("ui"));
 
     // Client A asks, and gives up after 300 ms: the device needs 1 s.
     let impatient = curl_command(
@@ -845,13 +839,11 @@ fn abandoned_request_keeps_its_slot(http_version: &str) {
 }
 
 #[test]
-
 fn an_abandoned_http1_request_keeps_its_in_flight_slot() {
     abandoned_request_keeps_its_slot("--http1.1");
 }
 
 #[test]
-
 fn an_abandoned_h2_request_keeps_its_in_flight_slot() {
     abandoned_request_keeps_its_slot("--http2");
 }
