@@ -421,10 +421,20 @@ def cmd_summary(raw, out, resuming=""):
 # ---------------------------------------------------------------- CI peers
 
 
-def cmd_http_backend(port):
-    """A keep-alive HTTP/1.1 responder: every request gets 200 "ok\\n"."""
+def serve_forever(port, handle):
+    """Runs asyncio connection handler `handle` on 127.0.0.1:PORT until killed."""
     import asyncio
 
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", int(port), backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def cmd_http_backend(port):
+    """A keep-alive HTTP/1.1 responder: every request gets 200 "ok\\n"."""
     resp = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
 
     async def handle(reader, writer):
@@ -453,17 +463,10 @@ def cmd_http_backend(port):
         finally:
             writer.close()
 
-    async def main():
-        server = await asyncio.start_server(handle, "127.0.0.1", int(port), backlog=1024)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    serve_forever(port, handle)
 
 
 def cmd_echo_server(port):
-    import asyncio
-
     async def handle(reader, writer):
         try:
             while True:
@@ -477,12 +480,7 @@ def cmd_echo_server(port):
         finally:
             writer.close()
 
-    async def main():
-        server = await asyncio.start_server(handle, "127.0.0.1", int(port), backlog=1024)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    serve_forever(port, handle)
 
 
 def cmd_tls_echo_load(port, ca, n, rounds):
