@@ -53,10 +53,26 @@ pub enum Reason {
     /// The device already has `max_in_flight` requests and none finished in
     /// `queue_timeout`.
     DeviceBusy,
+    /// The request's `Host` (or h2 `:authority`) names a host this service
+    /// does not answer to.
+    MisdirectedRequest,
+    /// The client's request body is malformed (bad chunked framing, more
+    /// data than declared).
+    MalformedBody,
+    /// The client went away before its request was complete.
+    ClientAborted,
+    /// The client's request body arrived too slowly (a gap between reads
+    /// over `body_read_timeout`, or under `min_body_rate`).
+    BodyTimeout,
+    /// The client abused the protocol itself (an h2 control-frame flood,
+    /// streams reset by the hundred).
+    ProtocolAbuse,
+    /// moat ran out of file descriptors: the connection was shed.
+    FdExhausted,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 28] = [
         Reason::NotAllowlisted,
         Reason::Denylisted,
         Reason::MaxConnections,
@@ -79,6 +95,12 @@ impl Reason {
         Reason::RateLimitedIdentity,
         Reason::RateLimitedDevice,
         Reason::DeviceBusy,
+        Reason::MisdirectedRequest,
+        Reason::MalformedBody,
+        Reason::ClientAborted,
+        Reason::BodyTimeout,
+        Reason::ProtocolAbuse,
+        Reason::FdExhausted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +127,12 @@ impl Reason {
             Reason::RateLimitedIdentity => "rate_limited_identity",
             Reason::RateLimitedDevice => "rate_limited_device",
             Reason::DeviceBusy => "device_busy",
+            Reason::MisdirectedRequest => "misdirected_request",
+            Reason::MalformedBody => "malformed_body",
+            Reason::ClientAborted => "client_aborted",
+            Reason::BodyTimeout => "body_timeout",
+            Reason::ProtocolAbuse => "protocol_abuse",
+            Reason::FdExhausted => "fd_exhausted",
         }
     }
 
@@ -125,13 +153,21 @@ impl Reason {
                 | Reason::RateLimitedDevice
                 | Reason::DeviceBusy
                 | Reason::GatewayShutdown
+                | Reason::ClientAborted
+                | Reason::BodyTimeout
+                | Reason::ProtocolAbuse
+                | Reason::FdExhausted
         )
     }
 
     /// The HTTP status an L7 service answers with for this reason.
     pub fn http_status(self) -> u16 {
         match self {
-            Reason::BadRequest => 400,
+            Reason::BadRequest | Reason::MalformedBody | Reason::ProtocolAbuse => 400,
+            Reason::BodyTimeout => 408,
+            Reason::MisdirectedRequest => 421,
+            // nginx's "client closed request": logged, never delivered.
+            Reason::ClientAborted => 499,
             Reason::ConnectRefused => 405,
             Reason::BodyTooLarge => 413,
             Reason::HeadersTooLarge => 431,
@@ -141,7 +177,8 @@ impl Reason {
             Reason::MaxConnections
             | Reason::GatewayShutdown
             | Reason::RateLimitedDevice
-            | Reason::DeviceBusy => 503,
+            | Reason::DeviceBusy
+            | Reason::FdExhausted => 503,
             _ => 403,
         }
     }
