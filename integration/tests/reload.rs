@@ -281,6 +281,69 @@ fn invalid_edits_are_rejected_and_the_old_policy_keeps_serving() {
     assert!(tls_echo_once(ws, "127.0.0.2", addr));
 }
 
+/// A policy file rewritten in place can be read empty or cut short. None
+/// of these may switch a listener off or drop an allow or deny entry: each
+/// is rejected (audited) and the policy in force keeps serving; the whole
+/// file, once written, applies.
+#[test]
+fn empty_and_cut_short_files_are_rejected_and_nothing_stops_serving() {
+    let setup = Setup::new("127.0.0.1\n127.0.0.3\n");
+    let second = format!(
+        "[[device.service]]\nname = \"plain\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"127.0.0.0/8\"]\nplaintext = true\ndeny = [\"127.0.0.3\"]\n",
+        setup.echo.addr
+    );
+    let moat = Moat::start(&setup.ws, &setup.body(&second), &["web", "plain"]);
+    let addr = moat.addr("web");
+    let ws = &setup.ws;
+    let main = moat.config.clone();
+    let good_main = std::fs::read_to_string(&main).unwrap();
+    let reject_count = |n: usize| {
+        wait_for("reload_rejected", || {
+            let r = moat.events("reload_rejected");
+            (r.len() >= n).then(|| r[n - 1]["errors"].to_string())
+        })
+    };
+
+    // Truncated to 0 bytes: refused, not "no devices, stop every listener".
+    std::fs::write(&main, "").unwrap();
+    let errors = reject_count(1);
+    assert!(errors.contains("the file is empty"), "{errors}");
+    assert!(tls_echo_once(ws, "127.0.0.1", addr));
+
+    // Cut exactly at a line end, before the second service's deny list:
+    // a valid policy that would admit 127.0.0.3, but the first bytes of
+    // the file in force.
+    let cut = &good_main[..good_main.find("deny = [\"127.0.0.3\"]").unwrap()];
+    std::fs::write(&main, cut).unwrap();
+    let errors = reject_count(2);
+    assert!(errors.contains("looks cut short"), "{errors}");
+    std::fs::write(&main, &good_main).unwrap();
+
+    // The allowlist file cut after its first entry (and one cut inside a
+    // line, "127.0.0.3" -> "127.0.0."): the dropped client keeps access.
+    std::fs::write(&setup.clients, "127.0.0.1\n").unwrap();
+    let errors = reject_count(3);
+    assert!(
+        errors.contains("clients.txt: holds only the first 10 of the 20 bytes"),
+        "{errors}"
+    );
+    std::fs::write(&setup.clients, "127.0.0.1\n127.0.0.").unwrap();
+    let errors = reject_count(4);
+    assert!(
+        errors.contains("clients.txt:2:1: the last line has no newline"),
+        "{errors}"
+    );
+    assert!(tls_echo_once(ws, "127.0.0.3", addr));
+    assert!(applied(&moat).is_empty());
+    assert_eq!(moat.admin_get("/policy").contains("\"version\": 1"), true);
+
+    // Removing the entry on purpose, as an edit rather than a cut, applies.
+    std::fs::write(&setup.clients, "# ward 3 moved\n127.0.0.1\n").unwrap();
+    wait_applied(&moat, 2);
+    assert!(!tls_echo_once(ws, "127.0.0.3", addr));
+    assert!(tls_echo_once(ws, "127.0.0.1", addr));
+}
+
 /// A client that echoes messages through moat until stopped or cut.
 struct Streamer {
     stop: Arc<AtomicBool>,

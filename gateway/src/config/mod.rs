@@ -54,6 +54,7 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
 
 /// Parses config text that claims to come from `path`.
 pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, ConfigErrors> {
+    check_complete(path, &source)?;
     match toml::from_str::<FileConfig>(&source) {
         Ok(file) => Ok(LoadedConfig {
             path: path.to_path_buf(),
@@ -69,6 +70,34 @@ pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, ConfigErrors> 
             Err(err.into())
         }
     }
+}
+
+/// Refuses a file that looks cut short. A file being rewritten in place
+/// (truncated, then written) can be read in between, and most prefixes of
+/// a valid policy are themselves valid TOML that silently drops whatever
+/// came later: a `deny` list, a rule, a device. Requiring the last line
+/// to end with a newline catches every cut that falls inside a line; an
+/// empty file is refused outright. (A cut exactly at a line end cannot be
+/// told from a shorter file; docs/configuration.md says what moat does.)
+pub fn check_complete(path: &Path, text: &str) -> Result<(), ConfigError> {
+    if text.is_empty() {
+        return Err(ConfigError::file(
+            path,
+            "the file is empty (truncated, or still being written?)",
+        ));
+    }
+    if !text.ends_with('\n') {
+        let last_line = text.rsplit('\n').next().unwrap_or("");
+        let at = text.len() - last_line.len();
+        return Err(ConfigError::at(
+            path,
+            text,
+            at..text.len(),
+            "the last line has no newline at its end: the file may be truncated \
+             or still being written (end every line, the last one too, with a newline)",
+        ));
+    }
+    Ok(())
 }
 
 /// toml's messages are good; an unknown key deserves a suggestion on top.

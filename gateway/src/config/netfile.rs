@@ -23,6 +23,22 @@ pub fn read(path: &Path) -> Result<Vec<Entry>, ConfigErrors> {
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, ConfigErrors> {
+    // A cut-short allowlist silently drops admissions; a cut-short deny
+    // list silently drops refusals. A set that is empty on purpose says so
+    // in a comment line.
+    super::check_complete(path, text).map_err(|e| {
+        if text.is_empty() {
+            ConfigError {
+                message: format!(
+                    "{}; a network set that is empty on purpose needs a comment line such as \"# no entries\"",
+                    e.message
+                ),
+                ..e
+            }
+        } else {
+            e
+        }
+    })?;
     let mut entries = Vec::new();
     let mut errors = ConfigErrors::default();
     for (index, raw) in text.lines().enumerate() {

@@ -36,6 +36,10 @@ pub struct GatewaySection {
     /// How long live connections may finish after SIGTERM before being cut.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: HumanDuration,
+    /// A policy without devices is refused unless this is set: an empty or
+    /// cut-short file must never switch every listener off.
+    #[serde(default)]
+    pub allow_no_devices: bool,
 }
 
 impl Default for GatewaySection {
@@ -43,6 +47,7 @@ impl Default for GatewaySection {
         GatewaySection {
             audit_log: default_audit_log(),
             shutdown_grace: default_shutdown_grace(),
+            allow_no_devices: false,
         }
     }
 }

@@ -153,6 +153,23 @@ impl Reloader {
                 return self.reject(trigger, &old, errors);
             }
         };
+        if new.content_hash != old.content_hash {
+            let cut: Vec<String> = new
+                .cut_short_sources(&old)
+                .into_iter()
+                .map(|(path, now, before)| {
+                    format!(
+                        "{}: holds only the first {now} of the {before} bytes it held: it looks cut short \
+                         (still being written?); if its end was removed on purpose, change something \
+                         before it too, such as a comment",
+                        path.display()
+                    )
+                })
+                .collect();
+            if !cut.is_empty() {
+                return self.reject(trigger, &old, cut);
+            }
+        }
         if new.content_hash == old.content_hash {
             tracing::debug!(?trigger, version = old.version, "reload: nothing changed");
             return ReloadOutcome::Unchanged {

@@ -66,6 +66,17 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
         p => AuditTarget::File(cfg.resolve(p)),
     };
 
+    if file.devices.is_empty() && !file.gateway.allow_no_devices {
+        // Also what a truncated file usually compiles to: it would stop
+        // every listener, so it is refused rather than applied.
+        let e = ConfigError::file(
+            &cfg.path,
+            "no [[device]]: a policy must protect at least one device \
+             (set gateway.allow_no_devices = true to run with none on purpose)",
+        );
+        c.errors.push(e);
+    }
+
     let mut devices = Vec::new();
     let mut services = Vec::new();
     let mut device_ids: HashMap<&str, ()> = HashMap::new();
@@ -164,6 +175,11 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
     let content_hash = tls::hex(hasher.finish().as_ref());
     let mut sources = vec![cfg.path.clone()];
     sources.extend(c.sources.keys().cloned());
+    let mut contents: BTreeMap<PathBuf, Arc<[u8]>> = std::mem::take(&mut c.sources)
+        .into_iter()
+        .map(|(path, bytes)| (path, Arc::from(bytes)))
+        .collect();
+    contents.insert(cfg.path.clone(), Arc::from(cfg.source.as_bytes()));
 
     let policy = Policy {
         version,
@@ -178,6 +194,7 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
             .map(|(k, v)| (k.clone(), v.nets.len()))
             .collect(),
         sources,
+        contents,
     };
     c.errors.into_result(policy)
 }

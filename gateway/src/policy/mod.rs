@@ -33,9 +33,27 @@ pub struct Policy {
     pub networks: Vec<(String, usize)>,
     /// Every file read to build this policy (watched for reloads).
     pub sources: Vec<PathBuf>,
+    /// What each of `sources` held, so that a reload can tell a file cut
+    /// short from an edit ([`Policy::cut_short_sources`]).
+    pub contents: std::collections::BTreeMap<PathBuf, Arc<[u8]>>,
 }
 
 impl Policy {
+    /// The files of `self` that are a strict beginning of what the same
+    /// file held in `old`: what a reader sees while a file is rewritten in
+    /// place, cut exactly at a line end (a cut inside a line is already an
+    /// error). Returns (file, new length, old length).
+    pub fn cut_short_sources(&self, old: &Policy) -> Vec<(PathBuf, usize, usize)> {
+        self.contents
+            .iter()
+            .filter_map(|(path, new)| {
+                let before = old.contents.get(path)?;
+                (new.len() < before.len() && before.starts_with(new))
+                    .then(|| (path.clone(), new.len(), before.len()))
+            })
+            .collect()
+    }
+
     /// The service a listener serves under this policy, if any.
     pub fn service_for(&self, id: &ListenerId) -> Option<&Arc<Service>> {
         match id {

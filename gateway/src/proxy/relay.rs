@@ -2,9 +2,9 @@
 //! half-close, an idle timeout and "who closed first".
 //!
 //! Each direction reads into a 1 KiB buffer kept in the connection's task
-//! and switches to a 16 KiB one (a TLS record) only while data arrives in
-//! bulk, returning it once traffic is small again. An idle relayed
-//! connection therefore holds 2 KiB of copy buffers, not 32 KiB: with
+//! and switches to a 64 KiB one only while data arrives in bulk, returning
+//! it once traffic is small again. An idle relayed connection therefore
+//! holds 2 KiB of copy buffers, not 128 KiB: with
 //! thousands of idle clinical connections that is most of the memory.
 //! When one side reaches EOF, the other side's write half is shut down
 //! (half-close), as with tokio's `copy_bidirectional`.

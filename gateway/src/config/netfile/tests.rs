@@ -31,3 +31,19 @@ fn host_bits_are_refused_with_a_suggestion() {
     let e = parse_net("10.0.0.1/8").unwrap_err();
     assert!(e.contains("did you mean \"10.0.0.0/8\""), "{e}");
 }
+
+#[test]
+fn a_cut_short_or_empty_file_is_refused() {
+    // "10.1.2.12" cut to "10.1.2.1" is still an address: another host.
+    let err = parse(Path::new("r.txt"), "10.1.0.0/16\n10.1.2.1").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("r.txt:2:1: the last line has no newline"),
+        "{err}"
+    );
+    let err = parse(Path::new("r.txt"), "").unwrap_err().to_string();
+    assert!(err.contains("the file is empty"), "{err}");
+    assert!(err.contains("# no entries"), "{err}");
+    // Empty on purpose.
+    assert_eq!(parse(Path::new("r.txt"), "# no entries\n").unwrap(), []);
+}

@@ -36,9 +36,11 @@ const TLS: &str = r#"
 certificates = [{ cert = "certs/server.pem", key = "certs/server.key" }]
 "#;
 
+/// Ends with a newline, as a complete file does.
 fn service(extra: &str) -> String {
+    let nl = if extra.ends_with('\n') { "" } else { "\n" };
     format!(
-        "[[device]]\nid = \"ct\"\nname = \"CT\"\n[[device.service]]\nname = \"dicom\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:11112\"\nupstream = \"10.0.0.5:104\"\n{extra}"
+        "[[device]]\nid = \"ct\"\nname = \"CT\"\n[[device.service]]\nname = \"dicom\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:11112\"\nupstream = \"10.0.0.5:104\"\n{extra}{nl}"
     )
 }
 
@@ -200,4 +202,23 @@ fn client_cert_mode_needs_a_ca() {
         "allow = [\"10.0.0.0/8\"]\n{TLS}client_cert = \"required\"\n"
     )));
     assert!(e[0].contains("needs `client_ca`"), "{e:?}");
+}
+
+#[test]
+fn a_policy_without_devices_is_refused_unless_asked_for() {
+    let f = Fixture::new();
+    // What a file truncated before its first [[device]] compiles to.
+    for body in ["[gateway]\naudit_log = \"-\"\n", "\n", "# moat\n"] {
+        let errors = f.errors(body);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .starts_with("moat.toml: no [[device]]: a policy must protect at least one device"),
+            "{errors:?}"
+        );
+    }
+    let p = f
+        .compile("[gateway]\nallow_no_devices = true\n")
+        .expect("an empty policy on purpose");
+    assert!(p.services.is_empty());
 }
