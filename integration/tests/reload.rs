@@ -278,70 +278,92 @@ fn invalid_edits_are_rejected_and_the_old_policy_keeps_serving() {
     let e = wait_applied(&moat, 2);
     assert_eq!(allow_added(&e), ["127.0.0.2/32"]);
     round_trip(&mut live);
-    assert!(tls_echo_once(ws, "127.0.0.2", addr));
+    // reload_applied is written just before the publish.
+    wait_for("127.0.0.2 admitted", || {
+        tls_echo_once(ws, "127.0.0.2", addr).then_some(())
+    });
 }
 
 /// A policy file rewritten in place can be read empty or cut short. None
-/// of these may switch a listener off or drop an allow or deny entry: each
-/// is rejected (audited) and the policy in force keeps serving; the whole
-/// file, once written, applies.
+/// of these reads may switch a listener off or drop a deny entry: each is
+/// rejected (audited) and the policy in force keeps serving. A cut-short
+/// allowlist only refuses more, and cutting its last entries is how access
+/// is revoked: that applies.
 #[test]
-fn empty_and_cut_short_files_are_rejected_and_nothing_stops_serving() {
+fn empty_and_cut_short_files_never_widen_access_or_stop_serving() {
     let setup = Setup::new("127.0.0.1\n127.0.0.3\n");
+    let blocked = setup.ws.write("blocked.txt", "127.0.0.3\n127.0.0.4\n");
     let second = format!(
-        "[[device.service]]\nname = \"plain\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"127.0.0.0/8\"]\nplaintext = true\ndeny = [\"127.0.0.3\"]\n",
+        "[[device.service]]\nname = \"plain\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"127.0.0.0/8\"]\nplaintext = true\ndeny = [\"blocked\"]\n\n[networks.blocked]\nfile = \"blocked.txt\"\n",
         setup.echo.addr
     );
     let moat = Moat::start(&setup.ws, &setup.body(&second), &["web", "plain"]);
-    let addr = moat.addr("web");
+    let (web, plain) = (moat.addr("web"), moat.addr("plain"));
     let ws = &setup.ws;
     let main = moat.config.clone();
     let good_main = std::fs::read_to_string(&main).unwrap();
-    let reject_count = |n: usize| {
+    // A refused connection is closed before any byte; an admitted one echoes.
+    let refused = |from: &str| {
+        let mut s = connect_from(from, plain);
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut b = [0u8; 4];
+        let echoed = s.write_all(b"ping").is_ok() && s.read_exact(&mut b).is_ok();
+        !echoed
+    };
+    let rejected = |n: usize| {
         wait_for("reload_rejected", || {
             let r = moat.events("reload_rejected");
             (r.len() >= n).then(|| r[n - 1]["errors"].to_string())
         })
     };
+    assert!(refused("127.0.0.3") && refused("127.0.0.4"));
 
     // Truncated to 0 bytes: refused, not "no devices, stop every listener".
     std::fs::write(&main, "").unwrap();
-    let errors = reject_count(1);
+    let errors = rejected(1);
     assert!(errors.contains("the file is empty"), "{errors}");
-    assert!(tls_echo_once(ws, "127.0.0.1", addr));
+    assert!(tls_echo_once(ws, "127.0.0.1", web));
 
-    // Cut exactly at a line end, before the second service's deny list:
-    // a valid policy that would admit 127.0.0.3, but the first bytes of
-    // the file in force.
-    let cut = &good_main[..good_main.find("deny = [\"127.0.0.3\"]").unwrap()];
+    // Cut exactly at a line end, before the deny list: a valid policy that
+    // would admit .3 and .4, but the first bytes of the file in force.
+    let cut = &good_main[..good_main.find("deny = [\"blocked\"]").unwrap()];
     std::fs::write(&main, cut).unwrap();
-    let errors = reject_count(2);
+    let errors = rejected(2);
     assert!(errors.contains("looks cut short"), "{errors}");
     std::fs::write(&main, &good_main).unwrap();
 
-    // The allowlist file cut after its first entry (and one cut inside a
-    // line, "127.0.0.3" -> "127.0.0."): the dropped client keeps access.
-    std::fs::write(&setup.clients, "127.0.0.1\n").unwrap();
-    let errors = reject_count(3);
+    // The deny-set file cut after its first entry, and inside a line
+    // ("127.0.0.4" read as "127.0.0."): both rejected.
+    std::fs::write(&blocked, "127.0.0.3\n").unwrap();
+    let errors = rejected(3);
     assert!(
-        errors.contains("clients.txt: holds only the first 10 of the 20 bytes"),
+        errors.contains("blocked.txt: holds only the first 10 of the 20 bytes"),
         "{errors}"
     );
-    std::fs::write(&setup.clients, "127.0.0.1\n127.0.0.").unwrap();
-    let errors = reject_count(4);
+    std::fs::write(&blocked, "127.0.0.3\n127.0.0.").unwrap();
+    let errors = rejected(4);
     assert!(
-        errors.contains("clients.txt:2:1: the last line has no newline"),
+        errors.contains("blocked.txt:2:1: the last line has no newline"),
         "{errors}"
     );
-    assert!(tls_echo_once(ws, "127.0.0.3", addr));
     assert!(applied(&moat).is_empty());
-    assert_eq!(moat.admin_get("/policy").contains("\"version\": 1"), true);
+    assert!(refused("127.0.0.3") && refused("127.0.0.4"));
+    assert!(tls_echo_once(ws, "127.0.0.3", web));
 
-    // Removing the entry on purpose, as an edit rather than a cut, applies.
-    std::fs::write(&setup.clients, "# ward 3 moved\n127.0.0.1\n").unwrap();
+    // Unblocking .4 as an edit (not a cut) applies.
+    std::fs::write(&blocked, "# ward 3\n127.0.0.3\n").unwrap();
+    // reload_applied is written just before the publish: wait for it.
     wait_applied(&moat, 2);
-    assert!(!tls_echo_once(ws, "127.0.0.3", addr));
-    assert!(tls_echo_once(ws, "127.0.0.1", addr));
+    wait_for(".4 admitted", || (!refused("127.0.0.4")).then_some(()));
+    assert!(refused("127.0.0.3"));
+
+    // The allowlist's last entry removed: a revocation, applied at once.
+    std::fs::write(&setup.clients, "127.0.0.1\n").unwrap();
+    wait_applied(&moat, 3);
+    wait_for(".3 revoked", || {
+        (!tls_echo_once(ws, "127.0.0.3", web)).then_some(())
+    });
+    assert!(tls_echo_once(ws, "127.0.0.1", web));
 }
 
 /// A client that echoes messages through moat until stopped or cut.
@@ -479,7 +501,11 @@ fn a_hundred_reloads_under_load_lose_no_byte_and_fail_no_connection() {
         for j in 0..=i {
             text.push_str(&format!("10.99.{}.{}/32\n", j / 250, j % 250));
         }
-        std::fs::write(&setup.clients, text).unwrap();
+        // Renamed into place: the watcher may read at any moment, and an
+        // in-place write can be read empty (which is rejected).
+        let tmp = setup.ws.path(".clients.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &setup.clients).unwrap();
         let (status, body) = moat.admin_post("/reload");
         assert_eq!(status, 200, "{body}");
     }
@@ -499,7 +525,8 @@ fn a_hundred_reloads_under_load_lose_no_byte_and_fail_no_connection() {
         assert!(s.echoed.load(Ordering::Relaxed) > 0);
     }
     assert!(moat.events("connection_revoked").is_empty());
-    assert!(moat.events("reload_rejected").is_empty());
+    let rejected = moat.events("reload_rejected");
+    assert!(rejected.is_empty(), "{rejected:?}");
 }
 
 fn leaf_fingerprint(s: &TlsStream) -> Vec<u8> {

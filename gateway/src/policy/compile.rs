@@ -29,6 +29,8 @@ pub fn load(path: &Path, version: u64) -> Result<Policy, ConfigErrors> {
 /// A network set resolved to its entries.
 struct NetworkSet {
     nets: Vec<IpNet>,
+    /// The network-set file, if the set has one.
+    file: Option<PathBuf>,
 }
 
 struct Compiler<'a> {
@@ -36,6 +38,9 @@ struct Compiler<'a> {
     errors: ConfigErrors,
     /// Files read besides the main one, with their bytes for the hash.
     sources: BTreeMap<PathBuf, Vec<u8>>,
+    /// Network-set files some `deny` list uses: cut short, they would
+    /// refuse less.
+    deny_files: std::collections::BTreeSet<PathBuf>,
 }
 
 pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors> {
@@ -43,6 +48,7 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
         cfg,
         errors: ConfigErrors::default(),
         sources: BTreeMap::new(),
+        deny_files: Default::default(),
     };
     let file: &FileConfig = &cfg.file;
 
@@ -175,11 +181,16 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
     let content_hash = tls::hex(hasher.finish().as_ref());
     let mut sources = vec![cfg.path.clone()];
     sources.extend(c.sources.keys().cloned());
-    let mut contents: BTreeMap<PathBuf, Arc<[u8]>> = std::mem::take(&mut c.sources)
-        .into_iter()
-        .map(|(path, bytes)| (path, Arc::from(bytes)))
+    // A cut-short read of these could widen access: the main file (its
+    // end may hold a deny list, a rule, a device) and deny-set files. An
+    // allow-set file cut short only refuses more, and cutting its last
+    // entries is how a client's access is revoked: never held back.
+    let mut cut_guarded: BTreeMap<PathBuf, Arc<[u8]>> = c
+        .deny_files
+        .iter()
+        .filter_map(|path| Some((path.clone(), Arc::from(c.sources.get(path)?.as_slice()))))
         .collect();
-    contents.insert(cfg.path.clone(), Arc::from(cfg.source.as_bytes()));
+    cut_guarded.insert(cfg.path.clone(), Arc::from(cfg.source.as_bytes()));
 
     let policy = Policy {
         version,
@@ -194,7 +205,7 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
             .map(|(k, v)| (k.clone(), v.nets.len()))
             .collect(),
         sources,
-        contents,
+        cut_guarded,
     };
     c.errors.into_result(policy)
 }
@@ -276,7 +287,8 @@ impl Compiler<'_> {
                     "a network set needs `cidrs`, `file` or both".into(),
                 );
             }
-            out.insert(name.get_ref().clone(), NetworkSet { nets });
+            let file = set.file.as_ref().map(|f| self.cfg.resolve(f.get_ref()));
+            out.insert(name.get_ref().clone(), NetworkSet { nets, file });
         }
         out
     }
@@ -287,6 +299,7 @@ impl Compiler<'_> {
         entries: &[Spanned<String>],
         field: &str,
         networks: &BTreeMap<String, NetworkSet>,
+        is_deny: bool,
     ) -> CidrSet {
         let mut nets: Vec<IpNet> = Vec::new();
         for entry in entries {
@@ -298,6 +311,9 @@ impl Compiler<'_> {
                 }
             } else if let Some(named) = networks.get(text) {
                 nets.extend_from_slice(&named.nets);
+                if let (true, Some(file)) = (is_deny, &named.file) {
+                    self.deny_files.insert(file.clone());
+                }
             } else {
                 let mut msg = format!("unknown network set {text:?}");
                 match did_you_mean(text, networks.keys().map(String::as_str)) {
@@ -333,8 +349,13 @@ impl Compiler<'_> {
             self.err(s.allow.span(), &format!("{field}.allow"), msg.into());
         }
         let access = AccessList {
-            allow: self.cidr_set(s.allow.get_ref(), &format!("{field}.allow"), networks),
-            deny: self.cidr_set(&s.deny, &format!("{field}.deny"), networks),
+            allow: self.cidr_set(
+                s.allow.get_ref(),
+                &format!("{field}.allow"),
+                networks,
+                false,
+            ),
+            deny: self.cidr_set(&s.deny, &format!("{field}.deny"), networks, true),
         };
         if *s.max_connections.get_ref() == 0 {
             self.err(

@@ -33,21 +33,23 @@ pub struct Policy {
     pub networks: Vec<(String, usize)>,
     /// Every file read to build this policy (watched for reloads).
     pub sources: Vec<PathBuf>,
-    /// What each of `sources` held, so that a reload can tell a file cut
-    /// short from an edit ([`Policy::cut_short_sources`]).
-    pub contents: std::collections::BTreeMap<PathBuf, Arc<[u8]>>,
+    /// The sources whose cut-short reads could widen access (the main
+    /// file, network-set files used in a `deny` list), with their bytes,
+    /// so that a reload can tell a cut from an edit
+    /// ([`Policy::cut_short_sources`]).
+    pub cut_guarded: std::collections::BTreeMap<PathBuf, Arc<[u8]>>,
 }
 
 impl Policy {
-    /// The files of `self` that are a strict beginning of what the same
-    /// file held in `old`: what a reader sees while a file is rewritten in
-    /// place, cut exactly at a line end (a cut inside a line is already an
-    /// error). Returns (file, new length, old length).
+    /// The guarded files of `self` that are a strict beginning of what the
+    /// same file held in `old`: what a reader sees while a file is
+    /// rewritten in place, cut exactly at a line end (a cut inside a line
+    /// is already an error). Returns (file, new length, old length).
     pub fn cut_short_sources(&self, old: &Policy) -> Vec<(PathBuf, usize, usize)> {
-        self.contents
+        self.cut_guarded
             .iter()
             .filter_map(|(path, new)| {
-                let before = old.contents.get(path)?;
+                let before = old.cut_guarded.get(path)?;
                 (new.len() < before.len() && before.starts_with(new))
                     .then(|| (path.clone(), new.len(), before.len()))
             })
