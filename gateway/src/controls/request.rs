@@ -231,7 +231,7 @@ pub fn check_host(
         return Ok(host.cloned());
     }
     let text = match (&parsed.host, parsed.port) {
-        (HostPart::Name(n), None) => n.clone(),
+        (HostPart::Name(n), None) => n.to_string(),
         (HostPart::Name(n), Some(p)) => format!("{n}:{p}"),
         (HostPart::Ip(ip @ std::net::IpAddr::V6(_)), None) => format!("[{ip}]"),
         (HostPart::Ip(ip @ std::net::IpAddr::V6(_)), Some(p)) => format!("[{ip}]:{p}"),
@@ -244,8 +244,8 @@ pub fn check_host(
 /// A `Host` value taken apart: `name`, `a.b.c.d` or `[v6]`, then an
 /// optional `:port`.
 #[derive(Debug)]
-struct RequestHost {
-    host: HostPart,
+struct RequestHost<'a> {
+    host: HostPart<'a>,
     port: Option<u16>,
     /// Written as it would be forwarded (lower-case, no trailing dot,
     /// canonical address text).
@@ -253,14 +253,14 @@ struct RequestHost {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum HostPart {
-    /// Lower-case, without the trailing dot.
-    Name(String),
+enum HostPart<'a> {
+    /// Lower-case, without the trailing dot (borrowed when it already is).
+    Name(Cow<'a, str>),
     Ip(std::net::IpAddr),
 }
 
-impl RequestHost {
-    fn parse(raw: &[u8]) -> Option<RequestHost> {
+impl RequestHost<'_> {
+    fn parse(raw: &[u8]) -> Option<RequestHost<'_>> {
         let text = std::str::from_utf8(raw).ok()?;
         let (host, port_text, mut normal) = match text.strip_prefix('[') {
             Some(rest) => {
@@ -286,7 +286,11 @@ impl RequestHost {
                 let part = match name.parse::<std::net::Ipv4Addr>() {
                     Ok(ip) => HostPart::Ip(ip.into()),
                     Err(_) if crate::policy::http::is_dns_name(name) => {
-                        HostPart::Name(name.to_ascii_lowercase())
+                        HostPart::Name(if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                            Cow::Owned(name.to_ascii_lowercase())
+                        } else {
+                            Cow::Borrowed(name)
+                        })
                     }
                     Err(_) => return None,
                 };
