@@ -111,6 +111,7 @@ Allowed with the dev client certificate (its identity is audited):
 The web UI through the HTTP (L7) proxy, HTTP/1.1 or h2, with request rules:
   curl --cacert {ca} --http2 https://localhost:{u}/status             # allowed
   curl --cacert {ca} -X POST https://localhost:{u}/firmware/upload    # 403 request_denied
+  curl --cacert {ca} -H 'Host: evil.example' https://localhost:{u}/   # 421 misdirected_request
 SNI picks the RSA certificate:
   openssl s_client -connect 127.0.0.1:{p} -servername {rsa} </dev/null | grep 'Server public key'
 

@@ -64,6 +64,8 @@ pub struct LoadedCertificate {
     pub key: Arc<CertifiedKey>,
     /// DNS names (from SANs) this certificate answers for under SNI.
     pub dns_names: Vec<String>,
+    /// IP addresses (from SANs) this certificate answers for.
+    pub ip_addresses: Vec<std::net::IpAddr>,
     pub not_after: String,
 }
 
@@ -120,16 +122,28 @@ pub fn load_certificate(cert_path: &Path, key_path: &Path) -> Result<LoadedCerti
         ));
     }
     let mut dns_names = Vec::new();
+    let mut ip_addresses = Vec::new();
     if let Ok(Some(san)) = leaf.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(d) = name {
-                dns_names.push(d.to_ascii_lowercase());
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => {
+                    dns_names.push(d.to_ascii_lowercase())
+                }
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    let ip = match *b {
+                        &[a, b, c, d] => Some(std::net::IpAddr::from([a, b, c, d])),
+                        _ => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                    };
+                    ip_addresses.extend(ip);
+                }
+                _ => {}
             }
         }
     }
     Ok(LoadedCertificate {
         key: Arc::new(certified),
         dns_names,
+        ip_addresses,
         not_after: validity.not_after.to_string(),
     })
 }

@@ -507,7 +507,8 @@ fn forwarding_headers_are_moats_own_and_host_is_rewritten() {
         assert_eq!(seen.values("x-forwarded-proto"), ["https"], "{seen:?}");
         assert_eq!(
             seen.values("forwarded"),
-            [format!("for=127.0.0.1;proto=https;host={ui}")],
+            // RFC 7239: a host with a port is a quoted-string.
+            [format!("for=127.0.0.1;proto=https;host=\"{ui}\"")],
             "{seen:?}"
         );
         assert_eq!(

@@ -307,6 +307,10 @@ pub struct HttpSection {
     pub max_concurrent_streams: u32,
     /// TLS to the device. Absent: plaintext on the isolated segment.
     pub upstream_tls: Option<UpstreamTlsSection>,
+    /// The names clients may put in `Host` / `:authority` (DNS names,
+    /// `*.` wildcards, IP addresses). Absent: the certificates' names and
+    /// the listen address.
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::http::{Glob, HttpPolicy, RequestRule, UpstreamTls};
+use super::http::{Glob, HostNames, HttpPolicy, RequestRule, UpstreamTls};
 use super::{AccessList, AuditTarget, CidrSet, Device, Policy, Service, Upstream};
 use crate::config::schema::LimitsSection;
 use crate::config::schema::RuleAction;
@@ -400,6 +400,14 @@ impl Compiler<'_> {
             }
             (Protocol::Tcp, None) => None,
         };
+        let explicit_hosts = s.http.as_ref().is_some_and(|h| h.hosts.is_some());
+        let http = http.map(|mut h| {
+            if !explicit_hosts {
+                let certs = tls.as_ref().map_or(&[][..], |t| &t.certificates[..]);
+                h.hosts = HostNames::default_for(certs, listen);
+            }
+            h
+        });
         let limits = self.limits(&s.limits, &format!("{field}.limits"), s.protocol);
         if self.errors.len() != before {
             return None;
@@ -722,6 +730,26 @@ impl Compiler<'_> {
                 }
             }
         };
+        // Explicit names; the default needs the service's certificates and
+        // listen address, and is filled in by `service`.
+        let hosts = match &h.hosts {
+            None => HostNames::default(),
+            Some(list) if list.get_ref().is_empty() => {
+                let msg = "an empty list admits no request; list the names clients use, or remove `hosts` for the default (the certificates' names and the listen address)";
+                self.err(list.span(), &format!("{field}.hosts"), msg.into());
+                HostNames::default()
+            }
+            Some(list) => {
+                let mut hosts = HostNames::default();
+                for entry in list.get_ref() {
+                    match HostNames::parse(&[entry.get_ref().as_str()]) {
+                        Ok(one) => hosts.extend(one),
+                        Err(msg) => self.err(entry.span(), &format!("{field}.hosts"), msg),
+                    }
+                }
+                hosts
+            }
+        };
         if self.errors.len() != before {
             return None;
         }
@@ -742,6 +770,7 @@ impl Compiler<'_> {
             audit_allowed: h.audit_allowed,
             max_concurrent_streams: h.max_concurrent_streams,
             upstream_tls,
+            hosts,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The compiled L7 policy of an HTTP service: request rules and limits.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub struct HttpPolicy {
     pub max_concurrent_streams: u32,
     /// TLS towards the device, if it speaks TLS at all.
     pub upstream_tls: Option<UpstreamTls>,
+    /// The names a request's `Host` / `:authority` may carry.
+    pub hosts: HostNames,
 }
 
 impl HttpPolicy {
@@ -31,7 +34,7 @@ impl HttpPolicy {
     pub fn summary(&self) -> String {
         let rules: Vec<&str> = self.rules.iter().map(|r| r.text.as_str()).collect();
         format!(
-            "{rules:?} {} {} {} {:?} {:?} {:?} {:?} {} {} {} {:?}",
+            "{rules:?} {} {} {} {:?} {:?} {:?} {:?} {} {} {} {:?} {:?}",
             self.max_body_bytes,
             self.max_header_bytes,
             self.max_headers,
@@ -43,8 +46,126 @@ impl HttpPolicy {
             self.audit_allowed,
             self.max_concurrent_streams,
             self.upstream_tls.as_ref().map(|t| &t.fingerprint),
+            self.hosts,
         )
     }
+}
+
+/// The names a service answers to: a request naming anything else in its
+/// `Host` or `:authority` is misdirected (421), and only a name from here
+/// is ever forwarded to the device. Names are kept lower-case without a
+/// trailing dot; ports are not part of a name (see
+/// `controls::request::check_host`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostNames {
+    pub names: Vec<String>,
+    /// `*.ward3.example` kept as `.ward3.example`: exactly one more label.
+    pub wildcards: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    /// Also the address the client connected to (a default list for a
+    /// service listening on 0.0.0.0 or `::`).
+    pub local_addr: bool,
+}
+
+impl HostNames {
+    /// An explicit `hosts` list; each entry a DNS name, a `*.` wildcard or
+    /// an IP address (unbracketed). The error names the bad entry.
+    pub fn parse(entries: &[&str]) -> Result<HostNames, String> {
+        let mut out = HostNames::default();
+        for entry in entries {
+            out.add(entry).ok_or_else(|| {
+                format!("{entry:?} is not a DNS name, `*.` wildcard or IP address")
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// The default: the DNS names and IP addresses of the service's
+    /// certificates, and the listen address (or, for 0.0.0.0 / `::`,
+    /// whatever local address a client reached).
+    pub fn default_for(
+        certificates: &[crate::tls::LoadedCertificate],
+        listen: SocketAddr,
+    ) -> HostNames {
+        let mut out = HostNames::default();
+        for c in certificates {
+            for name in &c.dns_names {
+                // A SAN moat cannot read as a name never matches anyway.
+                let _ = out.add(name);
+            }
+            for ip in &c.ip_addresses {
+                out.push_ip(*ip);
+            }
+        }
+        if listen.ip().is_unspecified() {
+            out.local_addr = true;
+        } else {
+            out.push_ip(listen.ip());
+        }
+        out
+    }
+
+    pub fn extend(&mut self, other: HostNames) {
+        self.names.extend(other.names);
+        self.wildcards.extend(other.wildcards);
+        other.ips.into_iter().for_each(|ip| self.push_ip(ip));
+        self.local_addr |= other.local_addr;
+    }
+
+    fn push_ip(&mut self, ip: IpAddr) {
+        let ip = ip.to_canonical();
+        if !self.ips.contains(&ip) {
+            self.ips.push(ip);
+        }
+    }
+
+    fn add(&mut self, entry: &str) -> Option<()> {
+        let entry = entry.strip_suffix('.').unwrap_or(entry);
+        if let Ok(ip) = entry.parse::<IpAddr>() {
+            self.push_ip(ip);
+            return Some(());
+        }
+        let lower = entry.to_ascii_lowercase();
+        match lower.strip_prefix('*') {
+            Some(parent) if parent.starts_with('.') && is_dns_name(&parent[1..]) => {
+                self.wildcards.push(parent.to_string())
+            }
+            Some(_) => return None,
+            None if is_dns_name(&lower) => self.names.push(lower),
+            None => return None,
+        }
+        Some(())
+    }
+
+    /// Whether `name` (lower-case, no trailing dot, no port) is one of ours.
+    pub fn admits_name(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+            || self.wildcards.iter().any(|w| {
+                name.strip_suffix(w.as_str())
+                    .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+            })
+    }
+
+    /// Whether `ip` is one of ours; `local` is the address the client
+    /// connected to.
+    pub fn admits_ip(&self, ip: IpAddr, local: Option<IpAddr>) -> bool {
+        let ip = ip.to_canonical();
+        self.ips.contains(&ip) || (self.local_addr && local.map(|l| l.to_canonical()) == Some(ip))
+    }
+}
+
+/// A DNS host name as moat accepts one in `Host`: dot-separated labels of
+/// 1 to 63 letters, digits, `-` or `_`, 253 characters at most, and not all
+/// digits and dots (that is an address, or a trick: `127.1`).
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        && !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 #[derive(Debug)]

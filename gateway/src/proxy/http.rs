@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::headers::{harden, strip_hop_by_hop};
 use super::relay::{Activity, Metered, RelayOutcome};
 use super::upstream::{UpstreamClient, UpstreamError};
 use crate::audit::{ClosedBy, ConnMeta, Event};
@@ -41,6 +42,9 @@ pub struct Session {
     pub tls: bool,
     /// Client-certificate name, when there is one.
     pub client_identity: Option<String>,
+    /// The address the client connected to (the listen address, or for
+    /// 0.0.0.0 / `::` the one it reached): a name the service answers to.
+    pub local: Option<IpAddr>,
 }
 
 /// Serves HTTP on an admitted (and TLS-terminated) client connection until
@@ -301,6 +305,18 @@ async fn handle(
         .as_ref()
         .expect("resolve() only keeps HTTP services");
     record.audit_allowed = http.audit_allowed;
+    // Only a name of this service reaches the device, in Host or any
+    // forwarding header.
+    let host = match controls::request::check_host(
+        req.version(),
+        req.uri(),
+        req.headers(),
+        &http.hosts,
+        s.local,
+    ) {
+        Ok(h) => h,
+        Err(d) => return record.deny(d),
+    };
     let uri = req.uri().clone();
     let path = match controls::request::normalize_path(uri.path()) {
         Ok(p) => p,
@@ -339,7 +355,7 @@ async fn handle(
 
     let websocket = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let upstream_req = upstream_request(req, current, &live, &path, websocket);
+    let upstream_req = upstream_request(req, current, &live, &path, host, websocket);
     let client = current.client.clone();
     let response_timeout = http.response_timeout;
     let capped = permit.is_some();
@@ -447,86 +463,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers about one hop, not the message: never passed on.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "keep-alive"
-            | "proxy-connection"
-    )
-}
-
-/// Headers in which a client would speak for moat (who the client is) or
-/// override the method the rules saw: whatever the client sent is dropped.
-fn is_client_asserted(name: &HeaderName) -> bool {
-    name == header::FORWARDED
-        || matches!(
-            name.as_str(),
-            "x-forwarded-for"
-                | "x-forwarded-proto"
-                | "x-forwarded-host"
-                | "x-real-ip"
-                | "x-http-method-override"
-                | "x-http-method"
-                | "x-method-override"
-        )
-}
-
-/// Removes the headers `doomed` picks, looking at each name once (most
-/// messages have none to remove, and then nothing is allocated).
-fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
-    for name in names {
-        headers.remove(name);
-    }
-}
-
-/// Removes hop-by-hop headers, including any the `Connection` header names,
-/// and (for requests) the client-asserted ones. For an upgrade,
-/// `Connection: upgrade` and `Upgrade` must pass.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, client_asserted: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let upgrade_value = if upgrade {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    remove_matching(headers, |name| {
-        is_hop_by_hop(name) || named.contains(name) || (client_asserted && is_client_asserted(name))
-    });
-    if let Some(v) = upgrade_value {
-        headers.insert(header::UPGRADE, v);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-fn harden(headers: &mut HeaderMap, tls: bool) {
-    if tls {
-        headers
-            .entry(header::STRICT_TRANSPORT_SECURITY)
-            .or_insert(HeaderValue::from_static("max-age=31536000"));
-    }
-    headers
-        .entry(header::X_CONTENT_TYPE_OPTIONS)
-        .or_insert(HeaderValue::from_static("nosniff"));
-    headers
-        .entry(header::X_FRAME_OPTIONS)
-        .or_insert(HeaderValue::from_static("SAMEORIGIN"));
-}
-
 /// The request the device receives. Whatever the client wrote as target
 /// (origin-form, absolute-form naming another host, h2 `:authority`), it
 /// goes to this service's upstream and nowhere else: never an open proxy.
@@ -535,17 +471,11 @@ fn upstream_request(
     current: &Resolved,
     live: &Live,
     path: &str,
+    host: Option<HeaderValue>,
     websocket: bool,
 ) -> Request<ProxyBody> {
     let http = current.service.http.as_ref().expect("an HTTP service");
     let (mut parts, body) = req.into_parts();
-    let original_host: Option<HeaderValue> =
-        parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
     // The normalised path, the client's query, this service's device.
     let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
         (Some(pq), _) if pq.path() == path => pq.clone(),
@@ -561,28 +491,20 @@ fn upstream_request(
     parts.version = Version::HTTP_11;
 
     let headers = &mut parts.headers;
-    // moat states who the client is; nothing the client sent survives.
-    // Method overrides would let a GET carry a DELETE past the rules.
+    // moat states who the client is and what it asked for; nothing the
+    // client sent about that survives (proxy::headers has the list).
     strip_hop_by_hop(headers, websocket, true);
     headers.insert(X_FORWARDED_FOR, live.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, live.forwarded_proto.clone());
-    let forwarded = match original_host.as_ref().and_then(|h| h.to_str().ok()) {
-        Some(host)
-            if host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)) =>
-        {
-            value(&format!("{};host={host}", live.forwarded_base))
-        }
-        _ => value(&live.forwarded_base),
-    };
-    headers.insert(header::FORWARDED, forwarded);
-    if let Some(host) = &original_host {
+    let forwarded = super::headers::forwarded(&live.forwarded_base, host.as_ref());
+    headers.insert(header::FORWARDED, value(&forwarded));
+    // `host` passed `check_host`: one of this service's names.
+    if let Some(host) = &host {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    let host = match (&current.host_rewrite, original_host) {
+    let host = match (&current.host_rewrite, host) {
         (Some(rewrite), _) => rewrite.clone(),
-        (None, Some(original)) => original,
+        (None, Some(validated)) => validated,
         (None, None) => value(current.authority.as_str()),
     };
     headers.insert(header::HOST, host);

@@ -92,9 +92,15 @@ async fn handle(
     rt: Arc<Runtime>,
 ) {
     let _ = socket.set_nodelay(true);
+    let local = socket.local_addr().ok().map(|a| a.ip());
     let Some(tls) = &service.tls else {
         let facts = ConnFacts::new(conn.client.ip(), &service, None);
-        let admitted = Admitted { id, facts, matched };
+        let admitted = Admitted {
+            id,
+            facts,
+            matched,
+            local,
+        };
         return serve_protocol(socket, service, conn, admitted, None, None, rt).await;
     };
 
@@ -119,7 +125,12 @@ async fn handle(
     };
     let (info, identity) = describe_tls(&stream);
     let facts = ConnFacts::new(conn.client.ip(), &service, Some(stream.get_ref().1));
-    let admitted = Admitted { id, facts, matched };
+    let admitted = Admitted {
+        id,
+        facts,
+        matched,
+        local,
+    };
     serve_protocol(stream, service, conn, admitted, Some(info), identity, rt).await;
 }
 
@@ -128,6 +139,8 @@ struct Admitted {
     id: ListenerId,
     facts: ConnFacts,
     matched: String,
+    /// The address the client reached (what `Host` may name on 0.0.0.0).
+    local: Option<std::net::IpAddr>,
 }
 
 /// Resolves when a newly published policy no longer admits the connection.
@@ -265,6 +278,7 @@ async fn serve_protocol<C>(
                 conn: conn.clone(),
                 tls: tls.is_some(),
                 client_identity: client_identity.and_then(|i| i.common_name.or(Some(i.subject))),
+                local: admitted.local,
             };
             super::http::serve(client, &service, session, revoked).await
         }

@@ -50,6 +50,7 @@ fn policy(rules: Vec<RequestRule>) -> HttpPolicy {
         audit_allowed: true,
         max_concurrent_streams: 10,
         upstream_tls: None,
+        hosts: Default::default(),
     };
     p.max_headers = 4;
     p

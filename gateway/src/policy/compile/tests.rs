@@ -222,3 +222,65 @@ fn a_policy_without_devices_is_refused_unless_asked_for() {
         .expect("an empty policy on purpose");
     assert!(p.services.is_empty());
 }
+
+fn http_service(listen: &str, tls: &str, http: &str) -> String {
+    format!(
+        "[[device]]\nid = \"pump\"\nname = \"Pump\"\n[[device.service]]\nname = \"ui\"\nprotocol = \"http\"\nlisten = \"{listen}\"\nupstream = \"10.0.0.5:80\"\nallow = [\"10.0.0.0/8\"]\n{tls}\n[device.service.http]\n{http}\n"
+    )
+}
+
+#[test]
+fn hosts_default_to_the_certificate_names_and_listen_address() {
+    let f = Fixture::new();
+    let p = f.compile(&http_service("10.9.0.1:443", TLS, "")).unwrap();
+    let hosts = &p.services[0].http.as_ref().unwrap().hosts;
+    assert_eq!(hosts.names, ["localhost"]);
+    let ips: Vec<String> = hosts.ips.iter().map(|i| i.to_string()).collect();
+    assert_eq!(ips, ["127.0.0.1", "::1", "10.9.0.1"]);
+    assert!(!hosts.local_addr);
+
+    let p = f
+        .compile(&http_service("0.0.0.0:8080", "plaintext = true", ""))
+        .unwrap();
+    let hosts = &p.services[0].http.as_ref().unwrap().hosts;
+    assert!(hosts.names.is_empty() && hosts.ips.is_empty() && hosts.local_addr);
+
+    // An explicit list is the whole list.
+    let p = f
+        .compile(&http_service(
+            "0.0.0.0:443",
+            TLS,
+            "hosts = [\"pump.ward3.example\", \"*.ward3.example\"]",
+        ))
+        .unwrap();
+    let hosts = &p.services[0].http.as_ref().unwrap().hosts;
+    assert_eq!(hosts.names, ["pump.ward3.example"]);
+    assert_eq!(hosts.wildcards, [".ward3.example"]);
+    assert!(hosts.ips.is_empty() && !hosts.local_addr);
+}
+
+#[test]
+fn bad_hosts_are_reported_with_locations() {
+    let f = Fixture::new();
+    let errors = f.errors(&http_service(
+        "0.0.0.0:443",
+        TLS,
+        "hosts = [\"pump.example\", \"evil.example:80\", \"*.*.x\"]",
+    ));
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with("moat.toml:15:26:"), "{errors:?}");
+    assert!(
+        errors[0].contains("device[0].service[0].http.hosts"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].contains("\"evil.example:80\" is not a DNS name"),
+        "{errors:?}"
+    );
+    assert!(errors[1].contains("\"*.*.x\""), "{errors:?}");
+    let errors = f.errors(&http_service("0.0.0.0:443", TLS, "hosts = []"));
+    assert!(
+        errors[0].contains("an empty list admits no request"),
+        "{errors:?}"
+    );
+}

@@ -40,3 +40,69 @@ fn rules_match_method_and_path() {
     assert!(rule.matches(&Method::POST, "/firmware/x"));
     assert!(!rule.matches(&Method::GET, "/firmware/x"));
 }
+
+fn hosts(entries: &[&str]) -> HostNames {
+    HostNames::parse(entries).unwrap()
+}
+
+#[test]
+fn host_entries_are_names_wildcards_or_addresses() {
+    let h = hosts(&["Pump.Ward3.Example.", "*.ward4.example", "10.20.0.5", "::1"]);
+    assert_eq!(h.names, ["pump.ward3.example"]);
+    assert_eq!(h.wildcards, [".ward4.example"]);
+    assert_eq!(
+        h.ips,
+        [
+            "10.20.0.5".parse::<IpAddr>().unwrap(),
+            "::1".parse().unwrap()
+        ]
+    );
+    assert!(!h.local_addr);
+    for bad in [
+        "",
+        "pump:80",
+        "[::1]",
+        "*",
+        "*.",
+        "a.*.example",
+        "*x.example",
+        "pump/x",
+        "a..b",
+        "127.1",
+        "pump example",
+        "évil.example",
+        &"a".repeat(64),
+    ] {
+        assert!(HostNames::parse(&[bad]).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn wildcards_match_exactly_one_label() {
+    let h = hosts(&["*.ward3.example"]);
+    assert!(h.admits_name("pump.ward3.example"));
+    assert!(!h.admits_name("ward3.example"));
+    assert!(!h.admits_name("a.pump.ward3.example"));
+    assert!(!h.admits_name("evilward3.example"));
+    let h = hosts(&["pump.ward3.example"]);
+    assert!(h.admits_name("pump.ward3.example"));
+    assert!(!h.admits_name("x.pump.ward3.example"));
+}
+
+#[test]
+fn the_local_address_counts_only_for_a_wildcard_listener() {
+    let local: IpAddr = "10.0.0.7".parse().unwrap();
+    let any = HostNames::default_for(&[], "0.0.0.0:443".parse().unwrap());
+    assert!(any.admits_ip(local, Some(local)));
+    // A dual-stack socket reports v4 clients' local address v4-mapped.
+    assert!(any.admits_ip(local, Some("::ffff:10.0.0.7".parse().unwrap())));
+    assert!(!any.admits_ip("10.0.0.8".parse().unwrap(), Some(local)));
+    let specific = HostNames::default_for(&[], "10.0.0.7:443".parse().unwrap());
+    assert!(specific.admits_ip(local, None));
+    assert!(!specific.admits_ip(
+        "10.0.0.8".parse().unwrap(),
+        Some("10.0.0.8".parse().unwrap())
+    ));
+    let explicit = hosts(&["pump.example"]);
+    assert!(!explicit.admits_ip(local, Some(local)));
+}

@@ -1,0 +1,172 @@
+//! Header hygiene between client and device: what moat removes from a
+//! request before the device sees it, and what it adds to a response.
+//!
+//! Removed from every client request, whatever its case or spelling of
+//! value (names are matched lower-case, in one pass over the headers):
+//!
+//! | group | names | why |
+//! |---|---|---|
+//! | hop-by-hop | `connection`, `keep-alive`, `te`, `trailer`, `transfer-encoding`, `upgrade`, `proxy-authorization`, `proxy-authenticate`, `proxy-connection`, and whatever `Connection` names | about one hop, not the message (RFC 9110 §7.6.1); `Upgrade` passes for a WebSocket |
+//! | forwarding and client identity | `x-forwarded-*` (every one: `-for`, `-host`, `-proto`, `-port`, `-server`, `-prefix`, `-ssl`, `-client-cert` …), `x-forwarded`, `forwarded`, `forwarded-for`, `x-real-ip`, `true-client-ip`, `x-client-ip`, `client-ip`, `x-cluster-client-ip`, `cf-connecting-ip`, `cf-connecting-ipv6`, `fastly-client-ip`, `akamai-client-ip`, `x-originating-ip`, `x-remote-ip`, `x-remote-addr`, `x-proxyuser-ip`, `proxy-client-ip`, `wl-proxy-client-ip`, `x-azure-clientip`, `x-azure-socketip`, `x-appengine-user-ip`, `x-original-forwarded-for`, `x-host`, `x-original-host`, `x-http-host-override`, `front-end-https`, `x-url-scheme`, `x-envoy-*` | a device behind a proxy believes these about who the client is, which host and scheme it asked for and which path prefix it is under (Spring's `ForwardedHeaderFilter`, Rails/Rack, Express `trust proxy`, Envoy's `x-envoy-*`, IIS/ARR); only moat may say: it sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` itself |
+//! | client certificate | `x-ssl-*`, `ssl-client-*`, `x-client-cert*`, `x-client-verify`, `x-client-dn`, `x-arr-clientcert`, `x-arr-ssl` | how TLS-terminating proxies pass the client's certificate (nginx/Apache conventions, Azure ARR): a device trusting them would take a typed-in certificate for a verified one |
+//! | URL override | `x-original-url`, `x-rewrite-url`, `x-override-url`, `x-original-uri`, `x-original-path`, `x-rewrite-path`, `x-request-uri`, `x-http-destinationurl`, `x-proxy-url`, `x-envoy-original-path`, `x-envoy-original-url` | IIS URL Rewrite / ISAPI_Rewrite, and Symfony, Zend and Laravel before CVE-2018-14773, serve the path in these instead of the request line: `POST /ok` with `X-Original-URL: /firmware/x` would run past moat's path rules |
+//! | method override | `x-http-method-override`, `x-http-method`, `x-method-override` | Express `method-override`, Laravel/Symfony, Google APIs, OData: a `GET` carrying `DELETE` past the method rules (a `_method` form field is in the body, beyond moat's reach) |
+//!
+//! Responses lose only hop-by-hop headers and gain the hardening headers.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers about one hop, not the message: never passed on.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "keep-alive"
+            | "proxy-connection"
+    )
+}
+
+/// Headers in which a client would speak for moat: who the client is,
+/// which host, scheme or certificate it came with (see the table above).
+pub fn is_forwarding(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "x-forwarded"
+        || n.starts_with("x-forwarded-")
+        || n.starts_with("x-envoy-")
+        || n.starts_with("x-ssl-")
+        || n.starts_with("ssl-client-")
+        || n.starts_with("x-client-cert")
+        || matches!(
+            n,
+            "forwarded"
+                | "forwarded-for"
+                | "x-real-ip"
+                | "true-client-ip"
+                | "x-client-ip"
+                | "client-ip"
+                | "x-cluster-client-ip"
+                | "cf-connecting-ip"
+                | "cf-connecting-ipv6"
+                | "fastly-client-ip"
+                | "akamai-client-ip"
+                | "x-originating-ip"
+                | "x-remote-ip"
+                | "x-remote-addr"
+                | "x-proxyuser-ip"
+                | "proxy-client-ip"
+                | "wl-proxy-client-ip"
+                | "x-azure-clientip"
+                | "x-azure-socketip"
+                | "x-appengine-user-ip"
+                | "x-original-forwarded-for"
+                | "x-host"
+                | "x-original-host"
+                | "x-http-host-override"
+                | "front-end-https"
+                | "x-url-scheme"
+                | "x-client-verify"
+                | "x-client-dn"
+                | "x-arr-clientcert"
+                | "x-arr-ssl"
+        )
+}
+
+/// Headers that make a device serve another path than the request line's.
+pub fn is_url_override(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-original-url"
+            | "x-rewrite-url"
+            | "x-override-url"
+            | "x-original-uri"
+            | "x-original-path"
+            | "x-rewrite-path"
+            | "x-request-uri"
+            | "x-http-destinationurl"
+            | "x-proxy-url"
+            | "x-envoy-original-path"
+            | "x-envoy-original-url"
+    )
+}
+
+/// Headers that make a device run another method than the request line's.
+pub fn is_method_override(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-http-method-override" | "x-http-method" | "x-method-override"
+    )
+}
+
+/// Everything a client may not send the device (besides hop-by-hop).
+pub fn is_client_asserted(name: &HeaderName) -> bool {
+    is_forwarding(name) || is_url_override(name) || is_method_override(name)
+}
+
+/// Removes the headers `doomed` picks, looking at each name once (most
+/// messages have none to remove, and then nothing is allocated).
+pub fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names,
+/// and (for requests) the client-asserted ones. For an upgrade,
+/// `Connection: upgrade` and `Upgrade` must pass.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, client_asserted: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    remove_matching(headers, |name| {
+        is_hop_by_hop(name) || named.contains(name) || (client_asserted && is_client_asserted(name))
+    });
+    if let Some(v) = upgrade_value {
+        headers.insert(header::UPGRADE, v);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// HSTS (over TLS), `nosniff` and `SAMEORIGIN`, unless the device set its own.
+pub fn harden(headers: &mut HeaderMap, tls: bool) {
+    if tls {
+        headers
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(HeaderValue::from_static("max-age=31536000"));
+    }
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    headers
+        .entry(header::X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("SAMEORIGIN"));
+}
+
+/// The `Forwarded` element moat sends: `base` (`for=…;proto=…`) and the
+/// validated host, quoted when it holds a `:` or `[` (RFC 7239 §4: those
+/// are not token characters).
+pub fn forwarded(base: &str, host: Option<&HeaderValue>) -> String {
+    match host.and_then(|h| h.to_str().ok()) {
+        Some(h) if h.contains([':', '[']) => format!("{base};host=\"{h}\""),
+        Some(h) => format!("{base};host={h}"),
+        None => base.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+use super::*;
+
+fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+fn names(h: &HeaderMap) -> Vec<&str> {
+    h.keys().map(HeaderName::as_str).collect()
+}
+
+fn name(n: &str) -> HeaderName {
+    HeaderName::from_bytes(n.as_bytes()).unwrap()
+}
+
+/// The whole forwarding family, in any case, including members no list
+/// could name in advance.
+#[test]
+fn every_forwarding_header_is_client_asserted() {
+    for n in [
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Port",
+        "X-Forwarded-Server",
+        "X-Forwarded-Prefix",
+        "X-Forwarded-Ssl",
+        "X-Forwarded-Scheme",
+        "X-Forwarded-Client-Cert",
+        "X-Forwarded-Anything-New",
+        "X-Forwarded",
+        "Forwarded",
+        "Forwarded-For",
+        "X-Real-IP",
+        "True-Client-IP",
+        "X-Client-IP",
+        "Client-IP",
+        "X-Cluster-Client-IP",
+        "CF-Connecting-IP",
+        "Fastly-Client-IP",
+        "X-Originating-IP",
+        "X-Remote-IP",
+        "X-Remote-Addr",
+        "X-Host",
+        "X-Original-Host",
+        "X-ProxyUser-Ip",
+        "WL-Proxy-Client-IP",
+        "Proxy-Client-IP",
+        "X-Envoy-External-Address",
+        "X-Envoy-Internal",
+        "X-SSL-Client-Cert",
+        "X-Client-Cert",
+        "SSL-Client-Verify",
+        "Front-End-Https",
+    ] {
+        assert!(is_forwarding(&name(n)), "{n}");
+        assert!(is_client_asserted(&name(n)), "{n}");
+    }
+}
+
+#[test]
+fn url_and_method_overrides_are_client_asserted() {
+    for n in [
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Override-URL",
+        "X-Original-URI",
+        "X-Envoy-Original-Path",
+        "X-HTTP-DestinationURL",
+    ] {
+        assert!(is_url_override(&name(n)), "{n}");
+        assert!(is_client_asserted(&name(n)), "{n}");
+    }
+    for n in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ] {
+        assert!(is_method_override(&name(n)), "{n}");
+        assert!(is_client_asserted(&name(n)), "{n}");
+    }
+}
+
+#[test]
+fn ordinary_headers_pass() {
+    for n in [
+        "host",
+        "accept",
+        "cookie",
+        "authorization",
+        "content-type",
+        "x-requested-with",
+        "x-csrf-token",
+        "x-forwardedfor-not-a-prefix",
+        "via",
+        "origin",
+        "referer",
+    ] {
+        assert!(!is_client_asserted(&name(n)), "{n}");
+        assert!(!is_hop_by_hop(&name(n)), "{n}");
+    }
+}
+
+#[test]
+fn stripping_removes_every_value_and_keeps_the_rest() {
+    let mut h = map(&[
+        ("accept", "*/*"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-for", "7.7.7.7"),
+        ("x-original-url", "/firmware/x"),
+        ("connection", "keep-alive, x-drop-me"),
+        ("x-drop-me", "1"),
+        ("keep-alive", "timeout=5"),
+        ("cookie", "a=1"),
+    ]);
+    strip_hop_by_hop(&mut h, false, true);
+    assert_eq!(names(&h), ["accept", "cookie"]);
+}
+
+#[test]
+fn responses_keep_client_asserted_names() {
+    // A device's own X-Forwarded-* in a response is its business.
+    let mut h = map(&[("x-forwarded-host", "d"), ("transfer-encoding", "chunked")]);
+    strip_hop_by_hop(&mut h, false, false);
+    assert_eq!(names(&h), ["x-forwarded-host"]);
+}
+
+#[test]
+fn an_upgrade_keeps_upgrade_and_connection() {
+    let mut h = map(&[
+        ("connection", "Upgrade, x-drop-me"),
+        ("upgrade", "websocket"),
+        ("x-drop-me", "1"),
+        ("x-real-ip", "6.6.6.6"),
+    ]);
+    strip_hop_by_hop(&mut h, true, true);
+    assert_eq!(h.get("upgrade").unwrap(), "websocket");
+    assert_eq!(h.get("connection").unwrap(), "upgrade");
+    assert_eq!(h.len(), 2);
+}
+
+#[test]
+fn nothing_to_remove_changes_nothing() {
+    let mut h = map(&[("accept", "*/*"), ("host", "pump")]);
+    let before = h.clone();
+    strip_hop_by_hop(&mut h, false, true);
+    assert_eq!(h, before);
+}
+
+#[test]
+fn hardening_fills_in_only_what_is_missing() {
+    let mut h = map(&[("x-frame-options", "DENY")]);
+    harden(&mut h, true);
+    assert_eq!(h.get("x-frame-options").unwrap(), "DENY");
+    assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
+    assert!(h.contains_key("strict-transport-security"));
+    let mut h = HeaderMap::new();
+    harden(&mut h, false);
+    assert!(!h.contains_key("strict-transport-security"));
+}
+
+#[test]
+fn forwarded_quotes_hosts_with_ports_or_brackets() {
+    let base = "for=127.0.0.1;proto=https";
+    let v = |s: &str| HeaderValue::from_str(s).unwrap();
+    assert_eq!(forwarded(base, None), base);
+    assert_eq!(
+        forwarded(base, Some(&v("pump.example"))),
+        "for=127.0.0.1;proto=https;host=pump.example"
+    );
+    assert_eq!(
+        forwarded(base, Some(&v("pump.example:8443"))),
+        "for=127.0.0.1;proto=https;host=\"pump.example:8443\""
+    );
+    assert_eq!(
+        forwarded(base, Some(&v("[::1]"))),
+        "for=127.0.0.1;proto=https;host=\"[::1]\""
+    );
+}
