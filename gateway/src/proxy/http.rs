@@ -590,9 +590,7 @@ fn upstream_request(
     let body = if websocket {
         Empty::<Bytes>::new().map_err(BoxError::from).boxed()
     } else {
-        Limited::new(body, http.max_body_bytes as usize)
-            .map_err(BoxError::from)
-            .boxed()
+        super::client_body::ClientBody::new(body, http.body_limits()).boxed()
     };
     Request::from_parts(parts, body)
 }
@@ -611,8 +609,9 @@ fn classify_upstream_error(e: &UpstreamError, service: &Service) -> Denial {
     }
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return Denial::with_detail(Reason::BodyTooLarge, "request body over max_body_bytes");
+        // The client's body failed: its fault, never the device's.
+        if let Some(b) = err.downcast_ref::<super::client_body::ClientBodyError>() {
+            return b.0.clone();
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
