@@ -116,6 +116,16 @@ fn metric(moat: &Moat, family: &str, outcome: &str) -> u64 {
         .sum()
 }
 
+/// `moat_connections_active` of one service.
+fn active(moat: &Moat, service: &str) -> u64 {
+    let label = format!("service=\"{service}\"");
+    moat.admin_get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with("moat_connections_active{") && l.contains(&label))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
 /// Sends `raw` from 127.0.0.1 and returns what came back (until moat
 /// closes, or `DEADLINE`).
 fn exchange(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
@@ -392,8 +402,12 @@ fn slow_clients_from_one_address_do_not_lock_out_another() {
                 seen.lock().unwrap().contains(&format!("127.0.0.2 {probe}")),
                 "{mode} {scheme}: the probe did not reach the device"
             );
-            // Still under attack when the probe was served.
-            assert!(matches!(attack.0.id(), id if id > 0));
+            // The attacker still held its share while the probe was served.
+            let held = active(&moat, service);
+            assert!(
+                held >= 64,
+                "{mode} {scheme}: only {held} connections active"
+            );
             drop(attack);
         }
     }
@@ -440,4 +454,49 @@ fn slowhttptest_slow_bodies_are_cut_with_body_timeout() {
     let e = moat.wait_event("http_request", |e| e["reason"] == "body_timeout");
     assert_eq!(e["status"], 408, "{e}");
     assert_no_device_failure(&moat);
+}
+
+/// One h2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn h2_data_past_its_content_length_is_a_malformed_body() {
+    let _serial = serial();
+    let device = RawDevice::start();
+    let ws = Workspace::new();
+    let moat = Moat::start(&ws, &config(&plain_http(device.addr, "", "")), &["ui"]);
+    let mut s = connect_from("127.0.0.1", moat.addr("ui"));
+    // POST /h2cl with content-length 5 (HPACK: static-table names, literal
+    // values), then 10 bytes of DATA.
+    let mut block = vec![0x83, 0x86, 0x44, 5];
+    block.extend_from_slice(b"/h2cl");
+    block.extend_from_slice(&[0x41, 4]);
+    block.extend_from_slice(b"pump");
+    block.extend_from_slice(&[0x5c, 1, b'5']);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[]));
+    out.extend(h2_frame(1, 0x4, 1, &block));
+    out.extend(h2_frame(0, 0, 1, b"0123456789"));
+    s.write_all(&out).unwrap();
+    // h2 resets the stream for it. Whether moat's handler sees the body
+    // fail first (400) or the reset first (its request dropped, 499) is a
+    // race inside hyper; both are the client's outcome, typed.
+    let e = moat.wait_event("http_request", |e| e["path"] == "/h2cl");
+    assert!(
+        e["reason"] == "malformed_body" || e["reason"] == "client_aborted",
+        "{e}"
+    );
+    assert_eq!(e["decision"], "denied", "{e}");
+    assert_eq!(e["version"], "HTTP/2", "{e}");
+    assert_no_device_failure(&moat);
+    drop(s);
+    wait_for("device connections closed", || {
+        (device.open_connections() == 0).then_some(())
+    });
 }

@@ -754,8 +754,12 @@ impl Drop for RequestRecord {
         if self.done {
             return;
         }
-        // 499, as nginx logs it: the client went away before the answer.
-        self.write(CLIENT_CLOSED_REQUEST, 0, None);
+        // 499, as nginx logs it: the client went away before the answer
+        // (an h2 stream reset or a connection gone mid-body ends the
+        // handler here). The client's doing: never counted as allowed, nor
+        // as a device failure.
+        let gone = Denial::new(Reason::ClientAborted);
+        self.write(CLIENT_CLOSED_REQUEST, 0, Some(gone));
         // Browsers cancel a request now and then; a client that cancels
         // them by the hundred is resetting streams to make the device work
         // for nothing (CVE-2023-44487). hyper's own limit only counts
