@@ -427,7 +427,7 @@ fn slow_clients_from_one_address_do_not_lock_out_another() {
 fn slowhttptest_slow_bodies_are_cut_with_body_timeout() {
     require("slowhttptest");
     let _serial = serial();
-    let device = http_device::serve(|_| "ok\n".to_string());
+    let device = RawDevice::start();
     let ws = Workspace::new();
     let svc = plain_http(
         device.addr,
@@ -453,6 +453,15 @@ fn slowhttptest_slow_bodies_are_cut_with_body_timeout() {
     });
     let e = moat.wait_event("http_request", |e| e["reason"] == "body_timeout");
     assert_eq!(e["status"], 408, "{e}");
+    // At the device: each cut body's connection closed, none left pooled.
+    wait_for("the cut bodies' device connections closed", || {
+        let closed = device
+            .connections_with("POST / ")
+            .iter()
+            .filter(|(_, closed)| *closed)
+            .count();
+        (closed >= 8).then_some(())
+    });
     assert_no_device_failure(&moat);
 }
 
