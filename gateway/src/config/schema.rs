@@ -172,6 +172,7 @@ pub struct LimitsSection {
     /// HTTP requests at the device at once.
     pub max_in_flight: Option<Spanned<u32>>,
     /// Connections one client address (IPv6: /64) may hold at once.
+    /// Default: a quarter of `max_connections`, at least min(8, it).
     pub max_connections_per_client: Option<Spanned<u32>>,
     /// How long a request (HTTP: for an in-flight slot) or a connection
     /// (TCP: for one of `max_connections`) may wait before being shed.
@@ -289,6 +290,14 @@ pub struct HttpSection {
     /// Whole request head must arrive within this (slowloris).
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: HumanDuration,
+    /// Longest wait for the next piece of a request body (like nginx's
+    /// `client_body_timeout`).
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: HumanDuration,
+    /// Slowest average a request body may arrive at once one
+    /// `body_read_timeout` has passed: "1KiB/s", "500B/s"; "0": no minimum.
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_rate: Spanned<String>,
     /// The device must start answering within this.
     #[serde(default = "default_response_timeout")]
     pub response_timeout: HumanDuration,
@@ -354,6 +363,12 @@ fn default_max_headers() -> usize {
 }
 fn default_header_read_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+fn default_body_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_min_body_rate() -> Spanned<String> {
+    Spanned::new(0..0, "1KiB/s".to_string())
 }
 fn default_response_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))

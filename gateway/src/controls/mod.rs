@@ -107,6 +107,8 @@ fn per_client_share(
 ) -> Result<ConnectionSlot, Denial> {
     match service.limits.max_connections_per_client {
         None => Ok(slot),
+        // A share as large as the cap never binds: no bookkeeping.
+        Some(limit) if limit >= service.max_connections => Ok(slot),
         Some(limit) => state
             .hold_for_client(slot, rate::client_key(client), limit)
             .ok_or_else(|| {

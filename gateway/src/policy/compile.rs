@@ -408,7 +408,12 @@ impl Compiler<'_> {
             }
             h
         });
-        let limits = self.limits(&s.limits, &format!("{field}.limits"), s.protocol);
+        let mut limits = self.limits(&s.limits, &format!("{field}.limits"), s.protocol);
+        limits.max_connections_per_client = Some(
+            limits
+                .max_connections_per_client
+                .unwrap_or_else(|| default_per_client(*s.max_connections.get_ref())),
+        );
         if self.errors.len() != before {
             return None;
         }
@@ -605,6 +610,15 @@ impl Compiler<'_> {
     }
 }
 
+/// `max_connections_per_client` when not set: a quarter of the service's
+/// connections, so one host (a scanner, a stuck script, a slow-client
+/// attack) cannot lock the others out, but never under 8 (a browser opens
+/// 6 per host, a workstation's DICOM or PACS client a handful of parallel
+/// associations), unless the cap itself is smaller.
+pub fn default_per_client(max_connections: u32) -> u32 {
+    (max_connections / 4).max(max_connections.min(8))
+}
+
 /// The [http] table as if written empty: every default.
 fn default_http() -> HttpSection {
     toml::from_str("").expect("all HTTP settings have defaults")
@@ -750,6 +764,13 @@ impl Compiler<'_> {
                 hosts
             }
         };
+        let min_body_rate = self.body_rate(h, field);
+        if h.body_read_timeout.0.is_zero() {
+            self.err_in_file(
+                &format!("{field}.body_read_timeout"),
+                "must be more than 0".into(),
+            );
+        }
         if self.errors.len() != before {
             return None;
         }
@@ -765,12 +786,24 @@ impl Compiler<'_> {
             header_read_timeout: h.header_read_timeout.0,
             response_timeout: h.response_timeout.0,
             keepalive_timeout: h.keepalive_timeout.0,
+            body_read_timeout: h.body_read_timeout.0,
+            min_body_rate,
             host_rewrite,
             hardening_headers: h.hardening_headers,
             audit_allowed: h.audit_allowed,
             max_concurrent_streams: h.max_concurrent_streams,
             upstream_tls,
             hosts,
+        })
+    }
+}
+
+impl Compiler<'_> {
+    fn body_rate(&mut self, h: &HttpSection, field: &str) -> u64 {
+        let spec = &h.min_body_rate;
+        crate::proxy::client_body::parse_byte_rate(spec.get_ref()).unwrap_or_else(|msg| {
+            self.err(spec.span(), &format!("{field}.min_body_rate"), msg);
+            0
         })
     }
 }

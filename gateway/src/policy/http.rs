@@ -17,6 +17,10 @@ pub struct HttpPolicy {
     pub header_read_timeout: Duration,
     pub response_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// Longest gap between pieces of a request body.
+    pub body_read_timeout: Duration,
+    /// Slowest average request body, bytes per second; 0: no minimum.
+    pub min_body_rate: u64,
     /// The `Host` the device sees, when rewritten.
     pub host_rewrite: Option<String>,
     pub hardening_headers: bool,
@@ -47,7 +51,15 @@ impl HttpPolicy {
             self.max_concurrent_streams,
             self.upstream_tls.as_ref().map(|t| &t.fingerprint),
             self.hosts,
-        )
+        ) + &format!(" body {:?} {}", self.body_read_timeout, self.min_body_rate)
+    }
+
+    pub fn body_limits(&self) -> crate::proxy::client_body::BodyLimits {
+        crate::proxy::client_body::BodyLimits {
+            max_bytes: self.max_body_bytes,
+            read_timeout: self.body_read_timeout,
+            min_rate: self.min_body_rate,
+        }
     }
 }
 

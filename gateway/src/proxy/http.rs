@@ -512,9 +512,7 @@ fn upstream_request(
     let body = if websocket {
         Empty::<Bytes>::new().map_err(BoxError::from).boxed()
     } else {
-        Limited::new(body, http.max_body_bytes as usize)
-            .map_err(BoxError::from)
-            .boxed()
+        super::client_body::ClientBody::new(body, http.body_limits()).boxed()
     };
     Request::from_parts(parts, body)
 }
@@ -533,8 +531,9 @@ fn classify_upstream_error(e: &UpstreamError, service: &Service) -> Denial {
     }
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return Denial::with_detail(Reason::BodyTooLarge, "request body over max_body_bytes");
+        // The client's body failed: its fault, never the device's.
+        if let Some(b) = err.downcast_ref::<super::client_body::ClientBodyError>() {
+            return b.0.clone();
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
@@ -677,8 +676,12 @@ impl Drop for RequestRecord {
         if self.done {
             return;
         }
-        // 499, as nginx logs it: the client went away before the answer.
-        self.write(CLIENT_CLOSED_REQUEST, 0, None);
+        // 499, as nginx logs it: the client went away before the answer
+        // (an h2 stream reset or a connection gone mid-body ends the
+        // handler here). The client's doing: never counted as allowed, nor
+        // as a device failure.
+        let gone = Denial::new(Reason::ClientAborted);
+        self.write(CLIENT_CLOSED_REQUEST, 0, Some(gone));
         // Browsers cancel a request now and then; a client that cancels
         // them by the hundred is resetting streams to make the device work
         // for nothing (CVE-2023-44487). hyper's own limit only counts

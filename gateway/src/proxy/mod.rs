@@ -3,6 +3,7 @@
 //! device web UIs, reaching the device through `upstream`'s pool.
 
 pub mod headers;
+pub(crate) mod client_body;
 pub mod http;
 pub(crate) mod relay;
 pub mod tcp;

@@ -45,6 +45,8 @@ fn policy(rules: Vec<RequestRule>) -> HttpPolicy {
         header_read_timeout: std::time::Duration::from_secs(1),
         response_timeout: std::time::Duration::from_secs(1),
         keepalive_timeout: std::time::Duration::from_secs(1),
+        body_read_timeout: std::time::Duration::from_secs(1),
+        min_body_rate: 0,
         host_rewrite: None,
         hardening_headers: true,
         audit_allowed: true,

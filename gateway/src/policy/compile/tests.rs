@@ -284,3 +284,48 @@ fn bad_hosts_are_reported_with_locations() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn one_client_gets_a_share_of_the_connections_by_default() {
+    assert_eq!(default_per_client(256), 64);
+    assert_eq!(default_per_client(20), 8);
+    assert_eq!(default_per_client(4), 4);
+    assert_eq!(default_per_client(1), 1);
+    let f = Fixture::new();
+    let p = f
+        .compile(&service("allow = [\"10.0.0.0/8\"]\nplaintext = true\n"))
+        .unwrap();
+    assert_eq!(p.services[0].limits.max_connections_per_client, Some(64));
+    let p = f
+        .compile(&service(
+            "allow = [\"10.0.0.0/8\"]\nplaintext = true\nmax_connections = 100\n[device.service.limits]\nmax_connections_per_client = 100\n",
+        ))
+        .unwrap();
+    assert_eq!(p.services[0].limits.max_connections_per_client, Some(100));
+}
+
+#[test]
+fn body_rate_and_gap_defaults_and_errors() {
+    let f = Fixture::new();
+    let http = "[[device]]\nid = \"ct\"\nname = \"CT\"\n[[device.service]]\nname = \"ui\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:8080\"\nupstream = \"10.0.0.5:80\"\nallow = [\"10.0.0.0/8\"]\nplaintext = true\n";
+    let p = f.compile(http).unwrap();
+    let h = p.services[0].http.as_ref().unwrap();
+    assert_eq!(h.body_read_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(h.min_body_rate, 1024);
+    let e = f.errors(&format!(
+        "{http}[device.service.http]\nmin_body_rate = \"1 kilobyte\"\n"
+    ));
+    assert_eq!(
+        e,
+        [
+            r#"moat.toml:12:17: device[0].service[0].http.min_body_rate: "1 kilobyte" is not a rate such as "1KiB/s", "500B/s" or "0" (no minimum)"#
+        ]
+    );
+    let e = f.errors(&format!(
+        "{http}[device.service.http]\nbody_read_timeout = \"0s\"\n"
+    ));
+    assert!(
+        e[0].contains("http.body_read_timeout: must be more than 0"),
+        "{e:?}"
+    );
+}
