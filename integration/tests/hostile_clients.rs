@@ -137,7 +137,7 @@ fn exchange(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
 }
 
 fn chunked_post(path: &str, rest: &str) -> Vec<u8> {
-    format!("POST {path} HTTP/1.1\r\nHost: pump\r\nTransfer-Encoding: chunked\r\n\r\n{rest}")
+    format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n{rest}")
         .into_bytes()
 }
 
@@ -228,11 +228,11 @@ fn a_client_gone_mid_body_is_a_client_abort() {
     let heads = [
         (
             "/length",
-            "POST /length HTTP/1.1\r\nHost: pump\r\nContent-Length: 100000\r\n\r\n0123456789",
+            "POST /length HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n0123456789",
         ),
         (
             "/chunked",
-            "POST /chunked HTTP/1.1\r\nHost: pump\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789",
+            "POST /chunked HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789",
         ),
     ];
     for (path, raw) in heads {
@@ -277,7 +277,7 @@ fn a_slow_body_is_cut_after_body_read_timeout_and_frees_its_device_slot() {
     let addr = moat.addr("ui");
     // Holds the one device slot with a body that stops coming.
     let mut slow = connect_from("127.0.0.1", addr);
-    slow.write_all(b"POST /slow HTTP/1.1\r\nHost: pump\r\nContent-Length: 1000\r\n\r\n0123456789")
+    slow.write_all(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n0123456789")
         .unwrap();
     wait_for("the slow body at the device", || {
         let conns = device.connections_with("POST /slow ");
@@ -288,7 +288,7 @@ fn a_slow_body_is_cut_after_body_read_timeout_and_frees_its_device_slot() {
     });
     // Queued behind it: with only the response timeout, it would wait 60s.
     let mut next = connect_from("127.0.0.2", addr);
-    next.write_all(b"GET /next HTTP/1.1\r\nHost: pump\r\nConnection: close\r\n\r\n")
+    next.write_all(b"GET /next HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut out = Vec::new();
     slow.read_to_end(&mut out).unwrap();
@@ -485,8 +485,8 @@ fn h2_data_past_its_content_length_is_a_malformed_body() {
     // values), then 10 bytes of DATA.
     let mut block = vec![0x83, 0x86, 0x44, 5];
     block.extend_from_slice(b"/h2cl");
-    block.extend_from_slice(&[0x41, 4]);
-    block.extend_from_slice(b"pump");
+    block.extend_from_slice(&[0x41, 9]);
+    block.extend_from_slice(b"127.0.0.1");
     block.extend_from_slice(&[0x5c, 1, b'5']);
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(h2_frame(4, 0, 0, &[]));
