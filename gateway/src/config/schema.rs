@@ -36,6 +36,10 @@ pub struct GatewaySection {
     /// How long live connections may finish after SIGTERM before being cut.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: HumanDuration,
+    /// Length of every listener's accept queue (services and admin); the
+    /// kernel caps it at `net.core.somaxconn`.
+    #[serde(default = "default_listen_backlog")]
+    pub listen_backlog: Spanned<u32>,
 }
 
 impl Default for GatewaySection {
@@ -43,8 +47,13 @@ impl Default for GatewaySection {
         GatewaySection {
             audit_log: default_audit_log(),
             shutdown_grace: default_shutdown_grace(),
+            listen_backlog: default_listen_backlog(),
         }
     }
+}
+
+fn default_listen_backlog() -> Spanned<u32> {
+    Spanned::new(0..0, 4096)
 }
 
 fn default_audit_log() -> Spanned<String> {
