@@ -294,7 +294,10 @@ fn sample_line(line: &str, types: &std::collections::HashMap<&str, &str>) -> Opt
     let name_end = line.find(['{', ' ']).unwrap_or(line.len());
     let name = &line[..name_end];
     if let Some(base) = name.strip_suffix("_created") {
-        if matches!(types.get(base), Some(&("counter" | "histogram" | "summary"))) {
+        if matches!(
+            types.get(base),
+            Some(&("counter" | "histogram" | "summary"))
+        ) {
             return None;
         }
     }
@@ -316,7 +319,9 @@ fn sample_line(line: &str, types: &std::collections::HashMap<&str, &str>) -> Opt
         }
     }
     let rest = &line[end..];
-    let rest = rest.split_once(" # ").map_or(rest, |(value, _exemplar)| value);
+    let rest = rest
+        .split_once(" # ")
+        .map_or(rest, |(value, _exemplar)| value);
     let mut fields = rest.split_whitespace();
     let value = fields.next()?;
     let mut sample = format!("{} {value}", &line[..end]);

@@ -159,7 +159,10 @@ impl Gateway {
         // any device is exposed.
         let mut sockets = Vec::new();
         for service in &policy.services {
-            sockets.push((service.clone(), reload::bind(service, policy.listen_backlog)?));
+            sockets.push((
+                service.clone(),
+                reload::bind(service, policy.listen_backlog)?,
+            ));
         }
         let admin = match policy.admin_listen {
             Some(addr) => Some(

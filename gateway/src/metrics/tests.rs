@@ -15,15 +15,21 @@ fn negotiation_prefers_openmetrics_only_when_asked() {
     assert!(!prefers_openmetrics(""));
     assert!(!prefers_openmetrics("*/*"));
     assert!(!prefers_openmetrics("text/plain;version=0.0.4"));
-    assert!(!prefers_openmetrics("text/html,application/xhtml+xml,*/*;q=0.8"));
+    assert!(!prefers_openmetrics(
+        "text/html,application/xhtml+xml,*/*;q=0.8"
+    ));
     // A tie goes to plain text; q=0 means "not this one".
     assert!(!prefers_openmetrics(
         "application/openmetrics-text;q=0.5,text/plain;q=0.5"
     ));
     assert!(!prefers_openmetrics("application/openmetrics-text;q=0"));
     // The exact media range beats a wildcard, whatever their order.
-    assert!(prefers_openmetrics("*/*;q=0.9,text/plain;q=0.1,application/*;q=0.5"));
-    assert!(!prefers_openmetrics("application/*;q=0.9,application/openmetrics-text;q=0"));
+    assert!(prefers_openmetrics(
+        "*/*;q=0.9,text/plain;q=0.1,application/*;q=0.5"
+    ));
+    assert!(!prefers_openmetrics(
+        "application/*;q=0.9,application/openmetrics-text;q=0"
+    ));
 }
 
 #[test]
@@ -37,7 +43,10 @@ fn render_serves_the_content_type_that_matches_the_body() {
     let (ty, body) = m.render("");
     assert_eq!(ty, PROMETHEUS_TEXT);
     assert!(!body.contains("# EOF"), "{body}");
-    assert!(body.contains("# TYPE moat_connections_total counter\n"), "{body}");
+    assert!(
+        body.contains("# TYPE moat_connections_total counter\n"),
+        "{body}"
+    );
     assert!(body.contains(
         "moat_connections_total{device=\"ct\",service=\"dicom\",outcome=\"fd_exhausted\"} 1\n"
     ));

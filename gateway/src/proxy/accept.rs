@@ -113,7 +113,10 @@ impl Default for Backoff {
 pub enum Accepted {
     Conn(TcpStream, SocketAddr),
     /// Accepted and closed at once: moat is out of file descriptors.
-    Shed { client: SocketAddr, error: String },
+    Shed {
+        client: SocketAddr,
+        error: String,
+    },
 }
 
 /// Accepts on one listener with back-off and shedding.
@@ -144,10 +147,12 @@ impl Acceptor {
     /// future loses no accepted connection.
     pub async fn accept(&mut self) -> Accepted {
         loop {
+            // The reserve is lost when a task claims it while it is
+            // released: take it back the first time a descriptor is free.
+            keep_reserve();
             let e = match self.listener.accept().await {
                 Ok((socket, client)) => {
                     self.backoff.reset();
-                    keep_reserve();
                     return Accepted::Conn(socket, client);
                 }
                 Err(e) if is_connection_error(&e) => continue,
@@ -155,6 +160,7 @@ impl Acceptor {
             };
             if is_fd_exhaustion(&e) {
                 if let Some(client) = self.shed().await {
+                    self.backoff.reset();
                     crate::warn_limited!(listen = %self.listen, error = %e,
                         "out of file descriptors: refusing new connections (raise LimitNOFILE)");
                     return Accepted::Shed {

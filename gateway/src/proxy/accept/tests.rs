@@ -18,8 +18,12 @@ fn backoff_doubles_to_a_second_and_resets() {
 
 #[test]
 fn only_emfile_and_enfile_are_descriptor_exhaustion() {
-    assert!(is_fd_exhaustion(&io::Error::from_raw_os_error(libc::EMFILE)));
-    assert!(is_fd_exhaustion(&io::Error::from_raw_os_error(libc::ENFILE)));
+    assert!(is_fd_exhaustion(&io::Error::from_raw_os_error(
+        libc::EMFILE
+    )));
+    assert!(is_fd_exhaustion(&io::Error::from_raw_os_error(
+        libc::ENFILE
+    )));
     assert!(!is_fd_exhaustion(&io::Error::from_raw_os_error(
         libc::ECONNREFUSED
     )));
