@@ -82,6 +82,23 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / per_second)
 }
 
+/// Starts the process with at most `n` open files.
+fn max_files(c: &mut Command, n: libc::rlim_t) {
+    // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(io::Error::last_os_error()),
+            }
+        });
+    }
+}
+
 /// Refused promptly: EOF or reset, not an answer and not a hang.
 fn refused(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -99,21 +116,7 @@ fn out_of_descriptors_moat_refuses_promptly_without_spinning_or_flooding_its_log
     let echo = echo_upstream();
     let extra = "max_connections = 1000\nhandshake_timeout = \"60s\"\n";
     let path = config(&ws, "", &dicom(&ws, echo.addr, extra));
-    let mut moat = Moat::start_file_with(&path, &["dicom"], |c| {
-        // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
-        unsafe {
-            c.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 64,
-                    rlim_max: 64,
-                };
-                match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
-                    0 => Ok(()),
-                    _ => Err(io::Error::last_os_error()),
-                }
-            });
-        }
-    });
+    let mut moat = Moat::start_file_with(&path, &["dicom"], |c| max_files(c, 64));
     let (to, admin, pid) = (moat.addr("dicom"), moat.admin.unwrap(), moat.pid());
 
     // Clients that never start their handshake hold a descriptor each.
@@ -209,6 +212,98 @@ fn out_of_descriptors_moat_refuses_promptly_without_spinning_or_flooding_its_log
     tls.read_exact(&mut echoed).unwrap();
     assert_eq!(&echoed, b"ping");
     moat.terminate();
+}
+
+#[test]
+fn a_device_socket_moat_cannot_open_is_fd_exhausted_not_an_unreachable_device() {
+    // Two limits, an odd and an even one: whatever moat's own descriptors
+    // count, one of them reaches the device connect directly, the other
+    // after a shed.
+    let mut paths = [false, false];
+    for limit in [64, 65] {
+        paths[usize::from(device_connect_exhausts(limit))] = true;
+    }
+    assert_eq!(paths, [true, true], "both ways to the device connect");
+}
+
+/// Fills moat (at most `limit` files) until a connection to the device
+/// cannot be opened. True if that happened without a shed first.
+fn device_connect_exhausts(limit: libc::rlim_t) -> bool {
+    let ws = Workspace::new();
+    let echo = echo_upstream();
+    let device = http_device::serve(|r| format!("{} {}\n", r.method, r.path));
+    let body = format!(
+        "[[device]]\nid = \"lis\"\nname = \"LIS\"\n[[device.service]]\nname = \"hl7\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"127.0.0.1/32\"]\nplaintext = true\nmax_connections = 1000\n\n{}",
+        echo.addr,
+        web_ui(device.addr)
+    );
+    let path = config(&ws, "", &body);
+    let moat = Moat::start_file_with(&path, &["hl7", "ui"], |c| max_files(c, limit));
+    let (hl7, ui) = (moat.addr("hl7"), moat.addr("ui"));
+    let upstream = echo.addr.to_string();
+    // How a connection from `s` ended up: "allowed", or the denial.
+    let settled = |s: &TcpStream| {
+        let client = s.local_addr().unwrap().to_string();
+        wait_for(&format!("the fate of {client}"), || {
+            moat.audit_lines().into_iter().find(|e| {
+                e["client"] == client.as_str()
+                    && matches!(
+                        e["event"].as_str(),
+                        Some("connection_allowed" | "connection_denied")
+                    )
+            })
+        })
+    };
+
+    // A relayed connection holds two descriptors (client and device), so
+    // filling moat one connection at a time ends in one of two ways: no
+    // descriptor left to accept with (shed), or exactly one, enough for
+    // the client but not for the device.
+    let mut held = Vec::new();
+    let denied = loop {
+        assert!(held.len() < 64, "never ran out of descriptors");
+        let s = TcpStream::connect(hl7).unwrap();
+        let fate = settled(&s);
+        if fate["event"] == "connection_denied" {
+            break fate;
+        }
+        held.push(s);
+    };
+    assert_eq!(denied["reason"], "fd_exhausted", "{denied}");
+    let direct = denied["detail"].as_str().unwrap().contains(&upstream);
+    let denied = if direct {
+        denied
+    } else {
+        // Shed: free two descriptors, take one with a client that needs
+        // no device socket yet (an HTTP connection), and try again.
+        let gone = held.pop().unwrap();
+        let gone_addr = gone.local_addr().unwrap();
+        drop(gone);
+        moat.wait_for_client("connection_closed", gone_addr);
+        let web = TcpStream::connect(ui).unwrap();
+        assert_eq!(settled(&web)["event"], "connection_allowed");
+        held.push(web);
+        let s = TcpStream::connect(hl7).unwrap();
+        settled(&s)
+    };
+    assert_eq!(denied["event"], "connection_denied", "{denied}");
+    assert_eq!(denied["reason"], "fd_exhausted", "{denied}");
+    assert!(
+        denied["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{upstream}: Too many open files")),
+        "{denied}"
+    );
+    assert!(moat
+        .events("connection_denied")
+        .iter()
+        .all(|e| e["reason"] != "upstream_unreachable"));
+    assert!(moat
+        .stderr()
+        .contains("out of file descriptors: connection refused"));
+    drop(held);
+    direct
 }
 
 /// Send-Q of a listening socket is its accept queue's length.
