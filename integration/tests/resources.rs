@@ -260,12 +260,12 @@ fn device_connect_exhausts(limit: libc::rlim_t) -> bool {
     // descriptor left to accept with (shed), or exactly one, enough for
     // the client but not for the device.
     let mut held = Vec::new();
-    let denied = loop {
+    let (denied, mut last) = loop {
         assert!(held.len() < 64, "never ran out of descriptors");
         let s = TcpStream::connect(hl7).unwrap();
         let fate = settled(&s);
         if fate["event"] == "connection_denied" {
-            break fate;
+            break (fate, s);
         }
         held.push(s);
     };
@@ -283,8 +283,8 @@ fn device_connect_exhausts(limit: libc::rlim_t) -> bool {
         let web = TcpStream::connect(ui).unwrap();
         assert_eq!(settled(&web)["event"], "connection_allowed");
         held.push(web);
-        let s = TcpStream::connect(hl7).unwrap();
-        settled(&s)
+        last = TcpStream::connect(hl7).unwrap();
+        settled(&last)
     };
     assert_eq!(denied["event"], "connection_denied", "{denied}");
     assert_eq!(denied["reason"], "fd_exhausted", "{denied}");
@@ -302,6 +302,25 @@ fn device_connect_exhausts(limit: libc::rlim_t) -> bool {
     assert!(moat
         .stderr()
         .contains("out of file descriptors: connection refused"));
+
+    // The same for the pool towards an HTTP device. Once moat has closed
+    // the client above, one descriptor is free: a web client takes it,
+    // and none is left for the device connection of its request.
+    assert!(closed_without_data(&mut last));
+    let mut web = TcpStream::connect(ui).unwrap();
+    assert_eq!(settled(&web)["event"], "connection_allowed");
+    write!(
+        web,
+        "GET /status HTTP/1.1\r\nHost: cam\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = web.read_to_end(&mut answer);
+    assert_eq!(parse_reply(&answer).status, 503);
+    let client = web.local_addr().unwrap();
+    let request = moat.wait_for_client("http_request", client);
+    assert_eq!(request["reason"], "fd_exhausted", "{request}");
+    assert_eq!(device.accepted(), 0);
     drop(held);
     direct
 }
