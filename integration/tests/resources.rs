@@ -148,18 +148,18 @@ fn out_of_descriptors_moat_refuses_promptly_without_spinning_or_flooding_its_log
     // free for a moment, such as one the shedding of another listener
     // releases.)
     let (cpu_before, window) = (cpu_time(pid), Instant::now());
-    let (mut answered, mut refused) = (0, 0);
+    let (mut answered, mut turned_away) = (0, 0);
     for _ in 0..200 {
         match get(admin, "/healthz", None) {
             Ok(r) if r.starts_with("HTTP/1.1 200") => answered += 1,
-            Ok(r) if r.is_empty() => refused += 1,
+            Ok(r) if r.is_empty() => turned_away += 1,
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
                 ) =>
             {
-                refused += 1
+                turned_away += 1
             }
             other => panic!("a probe neither answered nor refused: {other:?}"),
         }
@@ -168,8 +168,8 @@ fn out_of_descriptors_moat_refuses_promptly_without_spinning_or_flooding_its_log
     std::thread::sleep(Duration::from_secs(1));
     let (cpu, window) = (cpu_time(pid) - cpu_before, window.elapsed());
     assert!(
-        refused >= 150,
-        "{refused} probes refused, {answered} answered: not out of descriptors?"
+        turned_away >= 150,
+        "{turned_away} probes refused, {answered} answered: not out of descriptors?"
     );
     assert!(
         cpu < window / 4,
