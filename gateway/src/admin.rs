@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::{ReloadOutcome, Reloader, Runtime, Trigger};
+use crate::proxy::accept::{Accepted, Acceptor};
 
 /// `POST /reload`: the same path as SIGHUP and file changes; answers with
 /// the outcome (200 applied or unchanged, 422 rejected with the errors).
@@ -30,15 +31,14 @@ pub async fn serve(
     reloader: Arc<Reloader>,
     stop: CancellationToken,
 ) {
+    let mut acceptor = Acceptor::new(listener);
     loop {
-        let (socket, _) = tokio::select! {
+        let socket = tokio::select! {
             _ = stop.cancelled() => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
+            a = acceptor.accept() => match a {
+                Accepted::Conn(socket, _) => socket,
+                // Out of descriptors: closed at once (and logged, limited).
+                Accepted::Shed { .. } => continue,
             },
         };
         let rt = rt.clone();
@@ -77,10 +77,21 @@ fn route(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .audit_dropped
                 .inner()
                 .store(rt.audit.dropped(), std::sync::atomic::Ordering::Relaxed);
-            let mut r = Response::new(Full::new(Bytes::from(rt.metrics.encode())));
+            let accept: Vec<&str> = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let (content_type, body) = rt.metrics.render(&accept.join(","));
+            let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                hyper::header::HeaderValue::from_static(content_type),
+            );
+            r.headers_mut().insert(
+                hyper::header::VARY,
+                hyper::header::HeaderValue::from_static("accept"),
             );
             r
         }

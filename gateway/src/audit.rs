@@ -356,7 +356,7 @@ fn write_loop(
                         if let Err(e) = out.write_all(&line) {
                             // Counted with the queue drops: the record is lost either way.
                             lost.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %e, "writing audit trail failed");
+                            crate::error_limited!(error = %e, "writing audit trail failed");
                         }
                     }
                 }
@@ -368,7 +368,7 @@ fn write_loop(
             next = rx.try_recv().ok();
         }
         if let Err(e) = out.flush() {
-            tracing::error!(error = %e, "flushing audit trail failed");
+            crate::error_limited!(error = %e, "flushing audit trail failed");
         }
     }
 }

@@ -135,8 +135,11 @@ async fn start_legacy_device() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
+        // Backs off on accept errors like moat's own listeners.
+        let mut acceptor = crate::proxy::accept::Acceptor::new(listener);
         loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
+            let crate::proxy::accept::Accepted::Conn(mut socket, _) = acceptor.accept().await
+            else {
                 continue;
             };
             tokio::spawn(async move {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod controls;
 pub mod demo;
 pub mod gateway;
+pub mod log_limit;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

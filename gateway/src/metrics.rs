@@ -42,6 +42,7 @@ pub struct Metrics {
     pub policy_version: Gauge,
     pub reloads: Family<ReloadLabels, Counter>,
     pub requests: Family<OutcomeLabels, Counter>,
+    pub tls_handshakes: Family<ServiceLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +61,7 @@ impl Metrics {
         let policy_version = Gauge::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let requests = Family::<OutcomeLabels, Counter>::default();
+        let tls_handshakes = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "connections",
             "Connections by outcome (allowed or denial reason)",
@@ -87,6 +89,11 @@ impl Metrics {
             "HTTP requests by outcome (allowed or denial reason)",
             requests.clone(),
         );
+        registry.register(
+            "tls_handshakes_in_progress",
+            "TLS handshakes under way; each holds a descriptor and a connection slot",
+            tls_handshakes.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -96,7 +103,22 @@ impl Metrics {
             policy_version,
             reloads,
             requests,
+            tls_handshakes,
         }
+    }
+
+    /// Counts a TLS handshake in progress until the guard is dropped, on
+    /// whichever path the handshake ends.
+    pub fn tls_handshake(&self, device: &str, service: &str) -> InProgress {
+        let gauge = self
+            .tls_handshakes
+            .get_or_create(&ServiceLabels {
+                device: device.to_string(),
+                service: service.to_string(),
+            })
+            .clone();
+        gauge.inc();
+        InProgress(gauge)
     }
 
     pub fn reload(&self, result: &'static str) {
@@ -139,12 +161,174 @@ impl Metrics {
             .clone()
     }
 
+    /// The registry in OpenMetrics text (what prometheus-client writes).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// A scrape's answer for its `Accept` header: (content type, body).
+    /// OpenMetrics when the client prefers it (Prometheus does), otherwise
+    /// the Prometheus text format 0.0.4 that every scraper and `curl` reads.
+    pub fn render(&self, accept: &str) -> (&'static str, String) {
+        let body = self.encode();
+        if prefers_openmetrics(accept) {
+            (OPENMETRICS, body)
+        } else {
+            (PROMETHEUS_TEXT, to_prometheus_text(&body))
+        }
+    }
+}
+
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A decrement on drop; see [`Metrics::tls_handshake`].
+pub struct InProgress(Gauge);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Whether `accept` ranks OpenMetrics above plain text. A media range
+/// named exactly beats `type/*`, which beats `*/*` (RFC 9110 12.5.1); a tie
+/// or no preference gets plain text.
+pub fn prefers_openmetrics(accept: &str) -> bool {
+    // Best q for: exact, type/*, */*. Index 0: OpenMetrics, 1: text.
+    let mut q = [[None::<f32>; 3]; 2];
+    for range in accept.split(',') {
+        let mut params = range.split(';');
+        let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
+        let weight = params
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, v)| v.trim().parse::<f32>().unwrap_or(0.0));
+        let slots: &[(usize, usize)] = match media.as_str() {
+            "application/openmetrics-text" => &[(0, 0)],
+            "text/plain" => &[(1, 0)],
+            "application/*" => &[(0, 1)],
+            "text/*" => &[(1, 1)],
+            "*/*" => &[(0, 2), (1, 2)],
+            _ => &[],
+        };
+        for &(format, level) in slots {
+            let best = q[format][level].get_or_insert(weight);
+            *best = best.max(weight);
+        }
+    }
+    let rank = |levels: [Option<f32>; 3]| levels.into_iter().flatten().next().unwrap_or(0.0);
+    let (openmetrics, text) = (rank(q[0]), rank(q[1]));
+    openmetrics > 0.0 && openmetrics > text
+}
+
+/// OpenMetrics text → Prometheus text format 0.0.4: a counter family is
+/// named with its `_total` suffix in HELP and TYPE, `_created` samples,
+/// exemplars, `# UNIT` and `# EOF` are left out, `unknown` is `untyped`,
+/// and timestamps are milliseconds.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut types = std::collections::HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some((name, ty)) = line.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
+            types.insert(name, ty);
+        }
+    }
+    // The 0.0.4 name of a family and its type there.
+    let family = |name: &str| -> (String, &'static str) {
+        match types.get(name).copied() {
+            Some("counter") => (format!("{name}_total"), "counter"),
+            Some("gauge") => (name.to_string(), "gauge"),
+            Some("histogram") => (name.to_string(), "histogram"),
+            Some("summary") => (name.to_string(), "summary"),
+            Some("info") => (format!("{name}_info"), "gauge"),
+            Some("stateset") => (name.to_string(), "gauge"),
+            _ => (name.to_string(), "untyped"),
+        }
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_once(' ').map_or(rest, |(n, _)| n);
+            let (name, ty) = family(name);
+            out.push_str(&format!("# TYPE {name} {ty}\n"));
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {}\n", family(name).0, help_004(help)));
+        } else if line.starts_with('#') || line.is_empty() {
+            // # UNIT, # EOF, comments.
+        } else if let Some(sample) = sample_line(line, &types) {
+            out.push_str(&sample);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// 0.0.4 help text escapes only `\\` and `\n`; OpenMetrics also `\"`.
+fn help_004(help: &str) -> String {
+    let mut out = String::with_capacity(help.len());
+    let mut chars = help.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('"') => out.push('"'),
+            Some(next) => {
+                out.push('\\');
+                out.push(next);
+            }
+            // A lone trailing backslash, escaped for 0.0.4.
+            None => out.push_str("\\\\"),
+        }
+    }
+    out
+}
+
+/// One OpenMetrics sample in 0.0.4 form, or `None` for one to leave out.
+fn sample_line(line: &str, types: &std::collections::HashMap<&str, &str>) -> Option<String> {
+    let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+    let name = &line[..name_end];
+    if let Some(base) = name.strip_suffix("_created") {
+        if matches!(
+            types.get(base),
+            Some(&("counter" | "histogram" | "summary"))
+        ) {
+            return None;
+        }
+    }
+    // The label set, skipping quoted values (which may hold `}` or ` # `).
+    let mut end = name_end;
+    if line[name_end..].starts_with('{') {
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, c) in line[name_end..].char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                '}' if !quoted => {
+                    end = name_end + i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    let rest = &line[end..];
+    let rest = rest
+        .split_once(" # ")
+        .map_or(rest, |(value, _exemplar)| value);
+    let mut fields = rest.split_whitespace();
+    let value = fields.next()?;
+    let mut sample = format!("{} {value}", &line[..end]);
+    if let Some(ts) = fields.next().and_then(|t| t.parse::<f64>().ok()) {
+        sample.push_str(&format!(" {}", (ts * 1000.0).round() as i64));
+    }
+    Some(sample)
 }
 
 impl Default for Metrics {
@@ -152,3 +336,6 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -40,6 +40,10 @@ pub struct GatewaySection {
     /// cut-short file must never switch every listener off.
     #[serde(default)]
     pub allow_no_devices: bool,
+    /// Length of every listener's accept queue (services and admin); the
+    /// kernel caps it at `net.core.somaxconn`.
+    #[serde(default = "default_listen_backlog")]
+    pub listen_backlog: Spanned<u32>,
 }
 
 impl Default for GatewaySection {
@@ -48,8 +52,13 @@ impl Default for GatewaySection {
             audit_log: default_audit_log(),
             shutdown_grace: default_shutdown_grace(),
             allow_no_devices: false,
+            listen_backlog: default_listen_backlog(),
         }
     }
+}
+
+fn default_listen_backlog() -> Spanned<u32> {
+    Spanned::new(0..0, 4096)
 }
 
 fn default_audit_log() -> Spanned<String> {

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -160,12 +159,14 @@ impl Gateway {
         // any device is exposed.
         let mut sockets = Vec::new();
         for service in &policy.services {
-            sockets.push((service.clone(), reload::bind(service).await?));
+            sockets.push((
+                service.clone(),
+                reload::bind(service, policy.listen_backlog)?,
+            ));
         }
         let admin = match policy.admin_listen {
             Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
+                crate::proxy::accept::bind(addr, policy.listen_backlog)
                     .with_context(|| format!("admin: cannot listen on {addr}"))?,
             ),
             None => None,

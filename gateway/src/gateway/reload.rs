@@ -66,8 +66,8 @@ pub struct Reloader {
     tracker: TaskTracker,
 }
 
-pub(super) async fn bind(service: &Service) -> Result<TcpListener> {
-    TcpListener::bind(service.listen).await.with_context(|| {
+pub(super) fn bind(service: &Service, backlog: u32) -> Result<TcpListener> {
+    proxy::accept::bind(service.listen, backlog).with_context(|| {
         format!(
             "{}/{}: cannot listen on {}",
             service.device.id, service.name, service.listen
@@ -179,6 +179,11 @@ impl Reloader {
         for (what, changed) in [
             ("gateway.audit_log", new.audit_log != old.audit_log),
             ("admin.listen", new.admin_listen != old.admin_listen),
+            // Listeners a reload starts use the new value at once.
+            (
+                "gateway.listen_backlog",
+                new.listen_backlog != old.listen_backlog,
+            ),
         ] {
             if changed {
                 tracing::warn!(
@@ -211,7 +216,7 @@ impl Reloader {
         };
         let mut bound = Vec::new();
         for service in &to_start {
-            match bind(service).await {
+            match bind(service, new.listen_backlog) {
                 Ok(l) => bound.push((service.clone(), l)),
                 Err(e) => return self.reject(trigger, &old, vec![format!("{e:#}")]),
             }

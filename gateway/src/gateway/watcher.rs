@@ -40,7 +40,7 @@ pub fn spawn(reloader: Arc<Reloader>, stop: CancellationToken) -> Option<JoinHan
                 notify_wake.notify_one()
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "file watcher error"),
+            Err(e) => crate::warn_limited!(error = %e, "file watcher error"),
         });
     let mut watcher = match watcher {
         Ok(w) => w,

@@ -20,6 +20,10 @@ use crate::config::{self, did_you_mean, netfile, ConfigError, ConfigErrors, Load
 use crate::controls::rate::{LimitsPolicy, RateSpec};
 use crate::tls;
 
+/// Longer accept queues are of no use: the kernel caps them at
+/// `net.core.somaxconn` anyway (4096 by default since Linux 5.4).
+const MAX_LISTEN_BACKLOG: u32 = 65535;
+
 /// Reads `path` (and every file it names) and compiles it.
 pub fn load(path: &Path, version: u64) -> Result<Policy, ConfigErrors> {
     let loaded = config::load(path)?;
@@ -81,6 +85,11 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
              (set gateway.allow_no_devices = true to run with none on purpose)",
         );
         c.errors.push(e);
+    }
+    let backlog = &file.gateway.listen_backlog;
+    if !(1..=MAX_LISTEN_BACKLOG).contains(backlog.get_ref()) {
+        let msg = format!("must be between 1 and {MAX_LISTEN_BACKLOG}");
+        c.err(backlog.span(), "gateway.listen_backlog", msg);
     }
 
     let mut devices = Vec::new();
@@ -197,6 +206,7 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
         content_hash,
         audit_log,
         shutdown_grace: file.gateway.shutdown_grace.0,
+        listen_backlog: *backlog.get_ref(),
         admin_listen,
         devices,
         services,

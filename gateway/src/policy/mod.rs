@@ -26,6 +26,8 @@ pub struct Policy {
     pub content_hash: String,
     pub audit_log: AuditTarget,
     pub shutdown_grace: Duration,
+    /// The accept queue length every listener is bound with.
+    pub listen_backlog: u32,
     pub admin_listen: Option<SocketAddr>,
     pub devices: Vec<Arc<Device>>,
     pub services: Vec<Arc<Service>>,

@@ -526,8 +526,11 @@ fn classify_upstream_error(e: &UpstreamError, service: &Service) -> Denial {
     // body error behind hyper's "error from user's Body stream".
     let mut detail = format!("{}: {e}", service.upstream);
     let mut timed_out = matches!(e, UpstreamError::ConnectTimeout(_));
+    // Out of descriptors is moat's own failure, not the device's.
+    let mut fd_exhausted = false;
     if let UpstreamError::Connect(io) | UpstreamError::Tls(io) = e {
         timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+        fd_exhausted |= super::accept::is_fd_exhaustion(io);
     }
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
@@ -537,11 +540,14 @@ fn classify_upstream_error(e: &UpstreamError, service: &Service) -> Denial {
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            fd_exhausted |= super::accept::is_fd_exhaustion(io);
         }
         detail.push_str(&format!(": {err}"));
         source = err.source();
     }
-    let reason = if timed_out {
+    let reason = if fd_exhausted {
+        Reason::FdExhausted
+    } else if timed_out {
         Reason::UpstreamTimeout
     } else {
         Reason::UpstreamUnreachable

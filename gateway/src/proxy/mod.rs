@@ -4,6 +4,7 @@
 
 pub mod headers;
 pub(crate) mod client_body;
+pub mod accept;
 pub mod http;
 pub(crate) mod relay;
 pub mod tcp;
@@ -16,6 +17,16 @@ use crate::controls::{Denial, Reason};
 /// stderr too. Called only for denials the audit trail wrote on their own,
 /// so a dead device under load cannot flood the log either.
 pub(crate) fn log_device_failure(conn: &ConnMeta, denial: &Denial) {
+    if denial.reason == Reason::FdExhausted {
+        // moat's own limit, not the device: one line now and then is enough.
+        crate::warn_limited!(
+            device = %conn.device,
+            service = %conn.service,
+            detail = denial.detail.as_deref().unwrap_or(""),
+            "out of file descriptors: connection refused (raise LimitNOFILE)"
+        );
+        return;
+    }
     if matches!(
         denial.reason,
         Reason::UpstreamUnreachable | Reason::UpstreamTimeout

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,6 +12,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::accept::{self, Accepted, Acceptor};
 use super::relay::relay;
 use crate::audit::{ConnMeta, Event, TlsInfo};
 use crate::config::schema::Protocol;
@@ -32,23 +32,16 @@ pub async fn accept_loop(
     rt: Arc<Runtime>,
     stop: CancellationToken,
 ) {
-    let listen = listener
-        .local_addr()
-        .expect("bound listener has an address");
+    let mut acceptor = Acceptor::new(listener);
+    let listen = acceptor.local_addr();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
-            a = listener.accept() => a,
+            a = acceptor.accept() => a,
         };
-        let (socket, client) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and similar: back off briefly
-                // instead of spinning on a failing accept.
-                tracing::warn!(error = %e, %listen, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let (socket, client, shed) = match accepted {
+            Accepted::Conn(socket, client) => (Some(socket), client, None),
+            Accepted::Shed { client, error } => (None, client, Some(error)),
         };
         let service = rt.service(&id);
         if let Some(s) = &service {
@@ -61,9 +54,13 @@ pub async fn accept_loop(
             client,
             listen,
         };
-        let Some(service) = service else {
-            // Published away between this accept and the listener stopping.
-            deny(&rt, conn, Denial::new(Reason::ServiceRemoved), None, None);
+        let (Some(service), Some(socket)) = (service, socket) else {
+            let denial = match shed {
+                Some(error) => Denial::with_detail(Reason::FdExhausted, error),
+                // Published away between this accept and the listener stopping.
+                None => Denial::new(Reason::ServiceRemoved),
+            };
+            deny(&rt, conn, denial, None, None);
             continue;
         };
         let state = rt.state(&key);
@@ -105,8 +102,12 @@ async fn handle(
     };
 
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
+    // It holds a descriptor and a connection slot: visible while it lasts.
+    let handshaking = rt.metrics.tls_handshake(&conn.device, &conn.service);
     let handshake = timeout(service.handshake_timeout, acceptor.accept(socket));
-    let Some(handshake) = or_hard_stop(&rt, handshake).await else {
+    let handshake = or_hard_stop(&rt, handshake).await;
+    drop(handshaking);
+    let Some(handshake) = handshake else {
         return deny(&rt, conn, Denial::new(Reason::GatewayShutdown), None, None);
     };
     let stream = match handshake {
@@ -196,10 +197,14 @@ async fn connect_upstream(
             let _ = s.set_nodelay(true);
             return Some(s);
         }
-        Some(Ok(Err(e))) => Denial::with_detail(
-            Reason::UpstreamUnreachable,
-            format!("{}: {e}", service.upstream),
-        ),
+        Some(Ok(Err(e))) => {
+            let reason = if accept::is_fd_exhaustion(&e) {
+                Reason::FdExhausted
+            } else {
+                Reason::UpstreamUnreachable
+            };
+            Denial::with_detail(reason, format!("{}: {e}", service.upstream))
+        }
         Some(Err(_)) => Denial::with_detail(
             Reason::UpstreamTimeout,
             format!(

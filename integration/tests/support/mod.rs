@@ -102,17 +102,28 @@ impl Moat {
     }
 
     pub fn start_file(config: &Path, services: &[&str]) -> Moat {
+        Self::start_file_with(config, services, |_| {})
+    }
+
+    /// Like `start_file`, with `tweak` applied to the command first (limits,
+    /// environment).
+    pub fn start_file_with(
+        config: &Path,
+        services: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Moat {
         let audit = config.parent().unwrap().join("audit.jsonl");
         let _ = std::fs::remove_file(&audit);
-        let mut child = Command::new(moat_bin())
+        let mut command = Command::new(moat_bin());
+        command
             .args(["run", "-c"])
             .arg(config)
             .env("MOAT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning moat");
+            .stderr(Stdio::piped());
+        tweak(&mut command);
+        let mut child = command.spawn().expect("spawning moat");
         let stderr = Arc::new(std::sync::Mutex::new(String::new()));
         let pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();

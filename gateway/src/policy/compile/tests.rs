@@ -329,3 +329,21 @@ fn body_rate_and_gap_defaults_and_errors() {
         "{e:?}"
     );
 }
+
+#[test]
+fn listen_backlog_defaults_to_4096_and_must_be_sane() {
+    let f = Fixture::new();
+    let body = service("allow = [\"10.0.0.0/8\"]\nplaintext = true\n");
+    assert_eq!(f.compile(&body).unwrap().listen_backlog, 4096);
+    let set = |n: &str| format!("[gateway]\nlisten_backlog = {n}\n{body}");
+    assert_eq!(f.compile(&set("100")).unwrap().listen_backlog, 100);
+    for bad in ["0", "70000"] {
+        let errors = f.errors(&set(bad));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("moat.toml:2") && errors[0].contains("gateway.listen_backlog"),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("between 1 and 65535"), "{errors:?}");
+    }
+}
