@@ -311,7 +311,7 @@ fn device_connect_exhausts(limit: libc::rlim_t) -> bool {
     assert_eq!(settled(&web)["event"], "connection_allowed");
     write!(
         web,
-        "GET /status HTTP/1.1\r\nHost: cam\r\nConnection: close\r\n\r\n"
+        "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = Vec::new();
