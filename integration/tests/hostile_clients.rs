@@ -277,8 +277,10 @@ fn a_slow_body_is_cut_after_body_read_timeout_and_frees_its_device_slot() {
     let addr = moat.addr("ui");
     // Holds the one device slot with a body that stops coming.
     let mut slow = connect_from("127.0.0.1", addr);
-    slow.write_all(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n0123456789")
-        .unwrap();
+    slow.write_all(
+        b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .unwrap();
     wait_for("the slow body at the device", || {
         let conns = device.connections_with("POST /slow ");
         conns

@@ -2,9 +2,9 @@
 //! (DICOM, HL7 MLLP, anything) over `relay`; `http` is the L7 proxy for
 //! device web UIs, reaching the device through `upstream`'s pool.
 
-pub mod headers;
-pub(crate) mod client_body;
 pub mod accept;
+pub(crate) mod client_body;
+pub mod headers;
 pub mod http;
 pub(crate) mod relay;
 pub mod tcp;
