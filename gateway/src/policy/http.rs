@@ -68,15 +68,20 @@ pub struct RequestRule {
 }
 
 impl RequestRule {
+    pub fn matches_method(&self, method: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(method)
+    }
+
+    /// Method and path, the path case-sensitively.
     pub fn matches(&self, method: &Method, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method)) && self.path.matches(path)
+        self.matches_method(method) && self.path.matches(path)
     }
 }
 
 /// A path pattern: `*` matches any run of characters, `/` included;
-/// everything else matches itself, ignoring ASCII case. Patterns are matched against the
-/// normalised path (dot segments resolved, `//` collapsed, percent-escapes
-/// of unreserved characters decoded), never the raw request target.
+/// everything else matches itself. Kept as written, and matched either
+/// case-sensitively or ignoring ASCII case, against the normalised path
+/// (see `controls::request::normalize_path`), never the raw request target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob(String);
 
@@ -85,24 +90,35 @@ impl Glob {
         if !pattern.starts_with('/') && !pattern.starts_with('*') {
             return Err(format!("{pattern:?} must start with '/' or '*'"));
         }
-        Ok(Glob(pattern.to_ascii_lowercase()))
+        Ok(Glob(pattern.to_owned()))
     }
 
     pub fn matches(&self, path: &str) -> bool {
-        glob_match(self.0.as_bytes(), path.as_bytes())
+        glob_match::<false>(self.0.as_bytes(), path.as_bytes())
+    }
+
+    pub fn matches_ignoring_case(&self, path: &str) -> bool {
+        glob_match::<true>(self.0.as_bytes(), path.as_bytes())
     }
 }
 
 /// Iterative wildcard match with single-star backtracking: linear in
 /// practice, no recursion, no allocation.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+fn glob_match<const FOLD: bool>(pattern: &[u8], text: &[u8]) -> bool {
+    let same = |a: u8, b: u8| {
+        if FOLD {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
+    };
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
         if p < pattern.len() && pattern[p] == b'*' {
             star = Some((p, t));
             p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
+        } else if p < pattern.len() && same(pattern[p], text[t]) {
             p += 1;
             t += 1;
         } else if let Some((sp, st)) = star {

@@ -24,6 +24,15 @@ fn without_star_the_match_is_exact() {
 }
 
 #[test]
+fn patterns_are_kept_as_written_and_match_with_or_without_case() {
+    assert!(g("/Admin/*").matches("/Admin/x"));
+    assert!(!g("/Admin/*").matches("/admin/x"));
+    assert!(g("/Admin/*").matches_ignoring_case("/admin/X"));
+    assert!(g("*.CGI").matches_ignoring_case("/cgi-bin/a.cgi"));
+    assert!(!g("/admin").matches_ignoring_case("/admin/"));
+}
+
+#[test]
 fn patterns_must_be_absolute() {
     assert!(Glob::new("firmware/*").is_err());
     assert!(Glob::new("*.cgi").is_ok());
