@@ -253,3 +253,33 @@ fn an_allow_rule_covers_only_its_own_spelling_where_case_matters() {
     }
     assert_eq!(*s.seen.lock().unwrap(), ["GET /ok"]);
 }
+
+/// A pattern that spells a character otherwise than normalised paths do
+/// would be a rule that never matches: `moat check` names it.
+#[test]
+fn a_pattern_that_could_never_match_is_a_config_error() {
+    let ws = Workspace::new();
+    for (pattern, why) in [
+        ("/pump list/*", "write ' ' as %20"),
+        ("/%66irmware/*", "write 'f' rather than %66"),
+        ("/firmware%2Fx", "can never match"),
+    ] {
+        let config = CONFIG.replace("DEVICE", "127.0.0.1:9").replacen(
+            "\"/firmware/*\"",
+            &format!("{pattern:?}"),
+            1,
+        );
+        let out = Command::new(moat_bin())
+            .args(["check", "-c"])
+            .arg(ws.write("moat.toml", &config))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{pattern}: {err}");
+        assert!(
+            err.contains("moat.toml:17:8:") && err.contains(why),
+            "{pattern}: {err}"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use http::{HeaderMap, Method};
 
 use super::{Denial, Reason};
 use crate::config::schema::RuleAction;
-use crate::policy::http::{HttpPolicy, RequestRule};
+use crate::policy::http::{is_pchar, HttpPolicy, RequestRule};
 
 /// The method on its own, before anything reads the target: `CONNECT
 /// host:port` has no path, and moat is never a forward proxy. Methods are
@@ -137,29 +137,6 @@ fn without_params(path: &str) -> Cow<'_, str> {
     }
     Cow::Owned(out)
 }
-
-/// Characters a normalised path carries as they are (RFC 3986 `pchar`
-/// less `%`). Every other byte appears percent-encoded in upper-case hex,
-/// so each character has exactly one spelling for the rules to match.
-fn is_pchar(b: u8) -> bool {
-    PCHAR[b as usize]
-}
-
-const PCHAR: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = (i as u8).is_ascii_alphanumeric();
-        i += 1;
-    }
-    let others = b"-._~!$&'()*+,;=:@";
-    let mut j = 0;
-    while j < others.len() {
-        t[others[j] as usize] = true;
-        j += 1;
-    }
-    t
-};
 
 /// The path the rules see and the device receives: percent-escapes of
 /// `pchar` characters decoded, other characters encoded, empty segments
