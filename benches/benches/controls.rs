@@ -89,6 +89,11 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // The rules alone, on a plain path (the common case).
+    c.bench_function("request_rules_plain_path", |b| {
+        b.iter(|| request::check_rules(http, &Method::GET, black_box("/pumps/12/status")).unwrap())
+    });
+
     // Limits that never trigger, so every check is a full GCRA update:
     // one client over and over, and 10k clients in turn (the keyed map's
     // lookup with a realistic spread of keys).

@@ -8,7 +8,7 @@ use http::{HeaderMap, Method};
 
 use super::{Denial, Reason};
 use crate::config::schema::RuleAction;
-use crate::policy::http::HttpPolicy;
+use crate::policy::http::{is_pchar, HttpPolicy, RequestRule};
 
 /// The method on its own, before anything reads the target: `CONNECT
 /// host:port` has no path, and moat is never a forward proxy. Methods are
@@ -59,27 +59,73 @@ pub fn check_request(
     check_rules(policy, method, path)
 }
 
-/// The first rule matching `method` and the normalised `path` decides;
-/// none matching allows. Also re-run for open WebSocket tunnels when a new
-/// policy is published.
+/// Rules are evaluated against every reading a common web server may give
+/// the normalised `path` (see [`normalize_path`] for the forms refused
+/// before): as it is, case-sensitively (nginx, Apache); without
+/// `;parameters` (Tomcat, Jetty, IIS 6's `a.asp;.jpg`); and each of those
+/// ignoring ASCII case (IIS, embedded stacks). The first rule matching
+/// `method` decides each reading, none matching allows, and the request is
+/// refused if any reading's decision is a deny. Also re-run for open
+/// WebSocket tunnels when a new policy is published.
 pub fn check_rules(policy: &HttpPolicy, method: &Method, path: &str) -> Result<(), Denial> {
-    let key = match_form(path);
-    match policy.rules.iter().find(|r| r.matches(method, &key)) {
-        Some(rule) if rule.action == RuleAction::Deny => Err(Denial::with_detail(
-            Reason::RequestDenied,
-            rule.text.clone(),
-        )),
-        _ => Ok(()),
+    check_reading(policy, method, path, false)?;
+    if let Cow::Owned(bare) = without_params(path) {
+        check_reading(policy, method, &bare, true)?;
     }
+    Ok(())
 }
 
-/// What rules are matched against: the normalised path, lower-cased, with
-/// `;parameters` dropped from each segment. Device web servers are often
-/// case-insensitive (IIS, embedded stacks) or strip path parameters
-/// (Java's `;jsessionid=`), so `/ADMIN;x/config` must meet the rule for
-/// `/admin/*`. Patterns are lower-cased when compiled.
-pub fn match_form(path: &str) -> Cow<'_, str> {
-    if !path.bytes().any(|b| b.is_ascii_uppercase() || b == b';') {
+/// The case-sensitive and the case-insensitive reading of one path, in one
+/// pass: a case-sensitive match is also a case-insensitive one, so until
+/// the case-insensitive reading is decided only that needs matching.
+fn check_reading(
+    policy: &HttpPolicy,
+    method: &Method,
+    path: &str,
+    bare: bool,
+) -> Result<(), Denial> {
+    let deny = |rule: &RequestRule, case_ignored: bool| {
+        let detail = match (bare, case_ignored) {
+            (false, false) => rule.text.clone(),
+            (true, false) => format!("{} (path read without ;parameters)", rule.text),
+            (false, true) => format!("{} (path read ignoring case)", rule.text),
+            (true, true) => format!(
+                "{} (path read without ;parameters, ignoring case)",
+                rule.text
+            ),
+        };
+        Err(Denial::with_detail(Reason::RequestDenied, detail))
+    };
+    let mut folded_decided = false;
+    for rule in policy.rules.iter().filter(|r| r.matches_method(method)) {
+        if !folded_decided {
+            if !rule.path.matches_ignoring_case(path) {
+                continue;
+            }
+            let exact = rule.path.matches(path);
+            if rule.action == RuleAction::Deny {
+                return deny(rule, !exact);
+            }
+            if exact {
+                return Ok(());
+            }
+            folded_decided = true;
+        } else if rule.path.matches(path) {
+            return match rule.action {
+                RuleAction::Deny => deny(rule, false),
+                RuleAction::Allow => Ok(()),
+            };
+        }
+    }
+    Ok(())
+}
+
+/// The path as servers that drop `;parameters` from each segment read it
+/// (Java's `;jsessionid=`). [`normalize_path`] has refused segments that
+/// are empty or dot segments once their parameters are gone, so no
+/// segment vanishes here.
+fn without_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
         return Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
@@ -87,72 +133,83 @@ pub fn match_form(path: &str) -> Cow<'_, str> {
         if i > 0 {
             out.push('/');
         }
-        out.push_str(&seg.split(';').next().unwrap_or("").to_ascii_lowercase());
+        out.push_str(seg.split(';').next().unwrap_or(""));
     }
     Cow::Owned(out)
 }
 
-/// The path the rules see and the device receives: dot segments resolved,
-/// empty segments collapsed, percent-escapes of unreserved characters
-/// decoded. Encoded `/`, `\` or NUL, and raw `\`, are refused outright:
-/// devices disagree on what they mean, and a rule could be bypassed.
+/// The path the rules see and the device receives: percent-escapes of
+/// `pchar` characters decoded, other characters encoded, empty segments
+/// collapsed, dot segments resolved.
+///
+/// Refused with `400 bad_request`, because common servers read them in
+/// different ways and a rule could be bypassed (docs/security.md, "How
+/// rules read a path"): an encoded `/`, `\`, `%` or `;`; a raw `\`; any
+/// non-ASCII or control byte, raw or encoded; a segment that is empty or a
+/// dot segment once its `;parameters` are dropped (`..;`, `.;x`, `;x`); a
+/// segment ending in `.` or a space (Windows drops them); `~` and a digit
+/// (a Windows 8.3 short name); `::` or `:$` (an NTFS data stream); and a
+/// `..` that would remove an empty segment (`/a//../b`: `/b` where `//` is
+/// merged, `/a/b` where it is not).
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
     let bad = |why: &str| Denial::with_detail(Reason::BadRequest, format!("path {raw:?}: {why}"));
     if !raw.starts_with('/') {
         return Err(bad("not an absolute path"));
     }
-    // Most paths are already normal: no escapes, no empty or dot segments.
-    let b = raw.as_bytes();
-    let plain = !b.iter().any(|&c| c == b'%' || c == b'\\')
-        && !raw.contains("//")
-        && !raw.split('/').any(|seg| seg == "." || seg == "..");
-    if plain {
+    // Most paths are already normal: pchars only, no empty or dot segments.
+    if raw.bytes().all(|b| b == b'/' || is_pchar(b)) && check_segments(raw).map_err(bad)? {
         return Ok(Cow::Borrowed(raw));
     }
     let mut decoded = String::with_capacity(raw.len());
     let bytes = raw.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = raw
-                    .get(i + 1..i + 3)
-                    .ok_or_else(|| bad("truncated percent-escape"))?;
-                let b = u8::from_str_radix(hex, 16).map_err(|_| bad("invalid percent-escape"))?;
-                match b {
-                    b'/' | b'\\' | 0 => return Err(bad("encoded '/', '\\' or NUL")),
-                    // An encoded '%' is a second layer of encoding: a device
-                    // that decodes twice would see what the rules did not.
-                    b'%' => return Err(bad("encoded '%'")),
-                    b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
-                        decoded.push(b as char)
-                    }
-                    b => decoded.push_str(&format!("%{b:02X}")),
-                }
-                i += 3;
-            }
+        let (b, encoded) = if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                .ok_or_else(|| bad("malformed percent-escape"))?;
+            i += 3;
+            let hex = std::str::from_utf8(hex).expect("hex digits");
+            (u8::from_str_radix(hex, 16).expect("hex digits"), true)
+        } else {
+            i += 1;
+            (bytes[i - 1], false)
+        };
+        match b {
+            b'/' if !encoded => decoded.push('/'),
+            b'/' => return Err(bad("encoded '/'")),
             b'\\' => return Err(bad("backslash")),
-            _ => {
-                // Multi-byte UTF-8 is copied byte-for-byte via the str slice.
-                let ch = raw[i..].chars().next().expect("in bounds");
-                decoded.push(ch);
-                i += ch.len_utf8();
-            }
+            // An encoded '%' is a second layer of encoding: a device that
+            // decodes twice would see what the rules did not.
+            b'%' => return Err(bad("encoded '%'")),
+            // Some servers decode before they drop ;parameters.
+            b';' if encoded => return Err(bad("encoded ';'")),
+            0..=0x1f | 0x7f => return Err(bad("control character")),
+            // Servers disagree on anything beyond ASCII (best-fit mapping,
+            // overlong UTF-8 such as %c0%ae).
+            0x80.. => return Err(bad("non-ASCII byte")),
+            b if is_pchar(b) => decoded.push(b as char),
+            b => decoded.push_str(&format!("%{b:02X}")),
         }
     }
-    let mut segments: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
+    check_segments(&decoded).map_err(bad)?;
+    // Every segment, even one a later '..' removes, was checked above.
+    let mut stack: Vec<&str> = Vec::new();
+    for seg in decoded.split('/').skip(1) {
         match seg {
-            "" | "." => {}
+            "." => {}
             ".." => {
-                segments.pop();
+                if stack.pop() == Some("") {
+                    return Err(bad("'..' after an empty segment"));
+                }
             }
-            s => segments.push(s),
+            s => stack.push(s),
         }
     }
     let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     let mut out = String::with_capacity(decoded.len());
-    for s in &segments {
+    for s in stack.iter().filter(|s| !s.is_empty()) {
         out.push('/');
         out.push_str(s);
     }
@@ -160,6 +217,41 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Denial> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// Refuses the segments servers read in different ways (see
+/// [`normalize_path`]); otherwise tells whether the path is already
+/// normal: no empty segment inside it, no dot segment. One pass over the
+/// bytes: this runs for every request.
+fn check_segments(path: &str) -> Result<bool, &'static str> {
+    let b = path.as_bytes();
+    let trimmed = |s: &[u8]| s.ends_with(b".") || s.ends_with(b"%20");
+    let mut normal = true;
+    let mut start = 1;
+    for i in 1..=b.len() {
+        if i < b.len() && b[i] != b'/' {
+            match (b[i - 1], b[i]) {
+                (b'~', c) if c.is_ascii_digit() => {
+                    return Err("a Windows short name ('~' and a digit)")
+                }
+                (b':', b':' | b'$') => return Err("an NTFS data stream ('::' or ':$')"),
+                _ => continue,
+            }
+        }
+        let seg = &b[start..i];
+        start = i + 1;
+        let name = seg.split(|&c| c == b';').next().unwrap_or_default();
+        match seg {
+            b"" => normal &= i == b.len(),
+            b"." | b".." => normal = false,
+            _ if matches!(name, b"" | b"." | b"..") => {
+                return Err("an empty or dot segment once ;parameters are dropped")
+            }
+            _ if trimmed(seg) || trimmed(name) => return Err("a segment ending in '.' or a space"),
+            _ => {}
+        }
+    }
+    Ok(normal)
 }
 
 #[cfg(test)]

@@ -18,6 +18,27 @@ fn normalisation_resolves_what_could_bypass_a_rule() {
     assert_eq!(n("/dir/").unwrap(), "/dir/");
     assert_eq!(n("/").unwrap(), "/");
     assert_eq!(n("/a%20b").unwrap(), "/a%20b");
+    assert_eq!(n("/a/..%2F").map_err(|_| ()), Err(()));
+}
+
+#[test]
+fn each_character_has_one_spelling() {
+    // pchars decoded, everything else encoded in upper-case hex.
+    assert_eq!(n("/api/%24batch").unwrap(), "/api/$batch");
+    assert_eq!(n("/a%3d%40%3A%21").unwrap(), "/a=@:!");
+    assert_eq!(n("/%7Euser").unwrap(), "/~user");
+    assert_eq!(n("/a%7cb").unwrap(), "/a%7Cb");
+    assert_eq!(n("/a|b\"{}x").unwrap(), "/a%7Cb%22%7B%7Dx");
+    assert_eq!(n("/a%3fb%23c").unwrap(), "/a%3Fb%23c");
+    // Already normal: returned as it is, without allocating.
+    assert!(matches!(
+        normalize_path("/a;x=1/b").unwrap(),
+        Cow::Borrowed(_)
+    ));
+    assert!(matches!(
+        normalize_path("/pumps/12/status").unwrap(),
+        Cow::Borrowed(_)
+    ));
 }
 
 #[test]
@@ -29,10 +50,67 @@ fn ambiguous_paths_are_refused() {
         "/a%00",
         "/a%zz",
         "/a%2",
+        "/a%+1",
         "*",
         "firmware",
+        // what Tomcat and Jetty read as dot or empty segments
+        "/a/..;/firmware/x",
+        "/a/..;x=1/firmware/x",
+        "/a/.;/firmware/x",
+        "/a/%2e%2e;/firmware/x",
+        "/a/;x/../firmware/x",
+        "/;jsessionid=1",
+        // decoded before ;parameters are dropped, by some
+        "/firmware%3bx/y",
+        "/firmware%3Bx/y",
+        // what Windows trims
+        "/firmware./x",
+        "/firmware%2e/x",
+        "/firmware%20/x",
+        "/firmware.%20/x",
+        "/firmware...",
+        "/firmware.;x/y",
+        "/firmware;x./y",
+        // NTFS data streams and 8.3 short names
+        "/firmware/x::$DATA",
+        "/cfg.ini:$DATA",
+        "/cfg.ini:s:$DATA",
+        "/FIRMWA~1/x",
+        "/FIRMWA%7e1/x",
+        // beyond ASCII, controls
+        "/%c0%ae%c0%ae/firmware/x",
+        "/caf%C3%A9",
+        "/caf\u{e9}",
+        "/a%09b",
+        "/a%7f",
+        "/a%1b",
+        // a second layer of encoding
+        "/a%252e",
+        // '..' over an empty segment: /x or /a/x, by whether '//' is merged
+        "/a//../x",
+        "/a/.//../x",
     ] {
         assert_eq!(n(p), Err(Reason::BadRequest), "{p}");
+    }
+    let d = normalize_path("/a/..;/firmware/x").unwrap_err();
+    assert!(d.detail.unwrap().contains("dot segment"));
+}
+
+#[test]
+fn near_misses_stay_allowed() {
+    for (raw, normal) in [
+        ("/a/./b/../c", "/a/c"),
+        ("/a.b/c.html", "/a.b/c.html"),
+        ("/a%20b/c", "/a%20b/c"),
+        ("/.well-known/x", "/.well-known/x"),
+        ("/a;jsessionid=1/b", "/a;jsessionid=1/b"),
+        ("/~user/x", "/~user/x"),
+        ("/a~b1", "/a~b1"),
+        ("/api/v1/pump:start", "/api/v1/pump:start"),
+        ("/a//b/../c", "/a/c"),
+        ("/..", "/"),
+    ] {
+        assert_eq!(n(raw).as_deref(), Ok(normal), "{raw}");
     }
 }
 
@@ -121,18 +199,69 @@ fn limits_and_connect() {
     assert!(check_method(&Method::POST).is_ok());
 }
 
+fn rule(action: RuleAction, methods: &[&str], path: &str) -> RequestRule {
+    RequestRule {
+        action,
+        methods: methods.iter().map(|m| m.parse().unwrap()).collect(),
+        path: Glob::new(path).unwrap(),
+        text: format!("{action:?} {} {path}", methods.join(",")),
+    }
+}
+
+fn denied(p: &HttpPolicy, method: Method, path: &str) -> Option<String> {
+    check_rules(p, &method, path).err().map(|d| {
+        assert_eq!(d.reason, Reason::RequestDenied);
+        d.detail.unwrap()
+    })
+}
+
 #[test]
 fn rules_see_through_case_and_path_parameters() {
     let p = policy(vec![deny_post_firmware()]);
-    let h = HeaderMap::new();
-    for path in [
-        "/FIRMWARE/upload",
-        "/firmware;x=1/upload",
-        "/Firmware;jsessionid=ab/up",
-    ] {
-        let d = check_request(&p, &Method::POST, path, &h).unwrap_err();
-        assert_eq!(d.reason, Reason::RequestDenied, "{path}");
-    }
-    assert_eq!(match_form("/a/b"), "/a/b");
-    assert_eq!(match_form("/A;x/b;y=2"), "/a/b");
+    assert_eq!(
+        denied(&p, Method::POST, "/FIRMWARE/upload").unwrap(),
+        "deny post /firmware/* (path read ignoring case)"
+    );
+    assert_eq!(
+        denied(&p, Method::POST, "/firmware;x=1/upload").unwrap(),
+        "deny post /firmware/* (path read without ;parameters)"
+    );
+    assert_eq!(
+        denied(&p, Method::POST, "/Firmware;jsessionid=ab/up").unwrap(),
+        "deny post /firmware/* (path read without ;parameters, ignoring case)"
+    );
+    assert_eq!(without_params("/a/b"), "/a/b");
+    assert_eq!(without_params("/A;x/b;y=2;z"), "/A/b");
 }
+
+#[test]
+fn every_reading_gets_its_own_first_match() {
+    use RuleAction::{Allow, Deny};
+    // Lower-casing alone let /OK through: a case-sensitive device serves
+    // another resource for /OK than the allowed /ok.
+    let p = policy(vec![rule(Allow, &["GET"], "/ok"), rule(Deny, &[], "*")]);
+    assert_eq!(denied(&p, Method::GET, "/ok"), None);
+    assert_eq!(denied(&p, Method::GET, "/OK").unwrap(), "Deny  *");
+    assert!(denied(&p, Method::GET, "/ok;x").is_some());
+    // A pattern is kept as written and also met ignoring case.
+    let p = policy(vec![rule(Deny, &[], "/Admin/*")]);
+    assert!(denied(&p, Method::GET, "/admin/x").is_some());
+    assert!(denied(&p, Method::GET, "/ADMIN/x").is_some());
+    assert_eq!(denied(&p, Method::GET, "/admins/x"), None);
+    // An allow for the exact spelling, a deny for any other.
+    let p = policy(vec![
+        rule(Allow, &[], "/Status"),
+        rule(Deny, &[], "/status"),
+    ]);
+    assert_eq!(denied(&p, Method::GET, "/Status"), None);
+    assert!(denied(&p, Method::GET, "/status").is_some());
+    // No spelling is denied where it is allowed ignoring case, and no
+    // rule names /STATUS as written.
+    assert_eq!(denied(&p, Method::GET, "/STATUS"), None);
+    // A ;parameter an allow rule names does not shield the bare path's deny.
+    let p = policy(vec![rule(Allow, &[], "/a;v=1/*"), rule(Deny, &[], "/a/*")]);
+    assert!(denied(&p, Method::GET, "/a;v=1/x").is_some());
+    assert_eq!(denied(&p, Method::GET, "/b;v=1/x"), None);
+}
+
+mod readings;

@@ -24,9 +24,47 @@ fn without_star_the_match_is_exact() {
 }
 
 #[test]
+fn patterns_are_kept_as_written_and_match_with_or_without_case() {
+    assert!(g("/Admin/*").matches("/Admin/x"));
+    assert!(!g("/Admin/*").matches("/admin/x"));
+    assert!(g("/Admin/*").matches_ignoring_case("/admin/X"));
+    assert!(g("*.CGI").matches_ignoring_case("/cgi-bin/a.cgi"));
+    assert!(!g("/admin").matches_ignoring_case("/admin/"));
+}
+
+#[test]
 fn patterns_must_be_absolute() {
     assert!(Glob::new("firmware/*").is_err());
     assert!(Glob::new("*.cgi").is_ok());
+}
+
+#[test]
+fn patterns_spell_characters_as_normalised_paths_do() {
+    for ok in [
+        "/a%20b/*",
+        "/api/$batch",
+        "/a;v=1/*",
+        "/pump:start",
+        "/~user/*",
+        "/x%7C",
+    ] {
+        assert!(Glob::new(ok).is_ok(), "{ok}");
+    }
+    for (bad, why) in [
+        ("/%66irmware/*", "write 'f' rather than %66"),
+        ("/a%2fb", "write a percent-escape as %XX"),
+        ("/a%2", "write a percent-escape as %XX"),
+        ("/a%2F", "paths with %2F are refused"),
+        ("/a%3B", "paths with %3B are refused"),
+        ("/a b", "write ' ' as %20"),
+        ("/a|b", "write '|' as %7C"),
+        ("/a\\b", "paths with '\\\\' are refused"),
+        ("/caf\u{e9}", "beyond ASCII"),
+        ("/a%C3%A9", "paths with %C3 are refused"),
+    ] {
+        let e = Glob::new(bad).unwrap_err();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
 }
 
 #[test]
