@@ -1187,7 +1187,7 @@ fn rapid_reset_clients_are_disconnected() {
     });
     assert!(sent < 1000, "moat kept accepting resets: {sent}");
     let closed = moat.wait_for_client("connection_closed", local);
-    assert_eq!(closed["closed_by"], "error");
+    assert_eq!(closed["closed_by"], "protocol_abuse");
     assert!(
         closed["error"].as_str().unwrap().contains("rapid reset"),
         "{closed}"

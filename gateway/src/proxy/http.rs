@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::h2_guard::{self, H2Guard};
 use super::relay::{Activity, Metered, RelayOutcome};
 use super::upstream::{UpstreamClient, UpstreamError};
 use crate::audit::{ClosedBy, ConnMeta, Event};
@@ -59,7 +60,9 @@ where
         .as_ref()
         .expect("an HTTP service has an HTTP policy");
     let activity = Activity::new();
-    let io = TokioIo::new(Metered::client(client, activity.clone()));
+    // Below hyper: h2 control-frame floods end with GOAWAY (h2_guard.rs).
+    let (guarded, verdict) = H2Guard::new(Metered::client(client, activity.clone()));
+    let io = TokioIo::new(guarded);
     let client_ip = session.conn.client.ip().to_canonical();
     let proto = if session.tls { "https" } else { "http" };
     let node = match client_ip {
@@ -123,9 +126,10 @@ where
     tokio::pin!(revoked);
     let mut revocation = None;
     let (mut closed_by, mut error) = tokio::select! {
-        res = connection.as_mut() => match res {
-            Ok(()) => (ClosedBy::Client, None),
-            Err(e) => classify_connection_error(e, &live),
+        res = connection.as_mut() => match (verdict.abuse(), res) {
+            (Some(detail), _) => (ClosedBy::ProtocolAbuse, Some(detail.to_string())),
+            (None, Ok(())) => (ClosedBy::Client, None),
+            (None, Err(e)) => classify_connection_error(e, &live),
         },
         _ = activity.idle_expired(idle) => (ClosedBy::IdleTimeout, None),
         // hyper's header timer covers HTTP/1 heads only; this one also
@@ -136,7 +140,12 @@ where
         _ = rt.hard_stop.cancelled() => (ClosedBy::Shutdown, None),
         _ = live.abusive.cancelled() => {
             let detail = format!("over {ABANDONED_LIMIT} abandoned requests (rapid reset?)");
-            (ClosedBy::Error, Some(detail))
+            if verdict.cut(detail.clone()) {
+                // The guard sends GOAWAY and fails hyper's IO within its
+                // linger; the extra second only bounds a stuck hyper.
+                let _ = tokio::time::timeout(h2_guard::LINGER + Duration::from_secs(1), connection.as_mut()).await;
+            }
+            (ClosedBy::ProtocolAbuse, Some(detail))
         }
         d = &mut revoked => {
             revocation = Some(d);

@@ -2,6 +2,7 @@
 //! (DICOM, HL7 MLLP, anything) over `relay`; `http` is the L7 proxy for
 //! device web UIs, reaching the device through `upstream`'s pool.
 
+pub(crate) mod h2_guard;
 pub mod http;
 pub(crate) mod relay;
 pub mod tcp;

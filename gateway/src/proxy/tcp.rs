@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::relay::relay;
-use crate::audit::{ConnMeta, Event, TlsInfo};
+use crate::audit::{ClosedBy, ConnMeta, Event, TlsInfo};
 use crate::config::schema::Protocol;
 use crate::controls::{self, ConnFacts, Denial, Reason};
 use crate::gateway::{Runtime, ServiceKey};
@@ -281,6 +281,10 @@ async fn serve_protocol<C>(
         });
     }
 
+    if outcome.closed_by == ClosedBy::ProtocolAbuse {
+        rt.metrics
+            .outcome(&conn.device, &conn.service, Err(Reason::ProtocolAbuse));
+    }
     rt.metrics.active.get_or_create(&labels).dec();
     for (direction, n) in [
         ("from_client", outcome.bytes_from_client),
