@@ -105,6 +105,10 @@ where
         // moat's own header limits answer 431 with an audit record; hyper's
         // are only the outer bound.
         .max_headers(http.max_headers + 16)
+        // The read buffer must hold a request head up to hyper's outer
+        // bound; the same figure caps what hyper buffers towards a slow
+        // reader (400 KiB by default: most of a megabyte per connection).
+        .max_buf_size((http.max_header_bytes * 2 + 8192).max(SERVER_BUF))
         .keep_alive(true);
     builder
         .http2()
@@ -114,7 +118,13 @@ where
         // Rapid reset (CVE-2023-44487): a client that keeps resetting
         // streams is disconnected.
         .max_pending_accept_reset_streams(Some(20))
-        .max_local_error_reset_streams(Some(64));
+        .max_local_error_reset_streams(Some(64))
+        // What waits for a slow reader's window, per stream (400 KiB by
+        // default), and what an upload may park in moat before the device
+        // takes it (1 MiB per stream and per connection by default).
+        .max_send_buf_size(H2_SEND_BUF)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW);
     let connection = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(connection);
 
@@ -172,6 +182,15 @@ where
     tunnels.wait().await;
     RelayOutcome::new(&activity, closed_by, error, revocation)
 }
+
+/// Buffering towards slow clients (issue 10; docs/benchmarks.md, "Slow
+/// readers"): moat reads from the device only as fast as the client takes
+/// the response, holding at most about this much per connection (h1) or
+/// stream (h2) on the way.
+const SERVER_BUF: usize = 32 * 1024;
+const H2_SEND_BUF: usize = 64 * 1024;
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONN_WINDOW: u32 = 512 * 1024;
 
 /// Resolves if no request has arrived `limit` after the connection opened.
 async fn first_request_overdue(live: &Live, limit: Duration) {

@@ -117,11 +117,21 @@ async fn handle(
             );
         }
     };
+    let mut stream = stream;
+    if service.protocol == Protocol::Http {
+        // Encrypted records waiting for a slow HTTP reader (64 KiB by
+        // default); the kernel's socket buffer holds the rest.
+        stream.get_mut().1.set_buffer_limit(Some(HTTP_TLS_BUFFER));
+    }
     let (info, identity) = describe_tls(&stream);
     let facts = ConnFacts::new(conn.client.ip(), &service, Some(stream.get_ref().1));
     let admitted = Admitted { id, facts, matched };
     serve_protocol(stream, service, conn, admitted, Some(info), identity, rt).await;
 }
+
+/// rustls' limit on unsent TLS records for `http` services (issue 10:
+/// slow readers; docs/benchmarks.md).
+const HTTP_TLS_BUFFER: usize = 32 * 1024;
 
 /// What a relayed connection was admitted under, for re-checks on reload.
 struct Admitted {

@@ -215,8 +215,9 @@ async fn a_cut_from_outside_sends_goaway_on_h2() {
     let (mut client, server) = duplex(1 << 16);
     let server = tokio::spawn(async move {
         let (mut guard, verdict) = H2Guard::new(server);
-        let mut buf = vec![0; 64];
-        guard.read(&mut buf).await.unwrap();
+        // The preface and the HEADERS of stream 3.
+        let mut buf = vec![0; PREFACE.len() + 10];
+        guard.read_exact(&mut buf).await.unwrap();
         let v = verdict.clone();
         let reading = tokio::spawn(async move {
             let mut buf = vec![0; 64];
@@ -227,6 +228,7 @@ async fn a_cut_from_outside_sends_goaway_on_h2() {
                 }
             }
         });
+        // Parked in a read when the cut comes.
         tokio::task::yield_now().await;
         assert!(v.cut("rapid reset".into()));
         reading.await.unwrap()
