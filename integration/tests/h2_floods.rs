@@ -9,7 +9,8 @@ use serde_json::Value;
 use support::*;
 
 /// A raw h2 client: preface, SETTINGS, one GET, waits for its answer, then
-/// `count` frames of `kind` (`settings` or `ping`) in batches, reading
+/// `count` frames of `kind` (`settings`, `ping`, `priority` or
+/// `window_update`) in batches, reading
 /// between them; stops at GOAWAY. Prints what it saw as JSON.
 const FLOODER: &str = r#"
 import json, select, socket, ssl, struct, sys, time
@@ -50,7 +51,12 @@ def read_some(block):
 deadline = time.time() + 15
 try:
     while not seen["response"] and time.time() < deadline: read_some(True)
-    one = frame(4, 0, 0, struct.pack(">HI", 3, 100)) if kind == "settings" else frame(6, 0, 0, b"12345678")
+    one = {
+        "settings": frame(4, 0, 0, struct.pack(">HI", 3, 100)),
+        "ping": frame(6, 0, 0, b"12345678"),
+        "priority": frame(2, 0, 1, struct.pack(">IB", 0, 15)),
+        "window_update": frame(8, 0, 0, struct.pack(">I", 1)),
+    }[kind]
     while seen["sent"] < count and seen["goaway"] is None and not seen["eof"]:
         n = min(500, count - seen["sent"])
         s.sendall(one * n); seen["sent"] += n
@@ -161,6 +167,17 @@ fn ping_flood_over_tls_and_settings_flood_over_h2c_are_cut_too() {
     assert_cut(&moat, &seen, "PING", "ui");
     let seen = flood(&ws, moat.addr("plain"), false, "settings", 200_000);
     assert_cut(&moat, &seen, "SETTINGS", "plain");
+}
+
+/// Frames that ask for no answer cost moat CPU all the same.
+#[test]
+fn priority_and_window_update_floods_are_cut() {
+    let ws = Workspace::new();
+    let (moat, _dev) = start(&ws);
+    let seen = flood(&ws, moat.addr("ui"), true, "priority", 500_000);
+    assert_cut(&moat, &seen, "PRIORITY", "ui");
+    let seen = flood(&ws, moat.addr("plain"), false, "window_update", 500_000);
+    assert_cut(&moat, &seen, "WINDOW_UPDATE", "plain");
 }
 
 /// Browsers and ordinary clients: many requests and a large download on
