@@ -482,6 +482,17 @@ impl H2State {
         };
     }
 
+    /// Gives up on a cut connection once its linger is over, even while
+    /// hyper only writes (h2 reads nothing until its writes are flushed,
+    /// and a client that stops reading would keep them pending).
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) {
+        if let Phase::Calm { deadline, .. } | Phase::Linger { deadline } = &mut self.phase {
+            if deadline.as_mut().poll(cx).is_ready() {
+                self.phase = Phase::Closed;
+            }
+        }
+    }
+
     /// hyper wrote `bytes`.
     fn wrote(&mut self, bytes: &[u8]) {
         let data_out = &mut self.data_out;
@@ -546,6 +557,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<S> {
         let Mode::H2(st) = &mut this.mode else {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         };
+        st.poll_deadline(cx);
         let limit = match &st.phase {
             Phase::Normal => buf.len(),
             Phase::Calm { .. } => match st.outbound.room() {
@@ -567,7 +579,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Mode::H2(st) = &this.mode {
+        if let Mode::H2(st) = &mut this.mode {
+            st.poll_deadline(cx);
             match st.phase {
                 Phase::Normal => {}
                 Phase::Calm { .. } if st.outbound.room().is_some() => {}

@@ -136,10 +136,9 @@ where
     tokio::pin!(revoked);
     let mut revocation = None;
     let (mut closed_by, mut error) = tokio::select! {
-        res = connection.as_mut() => match (verdict.abuse(), res) {
-            (Some(detail), _) => (ClosedBy::ProtocolAbuse, Some(detail.to_string())),
-            (None, Ok(())) => (ClosedBy::Client, None),
-            (None, Err(e)) => classify_connection_error(e, &live),
+        res = connection.as_mut() => match res {
+            Ok(()) => (ClosedBy::Client, None),
+            Err(e) => classify_connection_error(e, &live),
         },
         _ = activity.idle_expired(idle) => (ClosedBy::IdleTimeout, None),
         // hyper's header timer covers HTTP/1 heads only; this one also
@@ -162,6 +161,13 @@ where
             (ClosedBy::Revoked, None)
         }
     };
+    // hyper ends a cut connection with an I/O error, or the client may
+    // idle first (it stopped reading): the abuse is why it was closed.
+    if let Some(detail) = verdict.abuse() {
+        if !matches!(closed_by, ClosedBy::Revoked | ClosedBy::Shutdown) {
+            (closed_by, error) = (ClosedBy::ProtocolAbuse, Some(detail.to_string()));
+        }
+    }
     // A WebSocket upgrade hands the socket to a tunnel task; the connection
     // lasts as long as the tunnel does, and ends with it however it ends.
     let tunnels = &live.tunnels;
