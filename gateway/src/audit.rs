@@ -58,6 +58,9 @@ pub enum ClosedBy {
     Revoked,
     /// An HTTP client did not send a complete request head in time.
     HeaderTimeout,
+    /// An h2 client flooded control frames or reset streams by the hundred:
+    /// cut with GOAWAY `ENHANCE_YOUR_CALM`.
+    ProtocolAbuse,
     Error,
 }
 

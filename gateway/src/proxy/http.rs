@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::h2_guard::{self, H2Guard};
 use super::headers::{harden, strip_hop_by_hop};
 use super::relay::{Activity, Metered, RelayOutcome};
 use super::upstream::{UpstreamClient, UpstreamError};
@@ -63,7 +64,9 @@ where
         .as_ref()
         .expect("an HTTP service has an HTTP policy");
     let activity = Activity::new();
-    let io = TokioIo::new(Metered::client(client, activity.clone()));
+    // Below hyper: h2 control-frame floods end with GOAWAY (h2_guard.rs).
+    let (guarded, verdict) = H2Guard::new(Metered::client(client, activity.clone()));
+    let io = TokioIo::new(guarded);
     let client_ip = session.conn.client.ip().to_canonical();
     let proto = if session.tls { "https" } else { "http" };
     let node = match client_ip {
@@ -106,6 +109,10 @@ where
         // moat's own header limits answer 431 with an audit record; hyper's
         // are only the outer bound.
         .max_headers(http.max_headers + 16)
+        // The read buffer must hold a request head up to hyper's outer
+        // bound; the same figure caps what hyper buffers towards a slow
+        // reader (400 KiB by default: most of a megabyte per connection).
+        .max_buf_size((http.max_header_bytes * 2 + 8192).max(SERVER_BUF))
         .keep_alive(true);
     builder
         .http2()
@@ -115,7 +122,13 @@ where
         // Rapid reset (CVE-2023-44487): a client that keeps resetting
         // streams is disconnected.
         .max_pending_accept_reset_streams(Some(20))
-        .max_local_error_reset_streams(Some(64));
+        .max_local_error_reset_streams(Some(64))
+        // What waits for a slow reader's window, per stream (400 KiB by
+        // default), and what an upload may park in moat before the device
+        // takes it (1 MiB per stream and per connection by default).
+        .max_send_buf_size(H2_SEND_BUF)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW);
     let connection = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(connection);
 
@@ -140,13 +153,25 @@ where
         _ = rt.hard_stop.cancelled() => (ClosedBy::Shutdown, None),
         _ = live.abusive.cancelled() => {
             let detail = format!("over {ABANDONED_LIMIT} abandoned requests (rapid reset?)");
-            (ClosedBy::Error, Some(detail))
+            if verdict.cut(detail.clone()) {
+                // The guard sends GOAWAY and fails hyper's IO within its
+                // linger; the extra second only bounds a stuck hyper.
+                let _ = tokio::time::timeout(h2_guard::LINGER + Duration::from_secs(1), connection.as_mut()).await;
+            }
+            (ClosedBy::ProtocolAbuse, Some(detail))
         }
         d = &mut revoked => {
             revocation = Some(d);
             (ClosedBy::Revoked, None)
         }
     };
+    // hyper ends a cut connection with an I/O error, or the client may
+    // idle first (it stopped reading): the abuse is why it was closed.
+    if let Some(detail) = verdict.abuse() {
+        if !matches!(closed_by, ClosedBy::Revoked | ClosedBy::Shutdown) {
+            (closed_by, error) = (ClosedBy::ProtocolAbuse, Some(detail.to_string()));
+        }
+    }
     // A WebSocket upgrade hands the socket to a tunnel task; the connection
     // lasts as long as the tunnel does, and ends with it however it ends.
     let tunnels = &live.tunnels;
@@ -167,6 +192,15 @@ where
     tunnels.wait().await;
     RelayOutcome::new(&activity, closed_by, error, revocation)
 }
+
+/// Buffering towards slow clients (issue 10; docs/benchmarks.md, "Slow
+/// readers"): moat reads from the device only as fast as the client takes
+/// the response, holding at most about this much per connection (h1) or
+/// stream (h2) on the way.
+const SERVER_BUF: usize = 32 * 1024;
+const H2_SEND_BUF: usize = 64 * 1024;
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONN_WINDOW: u32 = 512 * 1024;
 
 /// Resolves if no request has arrived `limit` after the connection opened.
 async fn first_request_overdue(live: &Live, limit: Duration) {

@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub(crate) mod client_body;
+pub(crate) mod h2_guard;
 pub mod headers;
 pub mod http;
 pub(crate) mod relay;

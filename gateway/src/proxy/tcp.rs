@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::accept::{self, Accepted, Acceptor};
 use super::relay::relay;
-use crate::audit::{ConnMeta, Event, TlsInfo};
+use crate::audit::{ClosedBy, ConnMeta, Event, TlsInfo};
 use crate::config::schema::Protocol;
 use crate::controls::{self, ConnFacts, Denial, Reason};
 use crate::gateway::{Runtime, ServiceKey};
@@ -124,6 +124,12 @@ async fn handle(
             );
         }
     };
+    let mut stream = stream;
+    if service.protocol == Protocol::Http {
+        // Encrypted records waiting for a slow HTTP reader (64 KiB by
+        // default); the kernel's socket buffer holds the rest.
+        stream.get_mut().1.set_buffer_limit(Some(HTTP_TLS_BUFFER));
+    }
     let (info, identity) = describe_tls(&stream);
     let facts = ConnFacts::new(conn.client.ip(), &service, Some(stream.get_ref().1));
     let admitted = Admitted {
@@ -134,6 +140,10 @@ async fn handle(
     };
     serve_protocol(stream, service, conn, admitted, Some(info), identity, rt).await;
 }
+
+/// rustls' limit on unsent TLS records for `http` services (issue 10:
+/// slow readers; docs/benchmarks.md).
+const HTTP_TLS_BUFFER: usize = 32 * 1024;
 
 /// What a relayed connection was admitted under, for re-checks on reload.
 struct Admitted {
@@ -300,6 +310,10 @@ async fn serve_protocol<C>(
         });
     }
 
+    if outcome.closed_by == ClosedBy::ProtocolAbuse {
+        rt.metrics
+            .outcome(&conn.device, &conn.service, Err(Reason::ProtocolAbuse));
+    }
     rt.metrics.active.get_or_create(&labels).dec();
     for (direction, n) in [
         ("from_client", outcome.bytes_from_client),

@@ -36,6 +36,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// nearly every request (h2 clients at 500 concurrent streams did).
 const MAX_POOLED: usize = 1024;
 
+/// The most moat reads from a device at once (see `handshake`).
+const DEVICE_READ_BUF: usize = 16 * 1024;
+
 /// A pooled HTTP/1.1 client to one device, plaintext or TLS.
 #[derive(Clone)]
 pub struct UpstreamClient {
@@ -284,6 +287,11 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, connection) = http1::Builder::new()
+        // Body chunks are read from the device only as the client takes
+        // them; this bounds each (and the response head) at 16 KiB rather
+        // than hyper's 400 KiB. A chunk is also what hyper's server side
+        // copies into its write buffer past its own limit.
+        .max_buf_size(DEVICE_READ_BUF)
         .handshake(TokioIo::new(io))
         .await
         .map_err(UpstreamError::Http)?;
