@@ -84,7 +84,7 @@ fn send(to: SocketAddr, method: &str, target: &[u8]) -> Reply {
     let mut req = format!("{method} ").into_bytes();
     req.extend_from_slice(target);
     req.extend_from_slice(
-        b" HTTP/1.1\r\nHost: pump\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     );
     s.write_all(&req).unwrap();
     let mut out = Vec::new();
