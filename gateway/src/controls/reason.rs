@@ -34,7 +34,9 @@ pub enum Reason {
     ServiceChanged,
     /// An HTTP request rule denies this method and path.
     RequestDenied,
-    /// The request path is malformed or ambiguous (encoded `/`, `\\`, NUL).
+    /// The request is malformed or ambiguous: a path form common servers
+    /// read differently (encoded `/`, `;` or `%`, `..;`, trailing dots,
+    /// non-ASCII, …), or a missing, repeated or disagreeing `Host`.
     BadRequest,
     /// CONNECT: moat is never a forward proxy.
     ConnectRefused,
