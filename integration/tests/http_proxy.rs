@@ -974,8 +974,12 @@ fn slow_h2_preface_is_cut_off_too() {
     assert_eq!(dev.accepted(), 0);
 }
 
+/// Never an open proxy: a target naming another port of the service's own
+/// address (ports are not part of a name, so it passes `check_host`) still
+/// reaches this device, never that port. Foreign names are 421
+/// (l7_headers.rs).
 #[test]
-fn absolute_form_and_foreign_host_still_go_to_the_device() {
+fn absolute_form_naming_another_port_still_goes_to_the_device() {
     require("curl");
     let ws = Workspace::new();
     let dev = device();
