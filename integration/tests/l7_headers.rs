@@ -213,6 +213,14 @@ const CLIENT_ASSERTED: &[&str] = &[
     "X-HTTP-Method-Override",
     "X-HTTP-Method",
     "X-Method-Override",
+    // `_` for `-`: the same HTTP_* variable to CGI, PHP and WSGI servers
+    "X_Original_URL",
+    "X_Forwarded_For",
+    "X_Forwarded_Host",
+    "X_HTTP_Method_Override",
+    // gunicorn cuts a SCRIPT_NAME header's prefix off the path
+    "SCRIPT_NAME",
+    "X-Script-Name",
 ];
 
 /// Checks what the device saw of one request sent with every
