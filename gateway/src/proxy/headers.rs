@@ -172,6 +172,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, client_asserted:
     }
 }
 
+/// h2 clients send cookies as separate `cookie` fields (browsers split
+/// them into crumbs for HPACK); before an HTTP/1.1 hop they must be one
+/// line joined with `"; "` (RFC 9113 §8.2.3). Devices that read only the
+/// first `Cookie` line, or join repeated lines with `,` (CGI, PHP, WSGI),
+/// would lose the session otherwise.
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// HSTS (over TLS), `nosniff` and `SAMEORIGIN`, unless the device set its own.
 pub fn harden(headers: &mut HeaderMap, tls: bool) {
     if tls {

@@ -510,6 +510,7 @@ fn upstream_request(
 ) -> Request<ProxyBody> {
     let http = current.service.http.as_ref().expect("an HTTP service");
     let (mut parts, body) = req.into_parts();
+    let from_h2 = parts.version == Version::HTTP_2;
     // The normalised path, the client's query, this service's device.
     let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
         (Some(pq), _) if pq.path() == path => pq.clone(),
@@ -528,6 +529,9 @@ fn upstream_request(
     // moat states who the client is and what it asked for; nothing the
     // client sent about that survives (proxy::headers has the list).
     strip_hop_by_hop(headers, websocket, true);
+    if from_h2 {
+        super::headers::join_cookie_crumbs(headers);
+    }
     headers.insert(X_FORWARDED_FOR, live.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, live.forwarded_proto.clone());
     let forwarded = super::headers::forwarded(&live.forwarded_base, host.as_ref());

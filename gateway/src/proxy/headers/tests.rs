@@ -207,3 +207,16 @@ fn forwarded_quotes_hosts_with_ports_or_brackets() {
         "for=127.0.0.1;proto=https;host=\"[::1]\""
     );
 }
+
+#[test]
+fn h2_cookie_crumbs_become_one_line() {
+    let mut h = map(&[("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2; c=3")]);
+    join_cookie_crumbs(&mut h);
+    assert_eq!(
+        h.get_all("cookie").iter().collect::<Vec<_>>(),
+        ["a=1; b=2; c=3"]
+    );
+    let mut h = map(&[("cookie", "only=1")]);
+    join_cookie_crumbs(&mut h);
+    assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["only=1"]);
+}
