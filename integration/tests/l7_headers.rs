@@ -213,6 +213,14 @@ const CLIENT_ASSERTED: &[&str] = &[
     "X-HTTP-Method-Override",
     "X-HTTP-Method",
     "X-Method-Override",
+    // `_` for `-`: the same HTTP_* variable to CGI, PHP and WSGI servers
+    "X_Original_URL",
+    "X_Forwarded_For",
+    "X_Forwarded_Host",
+    "X_HTTP_Method_Override",
+    // gunicorn cuts a SCRIPT_NAME header's prefix off the path
+    "SCRIPT_NAME",
+    "X-Script-Name",
 ];
 
 /// Checks what the device saw of one request sent with every
@@ -631,4 +639,44 @@ fn the_default_admits_the_certificate_names_and_the_listen_address() {
         &format!("GET /d-raw HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
     );
     assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+/// Browsers send h2 cookies as separate fields (crumbs); the HTTP/1.1
+/// device gets them as one `Cookie` line (RFC 9113 §8.2.3), as it would
+/// from the same browser over HTTP/1.1.
+#[test]
+fn h2_cookie_crumbs_reach_the_device_as_one_line() {
+    require("curl");
+    let ws = Workspace::new();
+    let dev = Device::start();
+    let moat = start(
+        &ws,
+        &[(
+            "tls",
+            service(&ws, "tls", "127.0.0.1:0", dev.addr(), true, ""),
+        )],
+    );
+    let host = format!("localhost:{}", moat.addr("tls").port());
+    for (flag, path) in [("--http2", "/cookies-h2"), ("--http1.1", "/cookies-h1")] {
+        let url = format!("https://{host}{path}");
+        let args = [
+            flag,
+            "-H",
+            "Cookie: session=abc",
+            "-H",
+            "Cookie: csrf=xyz",
+            &url,
+        ];
+        let reply = curl(&ws, &args);
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    assert_eq!(
+        dev.request("/cookies-h2").values("cookie"),
+        ["session=abc; csrf=xyz"]
+    );
+    // HTTP/1.1 lines are the client's own: passed as they came.
+    assert_eq!(
+        dev.request("/cookies-h1").values("cookie"),
+        ["session=abc", "csrf=xyz"]
+    );
 }

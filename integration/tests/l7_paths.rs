@@ -32,6 +32,10 @@ plaintext = true
 action = "deny"
 methods = ["POST"]
 path = "/firmware/*"
+[[device.service.http.rule]]
+action = "deny"
+methods = ["GET"]
+path = "/api/reboot"
 
 [[device.service]]
 name = "strict"
@@ -282,4 +286,24 @@ fn a_pattern_that_could_never_match_is_a_config_error() {
             "{pattern}: {err}"
         );
     }
+}
+
+/// Flask, Express, Go's net/http and PHP run the GET handler for HEAD:
+/// `HEAD /api/reboot` reboots a device that a rule keeps from `GET`.
+#[test]
+fn head_is_refused_where_get_is_denied() {
+    let s = setup();
+    let ui = s.moat.addr("ui");
+    for target in ["/api/reboot", "/API/reboot"] {
+        let reply = send(ui, "HEAD", target.as_bytes());
+        let detail = assert_refused(&s, &reply, "HEAD", target, 403);
+        assert!(
+            detail.starts_with("deny GET /api/reboot") && detail.ends_with("(HEAD read as GET)"),
+            "{detail}"
+        );
+    }
+    // HEAD of anything GET may reach still goes through.
+    let reply = send(ui, "HEAD", b"/api/status");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(*s.seen.lock().unwrap(), ["HEAD /api/status"]);
 }

@@ -65,9 +65,26 @@ pub fn check_request(
 /// `;parameters` (Tomcat, Jetty, IIS 6's `a.asp;.jpg`); and each of those
 /// ignoring ASCII case (IIS, embedded stacks). The first rule matching
 /// `method` decides each reading, none matching allows, and the request is
-/// refused if any reading's decision is a deny. Also re-run for open
-/// WebSocket tunnels when a new policy is published.
+/// refused if any reading's decision is a deny. `HEAD` is also read as
+/// `GET`: most servers and frameworks (Flask, Express, Go's `net/http`,
+/// PHP, embedded stacks) answer it by running the GET handler, so a GET
+/// that a rule denies (`GET /api/reboot`) must not run as HEAD. Also
+/// re-run for open WebSocket tunnels when a new policy is published.
 pub fn check_rules(policy: &HttpPolicy, method: &Method, path: &str) -> Result<(), Denial> {
+    check_readings(policy, method, path)?;
+    if method == Method::HEAD {
+        check_readings(policy, &Method::GET, path).map_err(|mut d| {
+            if let Some(detail) = d.detail.as_mut() {
+                detail.push_str(" (HEAD read as GET)");
+            }
+            d
+        })?;
+    }
+    Ok(())
+}
+
+/// The readings of `path` for one method.
+fn check_readings(policy: &HttpPolicy, method: &Method, path: &str) -> Result<(), Denial> {
     check_reading(policy, method, path, false)?;
     if let Cow::Owned(bare) = without_params(path) {
         check_reading(policy, method, &bare, true)?;

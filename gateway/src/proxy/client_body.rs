@@ -59,7 +59,9 @@ pub struct ClientBody<B> {
     waited: Duration,
     /// Set while the client owes the next piece.
     waiting_since: Option<Instant>,
-    timer: Pin<Box<Sleep>>,
+    /// Made the first time the client keeps the body waiting: most
+    /// requests (every GET) never do, and pay no allocation for it.
+    timer: Option<Pin<Box<Sleep>>>,
     armed: Option<Instant>,
     done: bool,
 }
@@ -72,7 +74,7 @@ impl<B> ClientBody<B> {
             received: 0,
             waited: Duration::ZERO,
             waiting_since: None,
-            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer: None,
             armed: None,
             done: false,
         }
@@ -176,11 +178,17 @@ where
                 let Some(deadline) = this.deadline(since) else {
                     return Poll::Pending;
                 };
+                let timer = match &mut this.timer {
+                    Some(timer) => timer,
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
                 if this.armed != Some(deadline) {
-                    this.timer.as_mut().reset(deadline);
+                    timer.as_mut().reset(deadline);
                     this.armed = Some(deadline);
                 }
-                if this.timer.as_mut().poll(cx).is_ready() {
+                if timer.as_mut().poll(cx).is_ready() {
                     let denial = this.too_slow(since);
                     return this.fail(denial);
                 }

@@ -2,14 +2,17 @@
 //! request before the device sees it, and what it adds to a response.
 //!
 //! Removed from every client request, whatever its case or spelling of
-//! value (names are matched lower-case, in one pass over the headers):
+//! value (names are matched lower-case, in one pass over the headers), and
+//! with `_` read as `-`: CGI, PHP, WSGI (gunicorn, wsgiref) and many
+//! embedded servers put `X_Original_URL` and `X-Original-URL` in the same
+//! `HTTP_X_ORIGINAL_URL` variable:
 //!
 //! | group | names | why |
 //! |---|---|---|
 //! | hop-by-hop | `connection`, `keep-alive`, `te`, `trailer`, `transfer-encoding`, `upgrade`, `proxy-authorization`, `proxy-authenticate`, `proxy-connection`, and whatever `Connection` names | about one hop, not the message (RFC 9110 §7.6.1); `Upgrade` passes for a WebSocket |
 //! | forwarding and client identity | `x-forwarded-*` (every one: `-for`, `-host`, `-proto`, `-port`, `-server`, `-prefix`, `-ssl`, `-client-cert` …), `x-forwarded`, `forwarded`, `forwarded-for`, `x-real-ip`, `true-client-ip`, `x-client-ip`, `client-ip`, `x-cluster-client-ip`, `cf-connecting-ip`, `cf-connecting-ipv6`, `fastly-client-ip`, `akamai-client-ip`, `x-originating-ip`, `x-remote-ip`, `x-remote-addr`, `x-proxyuser-ip`, `proxy-client-ip`, `wl-proxy-client-ip`, `x-azure-clientip`, `x-azure-socketip`, `x-appengine-user-ip`, `x-original-forwarded-for`, `x-host`, `x-original-host`, `x-http-host-override`, `front-end-https`, `x-url-scheme`, `x-envoy-*` | a device behind a proxy believes these about who the client is, which host and scheme it asked for and which path prefix it is under (Spring's `ForwardedHeaderFilter`, Rails/Rack, Express `trust proxy`, Envoy's `x-envoy-*`, IIS/ARR); only moat may say: it sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` itself |
 //! | client certificate | `x-ssl-*`, `ssl-client-*`, `x-client-cert*`, `x-client-verify`, `x-client-dn`, `x-arr-clientcert`, `x-arr-ssl` | how TLS-terminating proxies pass the client's certificate (nginx/Apache conventions, Azure ARR): a device trusting them would take a typed-in certificate for a verified one |
-//! | URL override | `x-original-url`, `x-rewrite-url`, `x-override-url`, `x-original-uri`, `x-original-path`, `x-rewrite-path`, `x-request-uri`, `x-http-destinationurl`, `x-proxy-url`, `x-envoy-original-path`, `x-envoy-original-url` | IIS URL Rewrite / ISAPI_Rewrite, and Symfony, Zend and Laravel before CVE-2018-14773, serve the path in these instead of the request line: `POST /ok` with `X-Original-URL: /firmware/x` would run past moat's path rules |
+//! | URL override | `x-original-url`, `x-rewrite-url`, `x-override-url`, `x-original-uri`, `x-original-path`, `x-rewrite-path`, `x-request-uri`, `x-http-destinationurl`, `x-proxy-url`, `x-envoy-original-path`, `x-envoy-original-url`, `script-name`, `x-script-name` | IIS URL Rewrite / ISAPI_Rewrite, and Symfony, Zend and Laravel before CVE-2018-14773, serve the path in these instead of the request line: `POST /ok` with `X-Original-URL: /firmware/x` would run past moat's path rules; gunicorn takes a `SCRIPT_NAME` header (and Flask's reverse-proxy recipe `X-Script-Name`) as a prefix cut off the path: `POST /ok/firmware/x` with `SCRIPT_NAME: /ok` runs `/firmware/x` |
 //! | method override | `x-http-method-override`, `x-http-method`, `x-method-override` | Express `method-override`, Laravel/Symfony, Google APIs, OData: a `GET` carrying `DELETE` past the method rules (a `_method` form field is in the body, beyond moat's reach) |
 //!
 //! Responses lose only hop-by-hop headers and gain the hardening headers.
@@ -35,7 +38,10 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Headers in which a client would speak for moat: who the client is,
 /// which host, scheme or certificate it came with (see the table above).
 pub fn is_forwarding(name: &HeaderName) -> bool {
-    let n = name.as_str();
+    with_dashes(name, forwarding)
+}
+
+fn forwarding(n: &str) -> bool {
     n == "x-forwarded"
         || n.starts_with("x-forwarded-")
         || n.starts_with("x-envoy-")
@@ -79,8 +85,12 @@ pub fn is_forwarding(name: &HeaderName) -> bool {
 
 /// Headers that make a device serve another path than the request line's.
 pub fn is_url_override(name: &HeaderName) -> bool {
+    with_dashes(name, url_override)
+}
+
+fn url_override(n: &str) -> bool {
     matches!(
-        name.as_str(),
+        n,
         "x-original-url"
             | "x-rewrite-url"
             | "x-override-url"
@@ -92,20 +102,40 @@ pub fn is_url_override(name: &HeaderName) -> bool {
             | "x-proxy-url"
             | "x-envoy-original-path"
             | "x-envoy-original-url"
+            | "script-name"
+            | "x-script-name"
     )
 }
 
 /// Headers that make a device run another method than the request line's.
 pub fn is_method_override(name: &HeaderName) -> bool {
+    with_dashes(name, method_override)
+}
+
+fn method_override(n: &str) -> bool {
     matches!(
-        name.as_str(),
+        n,
         "x-http-method-override" | "x-http-method" | "x-method-override"
     )
 }
 
 /// Everything a client may not send the device (besides hop-by-hop).
 pub fn is_client_asserted(name: &HeaderName) -> bool {
-    is_forwarding(name) || is_url_override(name) || is_method_override(name)
+    with_dashes(name, |n| {
+        forwarding(n) || url_override(n) || method_override(n)
+    })
+}
+
+/// `picks` on the name with every `_` read as `-`, as servers that turn
+/// headers into `HTTP_*` variables read it (allocates only for a name
+/// with a `_`, which ordinary clients never send).
+fn with_dashes(name: &HeaderName, picks: impl Fn(&str) -> bool) -> bool {
+    let n = name.as_str();
+    if n.contains('_') {
+        picks(&n.replace('_', "-"))
+    } else {
+        picks(n)
+    }
 }
 
 /// Removes the headers `doomed` picks, looking at each name once (most
@@ -139,6 +169,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, client_asserted:
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// h2 clients send cookies as separate `cookie` fields (browsers split
+/// them into crumbs for HPACK); before an HTTP/1.1 hop they must be one
+/// line joined with `"; "` (RFC 9113 §8.2.3). Devices that read only the
+/// first `Cookie` line, or join repeated lines with `,` (CGI, PHP, WSGI),
+/// would lose the session otherwise.
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
     }
 }
 

@@ -88,7 +88,7 @@ where
         idle_mark: AtomicU64::new(0),
         tunnels: TaskTracker::new(),
         cut: CancellationToken::new(),
-        abandoned: AtomicU64::new(0),
+        abandoned: std::sync::Mutex::new(AbandonBudget::new(Instant::now())),
         abusive: CancellationToken::new(),
     });
     let session = Arc::new(session);
@@ -152,7 +152,7 @@ where
         }
         _ = rt.hard_stop.cancelled() => (ClosedBy::Shutdown, None),
         _ = live.abusive.cancelled() => {
-            let detail = format!("over {ABANDONED_LIMIT} abandoned requests (rapid reset?)");
+            let detail = format!("over {ABANDONED_LIMIT} abandoned requests at once (rapid reset?)");
             if verdict.cut(detail.clone()) {
                 // The guard sends GOAWAY and fails hyper's IO within its
                 // linger; the extra second only bounds a stuck hyper.
@@ -287,7 +287,7 @@ struct Live {
     tunnels: TaskTracker,
     /// Cancelled when the connection ends for any reason: tunnels stop too.
     cut: CancellationToken,
-    abandoned: AtomicU64,
+    abandoned: std::sync::Mutex<AbandonBudget>,
     /// Cancelled when the client abandons too many requests.
     abusive: CancellationToken,
 }
@@ -510,6 +510,7 @@ fn upstream_request(
 ) -> Request<ProxyBody> {
     let http = current.service.http.as_ref().expect("an HTTP service");
     let (mut parts, body) = req.into_parts();
+    let from_h2 = parts.version == Version::HTTP_2;
     // The normalised path, the client's query, this service's device.
     let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
         (Some(pq), _) if pq.path() == path => pq.clone(),
@@ -528,6 +529,9 @@ fn upstream_request(
     // moat states who the client is and what it asked for; nothing the
     // client sent about that survives (proxy::headers has the list).
     strip_hop_by_hop(headers, websocket, true);
+    if from_h2 {
+        super::headers::join_cookie_crumbs(headers);
+    }
     headers.insert(X_FORWARDED_FOR, live.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, live.forwarded_proto.clone());
     let forwarded = super::headers::forwarded(&live.forwarded_base, host.as_ref());
@@ -726,14 +730,49 @@ impl Drop for RequestRecord {
         // them by the hundred is resetting streams to make the device work
         // for nothing (CVE-2023-44487). hyper's own limit only counts
         // streams reset before they are accepted.
-        if self.live.abandoned.fetch_add(1, Ordering::Relaxed) + 1 > ABANDONED_LIMIT {
+        let over = !self
+            .live
+            .abandoned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .spend(Instant::now());
+        if over {
             self.live.abusive.cancel();
         }
     }
 }
 
-/// Abandoned (cancelled or reset) requests one connection may make.
+/// Abandoned (cancelled or reset) requests one connection may make at
+/// once; the allowance comes back at `ABANDONED_REFILL` per second. A
+/// browser on a long-lived connection abandons a few now and then (a page
+/// left while its requests wait on a slow device), hundreds in a day;
+/// rapid reset abandons thousands a second.
 const ABANDONED_LIMIT: u64 = 100;
+const ABANDONED_REFILL: f64 = 1.0;
+
+/// How many abandoned requests a connection has to its name, forgiven at
+/// `ABANDONED_REFILL` per second.
+struct AbandonBudget {
+    spent: f64,
+    at: Instant,
+}
+
+impl AbandonBudget {
+    fn new(now: Instant) -> Self {
+        AbandonBudget {
+            spent: 0.0,
+            at: now,
+        }
+    }
+
+    /// One more abandoned request at `now`; false once over the limit.
+    fn spend(&mut self, now: Instant) -> bool {
+        let forgiven = now.saturating_duration_since(self.at).as_secs_f64() * ABANDONED_REFILL;
+        self.spent = (self.spent - forgiven).max(0.0) + 1.0;
+        self.at = now;
+        self.spent <= ABANDONED_LIMIT as f64
+    }
+}
 
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
@@ -790,3 +829,6 @@ impl Drop for AuditedBody {
         self.finish();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -264,4 +264,29 @@ fn every_reading_gets_its_own_first_match() {
     assert_eq!(denied(&p, Method::GET, "/b;v=1/x"), None);
 }
 
+#[test]
+fn head_is_also_read_as_get() {
+    use RuleAction::{Allow, Deny};
+    // Flask, Express, Go and PHP run the GET handler for HEAD: a denied
+    // GET (a reboot, a firmware download) must not run as HEAD.
+    let p = policy(vec![rule(Deny, &["GET"], "/api/reboot")]);
+    assert_eq!(
+        denied(&p, Method::HEAD, "/api/reboot").unwrap(),
+        "Deny GET /api/reboot (HEAD read as GET)"
+    );
+    assert_eq!(
+        denied(&p, Method::HEAD, "/API/reboot;x").unwrap(),
+        "Deny GET /api/reboot (path read without ;parameters, ignoring case) (HEAD read as GET)"
+    );
+    assert_eq!(denied(&p, Method::HEAD, "/api/status"), None);
+    // Reading HEAD as GET only ever adds refusals: an allow for GET does
+    // not lift a deny that names HEAD or every method.
+    let p = policy(vec![rule(Allow, &["GET"], "/ui/*"), rule(Deny, &[], "*")]);
+    assert!(denied(&p, Method::HEAD, "/ui/x").is_some());
+    assert_eq!(denied(&p, Method::GET, "/ui/x"), None);
+    let p = policy(vec![rule(Deny, &["HEAD"], "/x")]);
+    assert!(denied(&p, Method::HEAD, "/x").is_some());
+    assert_eq!(denied(&p, Method::GET, "/x"), None);
+}
+
 mod readings;

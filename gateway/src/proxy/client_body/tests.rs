@@ -52,6 +52,25 @@ async fn next(body: &mut ClientBody<Fed>) -> Option<Result<Bytes, Denial>> {
     })
 }
 
+/// A body that never keeps moat waiting (every GET's, most uploads')
+/// costs no timer: ClientBody is made for every request.
+#[tokio::test(start_paused = true)]
+async fn no_timer_until_the_client_keeps_the_body_waiting() {
+    let (tx, mut body) = fed(LIMITS, None);
+    assert!(body.timer.is_none());
+    tx.send(Ok(Bytes::from_static(b"ready"))).unwrap();
+    assert_eq!(next(&mut body).await.unwrap().unwrap(), "ready");
+    assert!(body.timer.is_none());
+    drop(tx);
+    assert!(next(&mut body).await.is_none());
+    assert!(body.timer.is_none());
+    // Kept waiting, it is timed as before.
+    let (_tx, mut body) = fed(LIMITS, None);
+    let denial = next(&mut body).await.unwrap().unwrap_err();
+    assert_eq!(denial.reason, Reason::BodyTimeout);
+    assert!(body.timer.is_some());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_body_in_time_passes_whole() {
     let (tx, mut body) = fed(LIMITS, None);

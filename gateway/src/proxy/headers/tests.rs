@@ -87,6 +87,30 @@ fn url_and_method_overrides_are_client_asserted() {
     }
 }
 
+/// CGI, PHP and WSGI servers read `_` as `-` (`HTTP_X_ORIGINAL_URL`), and
+/// gunicorn takes a `SCRIPT_NAME` header as a prefix cut off the path.
+#[test]
+fn underscore_spellings_and_script_name_are_client_asserted() {
+    for n in [
+        "X_Original_URL",
+        "x_rewrite-url",
+        "X_Forwarded_For",
+        "X_Forwarded_Host",
+        "X_Real_IP",
+        "X_HTTP_Method_Override",
+        "SCRIPT_NAME",
+        "Script-Name",
+        "X-Script-Name",
+        "X_SSL_Client_Cert",
+    ] {
+        assert!(is_client_asserted(&name(n)), "{n}");
+    }
+    assert!(is_url_override(&name("SCRIPT_NAME")));
+    assert!(is_forwarding(&name("x_forwarded_for")));
+    assert!(is_method_override(&name("x_http_method")));
+    assert!(!is_client_asserted(&name("x_csrf_token")));
+}
+
 #[test]
 fn ordinary_headers_pass() {
     for n in [
@@ -182,4 +206,17 @@ fn forwarded_quotes_hosts_with_ports_or_brackets() {
         forwarded(base, Some(&v("[::1]"))),
         "for=127.0.0.1;proto=https;host=\"[::1]\""
     );
+}
+
+#[test]
+fn h2_cookie_crumbs_become_one_line() {
+    let mut h = map(&[("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2; c=3")]);
+    join_cookie_crumbs(&mut h);
+    assert_eq!(
+        h.get_all("cookie").iter().collect::<Vec<_>>(),
+        ["a=1; b=2; c=3"]
+    );
+    let mut h = map(&[("cookie", "only=1")]);
+    join_cookie_crumbs(&mut h);
+    assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["only=1"]);
 }
