@@ -36,6 +36,9 @@ path = "/firmware/*"
 action = "deny"
 methods = ["GET"]
 path = "/api/reboot"
+[[device.service.http.rule]]
+action = "deny"
+path = "/config/*"
 
 [[device.service]]
 name = "strict"
@@ -306,4 +309,50 @@ fn head_is_refused_where_get_is_denied() {
     let reply = send(ui, "HEAD", b"/api/status");
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(*s.seen.lock().unwrap(), ["HEAD /api/status"]);
+}
+
+/// Frameworks run `POST /x?_method=DELETE` as DELETE, and a WebDAV `MOVE`
+/// writes to its `Destination`: both are judged by the same rules.
+#[test]
+fn a_query_method_override_or_a_webdav_destination_cannot_walk_around_a_rule() {
+    require("curl");
+    let s = setup();
+    let ui = s.moat.addr("ui");
+    // deny GET /api/reboot: a POST that a framework reads as GET.
+    let reply = send(ui, "POST", b"/api/reboot?_method=GET");
+    let detail = assert_refused(&s, &reply, "POST", "/api/reboot", 403);
+    assert!(
+        detail.ends_with("(method read from the query: GET)"),
+        "{detail}"
+    );
+    // deny * /config/*: a MOVE of a harmless file onto it, from curl.
+    let mv = |dest: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-i",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "20",
+                "-X",
+                "MOVE",
+            ])
+            .args(["-H", &format!("Destination: {dest}")])
+            .arg(format!("http://{ui}/uploads/pump.cfg"))
+            .output()
+            .expect("running curl");
+        parse_reply(&out.stdout)
+    };
+    for dest in [
+        "/config/pump.cfg",
+        &format!("http://{ui}/Config/./pump.cfg"),
+    ] {
+        let reply = mv(dest);
+        let detail = assert_refused(&s, &reply, "MOVE", "/uploads/pump.cfg", 403);
+        assert!(detail.ends_with("(the Destination path)"), "{detail}");
+    }
+    assert_eq!(mv("/uploads/old.cfg").status, 200);
+    // Only the MOVE that no rule refuses reached the device.
+    assert_eq!(*s.seen.lock().unwrap(), ["MOVE /uploads/pump.cfg"]);
 }

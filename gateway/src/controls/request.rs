@@ -83,6 +83,82 @@ pub fn check_rules(policy: &HttpPolicy, method: &Method, path: &str) -> Result<(
     Ok(())
 }
 
+/// Query parameters that frameworks read as the request's method (Rails,
+/// Laravel and Symfony's `_method`, Express's method-override with a query
+/// getter). Matched ignoring case, after percent-decoding.
+const METHOD_OVERRIDE_PARAMS: [&str; 4] = [
+    "_method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The other readings of a request a device may act on, checked against
+/// the same rules as its method and path: a method named in the query
+/// (`POST /pumps/3?_method=DELETE` runs as DELETE), and the resource a
+/// WebDAV `COPY`/`MOVE` writes to (`Destination`). A value moat cannot
+/// read is refused rather than guessed at. (Method-override headers are
+/// stripped instead, by `proxy::headers`; a `_method` inside a form body
+/// is not seen: docs/security.md, residual risks.)
+pub fn check_overrides(
+    policy: &HttpPolicy,
+    method: &Method,
+    path: &str,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Result<(), Denial> {
+    let bad = |detail: String| Err(Denial::with_detail(Reason::BadRequest, detail));
+    for pair in uri.query().unwrap_or("").split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !name.contains(|c: char| c == '%' || c == '_' || c == '-') {
+            continue;
+        }
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        if !METHOD_OVERRIDE_PARAMS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name.trim()))
+        {
+            continue;
+        }
+        let value = percent_encoding::percent_decode_str(&value.replace('+', " "))
+            .decode_utf8_lossy()
+            .trim()
+            .to_ascii_uppercase();
+        let Ok(overridden) = Method::from_bytes(value.as_bytes()) else {
+            return bad(format!("query parameter {name:?} names no method"));
+        };
+        check_rules(policy, &overridden, path).map_err(|mut d| {
+            if let Some(detail) = d.detail.as_mut() {
+                detail.push_str(&format!(" (method read from the query: {overridden})"));
+            }
+            d
+        })?;
+    }
+    let Some(destination) = headers.get("destination") else {
+        return Ok(());
+    };
+    let Some(text) = destination.to_str().ok() else {
+        return bad("Destination header is not text".into());
+    };
+    // An absolute URI or an absolute path (RFC 4918 §10.3).
+    let target = match text.parse::<http::Uri>() {
+        Ok(u) if u.path().starts_with('/') => u.path().to_string(),
+        _ => return bad(format!("Destination {:?} is not a URI", shown_path(text))),
+    };
+    let dest = normalize_path(&target)?;
+    check_rules(policy, method, &dest).map_err(|mut d| {
+        if let Some(detail) = d.detail.as_mut() {
+            detail.push_str(" (the Destination path)");
+        }
+        d
+    })
+}
+
+/// At most 64 characters of an attacker's value, for an audit detail.
+fn shown_path(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
 /// The readings of `path` for one method.
 fn check_readings(policy: &HttpPolicy, method: &Method, path: &str) -> Result<(), Denial> {
     check_reading(policy, method, path, false)?;

@@ -359,7 +359,11 @@ async fn handle(
     if let std::borrow::Cow::Owned(p) = &path {
         record.path = Some(p.clone());
     }
-    if let Err(d) = controls::request::check_request(http, req.method(), &path, req.headers()) {
+    let checked = controls::request::check_request(http, req.method(), &path, req.headers())
+        .and_then(|()| {
+            controls::request::check_overrides(http, req.method(), &path, req.uri(), req.headers())
+        });
+    if let Err(d) = checked {
         if d.reason == Reason::RequestDenied {
             drain_small_body(req.into_body()).await;
         }

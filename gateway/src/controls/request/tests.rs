@@ -290,3 +290,74 @@ fn head_is_also_read_as_get() {
 }
 
 mod readings;
+
+#[test]
+fn a_method_named_in_the_query_is_judged_too() {
+    let deny_delete = RequestRule {
+        action: RuleAction::Deny,
+        methods: vec![Method::DELETE],
+        path: Glob::new("/pumps/*").unwrap(),
+        text: "deny DELETE /pumps/*".into(),
+    };
+    let p = policy(vec![deny_delete]);
+    let h = HeaderMap::new();
+    let check = |target: &str| {
+        let uri: http::Uri = target.parse().unwrap();
+        check_overrides(&p, &Method::POST, uri.path(), &uri, &h)
+    };
+    for target in [
+        "/pumps/3?_method=DELETE",
+        "/pumps/3?a=1&_method=delete",
+        "/pumps/3?%5Fmethod=DELETE",
+        "/pumps/3?_METHOD=+DELETE+",
+        "/pumps/3?X-HTTP-Method-Override=DELETE",
+    ] {
+        let d = check(target).unwrap_err();
+        assert_eq!(d.reason, Reason::RequestDenied, "{target}");
+        assert_eq!(
+            d.detail.as_deref(),
+            Some("deny DELETE /pumps/* (method read from the query: DELETE)"),
+            "{target}"
+        );
+    }
+    assert!(check("/pumps/3?_method=PUT").is_ok());
+    assert!(check("/pumps/3?method=DELETE&x_y=1").is_ok());
+    assert!(check("/pumps/3").is_ok());
+    assert_eq!(
+        check("/pumps/3?_method=DEL%20ETE").unwrap_err().reason,
+        Reason::BadRequest
+    );
+}
+
+#[test]
+fn a_webdav_destination_is_judged_like_the_path() {
+    let deny_firmware = RequestRule {
+        action: RuleAction::Deny,
+        methods: vec![],
+        path: Glob::new("/firmware/*").unwrap(),
+        text: "deny * /firmware/*".into(),
+    };
+    let p = policy(vec![deny_firmware]);
+    let uri: http::Uri = "/ok/a".parse().unwrap();
+    let with = |dest: &str| {
+        let mut h = HeaderMap::new();
+        h.insert("destination", http::HeaderValue::from_str(dest).unwrap());
+        check_overrides(&p, &Method::from_bytes(b"MOVE").unwrap(), "/ok/a", &uri, &h)
+    };
+    for dest in [
+        "/firmware/x",
+        "http://pump.example/firmware/x",
+        "/ok/../firmware/x",
+        "/FIRMWARE/x",
+    ] {
+        let d = with(dest).unwrap_err();
+        assert_eq!(d.reason, Reason::RequestDenied, "{dest}");
+        assert!(d.detail.unwrap().ends_with("(the Destination path)"));
+    }
+    assert_eq!(
+        with("/a/..;/firmware/x").unwrap_err().reason,
+        Reason::BadRequest
+    );
+    assert_eq!(with("not a uri").unwrap_err().reason, Reason::BadRequest);
+    assert!(with("/ok/b").is_ok());
+}
