@@ -110,7 +110,7 @@ pub fn check_overrides(
     let bad = |detail: String| Err(Denial::with_detail(Reason::BadRequest, detail));
     for pair in uri.query().unwrap_or("").split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !name.contains(|c: char| c == '%' || c == '_' || c == '-') {
+        if !name.contains(['%', '_', '-']) {
             continue;
         }
         let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
