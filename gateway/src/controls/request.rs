@@ -34,8 +34,13 @@ pub fn check_request(
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(), Denial> {
-    if headers.len() > policy.max_headers {
-        let detail = format!("{} headers, limit {}", headers.len(), policy.max_headers);
+    // h2 clients send each cookie as its own field (RFC 9113 §8.2.3) and
+    // they reach the device as one line: count them as one, as HTTP/1.1
+    // clients send them.
+    let crumbs = headers.get_all(http::header::COOKIE).iter().count();
+    let count = headers.len() - crumbs.saturating_sub(1);
+    if count > policy.max_headers {
+        let detail = format!("{count} headers, limit {}", policy.max_headers);
         return Err(Denial::with_detail(Reason::HeadersTooLarge, detail));
     }
     let size: usize = headers

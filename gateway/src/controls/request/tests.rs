@@ -361,3 +361,23 @@ fn a_webdav_destination_is_judged_like_the_path() {
     assert_eq!(with("not a uri").unwrap_err().reason, Reason::BadRequest);
     assert!(with("/ok/b").is_ok());
 }
+
+#[test]
+fn h2_cookie_crumbs_count_as_one_header() {
+    // max_headers is 4 in this policy.
+    let p = policy(vec![]);
+    let mut h = HeaderMap::new();
+    for i in 0..10 {
+        h.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(&format!("c{i}=v")).unwrap(),
+        );
+    }
+    h.insert("accept", http::HeaderValue::from_static("*/*"));
+    assert!(check_request(&p, &Method::GET, "/", &h).is_ok());
+    for name in ["a", "b", "c", "d"] {
+        h.insert(name, http::HeaderValue::from_static("x"));
+    }
+    let d = check_request(&p, &Method::GET, "/", &h).unwrap_err();
+    assert_eq!(d.detail.as_deref(), Some("6 headers, limit 4"));
+}
