@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Which functions grew between two callgrind dumps of the same load.
+
+    python3 benches/load/callgrind_diff.py OLD NEW REQUESTS [TOP]
+
+Self cost (instructions spent in the function's own code, not its callees)
+per request, summed by function name; prints the TOP (25) that grew most and
+the 10 that shrank most. Inlining differs between builds, so read a pair of
+lines that move together (one shrinks, a caller or callee grows) as one.
+For inclusive costs: callgrind_annotate --inclusive=yes FILE.
+Standard library only.
+"""
+import collections
+import re
+import sys
+
+NAME = re.compile(r"c?fn=\((\d+)\)(?: (.*))?")
+
+
+def self_cost(path):
+    names, cost, fn, skip = {}, collections.Counter(), None, False
+    for line in open(path, errors="replace"):
+        if line.startswith(("fn=", "cfn=")):
+            m = NAME.match(line.rstrip("\n"))
+            if m and m.group(2):
+                names[m.group(1)] = m.group(2)
+            if line.startswith("fn="):
+                fn = names[m.group(1)] if m else line[3:].strip()
+        elif line.startswith("calls="):
+            skip = True  # the next cost line is the call's inclusive cost
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if skip:
+                skip = False
+                continue
+            parts = line.split()
+            if len(parts) >= 2 and fn is not None:
+                cost[re.sub(r"::h[0-9a-f]{16}$", "", fn)] += int(parts[1])
+    return cost
+
+
+def main():
+    old, new, n = self_cost(sys.argv[1]), self_cost(sys.argv[2]), float(sys.argv[3])
+    top = int(sys.argv[4]) if len(sys.argv) > 4 else 25
+    to, tn = sum(old.values()), sum(new.values())
+    print(f"per request: old {to / n:.0f}, new {tn / n:.0f}, {(tn - to) / n:+.0f} ({(tn / to - 1) * 100:+.1f} %)")
+    d = sorted(((new[k] - old[k]) / n, k) for k in set(old) | set(new))
+    print("grew (per request: change, old -> new, function):")
+    for v, k in reversed(d[-top:]):
+        print(f"{v:+8.0f} {old[k] / n:8.0f} -> {new[k] / n:8.0f}  {k[:140]}")
+    print("shrank:")
+    for v, k in d[:10]:
+        print(f"{v:+8.0f} {old[k] / n:8.0f} -> {new[k] / n:8.0f}  {k[:140]}")
+
+
+if __name__ == "__main__":
+    main()
