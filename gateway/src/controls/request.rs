@@ -416,9 +416,13 @@ pub fn check_host(
         let detail = format!("Host {} is not a name of this service", shown(raw));
         return Err(Denial::with_detail(Reason::MisdirectedRequest, detail));
     }
-    // Usually already in normal form: share the client's bytes.
-    if parsed.normal && host.is_some() {
-        return Ok(host.cloned());
+    // Usually already in normal form: share the client's `Host`, or copy
+    // the h2 `:authority` as it is (no formatting on the hot path).
+    if parsed.normal {
+        return Ok(match host {
+            Some(h) => Some(h.clone()),
+            None => http::HeaderValue::from_bytes(raw).ok(),
+        });
     }
     let text = match (&parsed.host, parsed.port) {
         (HostPart::Name(n), None) => n.to_string(),

@@ -212,12 +212,24 @@ pub fn harden(headers: &mut HeaderMap, tls: bool) {
 /// The `Forwarded` element moat sends: `base` (`for=…;proto=…`) and the
 /// validated host, quoted when it holds a `:` or `[` (RFC 7239 §4: those
 /// are not token characters).
-pub fn forwarded(base: &str, host: Option<&HeaderValue>) -> String {
-    match host.and_then(|h| h.to_str().ok()) {
-        Some(h) if h.contains([':', '[']) => format!("{base};host=\"{h}\""),
-        Some(h) => format!("{base};host={h}"),
-        None => base.to_string(),
+pub fn forwarded(base: &str, host: Option<&HeaderValue>) -> HeaderValue {
+    let Some(h) = host.map(HeaderValue::as_bytes) else {
+        return HeaderValue::from_str(base).unwrap_or(HeaderValue::from_static("invalid"));
+    };
+    // Built as bytes, once per request: no formatting machinery.
+    let quoted = h.iter().any(|&b| b == b':' || b == b'[');
+    let mut out = Vec::with_capacity(base.len() + h.len() + 8);
+    out.extend_from_slice(base.as_bytes());
+    out.extend_from_slice(b";host=");
+    if quoted {
+        out.push(b'"');
     }
+    out.extend_from_slice(h);
+    if quoted {
+        out.push(b'"');
+    }
+    HeaderValue::from_maybe_shared(hyper::body::Bytes::from(out))
+        .unwrap_or(HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]

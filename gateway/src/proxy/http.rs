@@ -539,7 +539,7 @@ fn upstream_request(
     headers.insert(X_FORWARDED_FOR, live.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, live.forwarded_proto.clone());
     let forwarded = super::headers::forwarded(&live.forwarded_base, host.as_ref());
-    headers.insert(header::FORWARDED, value(&forwarded));
+    headers.insert(header::FORWARDED, forwarded);
     // `host` passed `check_host`: one of this service's names.
     if let Some(host) = &host {
         headers.insert(X_FORWARDED_HOST, host.clone());
