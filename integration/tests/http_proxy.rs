@@ -306,6 +306,26 @@ fn assert_denied(reply: &Reply, status: u16, reason: &str) {
 // Tests.
 // ---------------------------------------------------------------------------
 
+/// Browsers drop spare TLS connections without close_notify: that is the
+/// client closing, not an error (HTTP frames its own messages).
+#[test]
+fn a_tls_client_that_leaves_without_close_notify_closed_the_connection() {
+    let ws = Workspace::new();
+    let dev = device();
+    let moat = start(&ws, &[("ui", http_service(&ws, "ui", dev.addr, "", ""))]);
+    let ui = moat.addr("ui");
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let mut cfg = (*tls_client(&ws.certs, false)).clone();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        let tls = tls_connect(Arc::new(cfg), "localhost", connect_from("127.0.0.1", ui)).unwrap();
+        let client = tls.sock.local_addr().unwrap();
+        drop(tls); // the socket closes; no close_notify is sent
+        let closed = moat.wait_for_client("connection_closed", client);
+        assert_eq!(closed["closed_by"], "client", "{closed}");
+        assert!(closed.get("error").is_none(), "{closed}");
+    }
+}
+
 #[test]
 fn curl_http1_and_h2_reach_the_device_with_hardening_headers() {
     require("curl");

@@ -301,6 +301,19 @@ fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<Stri
             return (ClosedBy::Client, None);
         }
     }
+    // A TLS client that closes its socket without close_notify (browsers
+    // drop spare connections that way): HTTP frames its own messages, so
+    // that is an ordinary close, not an error to alert on.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+        {
+            return (ClosedBy::Client, None);
+        }
+        source = err.source();
+    }
     (ClosedBy::Error, Some(e.to_string()))
 }
 
