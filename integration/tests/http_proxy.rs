@@ -306,8 +306,9 @@ fn assert_denied(reply: &Reply, status: u16, reason: &str) {
 // Tests.
 // ---------------------------------------------------------------------------
 
-/// Browsers drop spare TLS connections without close_notify: that is the
-/// client closing, not an error (HTTP frames its own messages).
+/// Browsers drop spare TLS connections without close_notify (and, with
+/// the server's session tickets unread, the kernel sends a reset): that is
+/// the client closing, not an error (HTTP frames its own messages).
 #[test]
 fn a_tls_client_that_leaves_without_close_notify_closed_the_connection() {
     let ws = Workspace::new();

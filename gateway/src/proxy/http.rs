@@ -301,14 +301,17 @@ fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<Stri
             return (ClosedBy::Client, None);
         }
     }
-    // A TLS client that closes its socket without close_notify (browsers
-    // drop spare connections that way): HTTP frames its own messages, so
-    // that is an ordinary close, not an error to alert on.
+    // The client went away: a TLS socket closed without close_notify, or
+    // closed with data still unread, which the kernel turns into a reset
+    // (browsers drop spare connections both ways). HTTP frames its own
+    // messages, so that is an ordinary close, not an error to alert on;
+    // device failures are per request and never end up here.
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(err) = source {
         if err
             .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+            .is_some_and(|io| matches!(io.kind(), UnexpectedEof | ConnectionReset | BrokenPipe))
         {
             return (ClosedBy::Client, None);
         }
