@@ -245,28 +245,6 @@ fn h1_connect(ws: &Workspace, to: SocketAddr) -> TlsStream {
     tls
 }
 
-/// Writes `request` and reads one Content-Length-framed response.
-fn exchange(tls: &mut TlsStream, request: &str) -> Reply {
-    tls.write_all(request.as_bytes()).unwrap();
-    tls.flush().unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let mut reply = parse_reply(&head);
-    let len: usize = reply
-        .header("content-length")
-        .expect("a framed response")
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; len];
-    tls.read_exact(&mut body).unwrap();
-    reply.body = String::from_utf8_lossy(&body).into_owned();
-    reply
-}
-
 // ---------------------------------------------------------------------------
 // Audit.
 // ---------------------------------------------------------------------------

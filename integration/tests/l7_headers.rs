@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use support::http_device::{self, HttpDevice};
 use support::{
-    connect_from, parse_reply, require, tls_client, tls_connect, Moat, Reply, Workspace,
+    connect_from, exchange, parse_reply, require, tls_client, tls_connect, Moat, Reply, Workspace,
 };
 
 /// A request as the device received it: `METHOD PATH` and its headers.
@@ -132,28 +131,6 @@ fn curl(ws: &Workspace, args: &[&str]) -> Reply {
         String::from_utf8_lossy(&out.stderr)
     );
     parse_reply(&out.stdout)
-}
-
-/// Writes `request` as is and reads one Content-Length-framed response.
-fn exchange(s: &mut (impl Read + Write), request: &str) -> Reply {
-    s.write_all(request.as_bytes()).unwrap();
-    s.flush().unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let mut reply = parse_reply(&head);
-    let len: usize = reply
-        .header("content-length")
-        .expect("a framed response")
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    reply.body = String::from_utf8_lossy(&body).into_owned();
-    reply
 }
 
 /// One request on a new plaintext connection.

@@ -482,3 +482,25 @@ pub fn parse_reply(bytes: &[u8]) -> Reply {
         };
     }
 }
+
+/// Writes `request` as is and reads one Content-Length-framed response.
+pub fn exchange(s: &mut (impl Read + Write), request: &str) -> Reply {
+    s.write_all(request.as_bytes()).unwrap();
+    s.flush().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let mut reply = parse_reply(&head);
+    let len: usize = reply
+        .header("content-length")
+        .expect("a framed response")
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    reply.body = String::from_utf8_lossy(&body).into_owned();
+    reply
+}
