@@ -78,21 +78,18 @@ pub fn check_request(
 pub fn check_rules(policy: &HttpPolicy, method: &Method, path: &str) -> Result<(), Denial> {
     check_readings(policy, method, path)?;
     if method == Method::HEAD {
-        check_readings(policy, &Method::GET, path).map_err(|mut d| {
-            if let Some(detail) = d.detail.as_mut() {
-                detail.push_str(" (HEAD read as GET)");
-            }
-            d
-        })?;
+        check_readings(policy, &Method::GET, path)
+            .map_err(|d| noting(d, format_args!("HEAD read as GET")))?;
     }
     Ok(())
 }
 
-/// Query parameters that frameworks read as the request's method (Rails,
-/// Laravel and Symfony's `_method`, Express's method-override with a query
-/// getter). Matched ignoring case, after percent-decoding.
-const METHOD_OVERRIDE_PARAMS: [&str; 4] = [
-    "_method",
+/// The names under which frameworks take the request's method from the
+/// client: as headers (Express `method-override`, Laravel/Symfony, Google
+/// APIs, OData), which `proxy::headers` strips, and as query parameters,
+/// which [`check_overrides`] judges, together with Rails, Laravel and
+/// Symfony's `_method`.
+pub const METHOD_OVERRIDE_NAMES: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
@@ -119,10 +116,12 @@ pub fn check_overrides(
             continue;
         }
         let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-        if !METHOD_OVERRIDE_PARAMS
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(name.trim()))
-        {
+        let name = name.trim();
+        let overrides = name.eq_ignore_ascii_case("_method")
+            || METHOD_OVERRIDE_NAMES
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(name));
+        if !overrides {
             continue;
         }
         let value = percent_encoding::percent_decode_str(&value.replace('+', " "))
@@ -132,12 +131,8 @@ pub fn check_overrides(
         let Ok(overridden) = Method::from_bytes(value.as_bytes()) else {
             return bad(format!("query parameter {name:?} names no method"));
         };
-        check_rules(policy, &overridden, path).map_err(|mut d| {
-            if let Some(detail) = d.detail.as_mut() {
-                detail.push_str(&format!(" (method read from the query: {overridden})"));
-            }
-            d
-        })?;
+        check_rules(policy, &overridden, path)
+            .map_err(|d| noting(d, format_args!("method read from the query: {overridden}")))?;
     }
     let Some(destination) = headers.get("destination") else {
         return Ok(());
@@ -148,20 +143,25 @@ pub fn check_overrides(
     // An absolute URI or an absolute path (RFC 4918 §10.3).
     let target = match text.parse::<http::Uri>() {
         Ok(u) if u.path().starts_with('/') => u.path().to_string(),
-        _ => return bad(format!("Destination {:?} is not a URI", shown_path(text))),
+        _ => {
+            return bad(format!(
+                "Destination {} is not a URI",
+                shown(text.as_bytes())
+            ))
+        }
     };
     let dest = normalize_path(&target)?;
-    check_rules(policy, method, &dest).map_err(|mut d| {
-        if let Some(detail) = d.detail.as_mut() {
-            detail.push_str(" (the Destination path)");
-        }
-        d
-    })
+    check_rules(policy, method, &dest).map_err(|d| noting(d, format_args!("the Destination path")))
 }
 
-/// At most 64 characters of an attacker's value, for an audit detail.
-fn shown_path(s: &str) -> String {
-    s.chars().take(64).collect()
+/// A rule's refusal, with which reading of the request met the rule
+/// appended to its detail: `deny GET /api/reboot (HEAD read as GET)`.
+fn noting(mut denial: Denial, reading: std::fmt::Arguments<'_>) -> Denial {
+    if let Some(detail) = denial.detail.as_mut() {
+        use std::fmt::Write;
+        let _ = write!(detail, " ({reading})");
+    }
+    denial
 }
 
 /// The readings of `path` for one method.
@@ -352,9 +352,6 @@ fn check_segments(path: &str) -> Result<bool, &'static str> {
     Ok(normal)
 }
 
-#[cfg(test)]
-mod tests;
-
 /// The host a request names, checked against the names its service
 /// answers to: what the device may be told it was asked for.
 ///
@@ -511,6 +508,9 @@ fn shown(raw: &[u8]) -> String {
     let more = if raw.len() > MAX { "…" } else { "" };
     format!("{text:?}{more}")
 }
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(test)]
 mod host_tests;

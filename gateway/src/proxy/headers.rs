@@ -113,10 +113,7 @@ pub fn is_method_override(name: &HeaderName) -> bool {
 }
 
 fn method_override(n: &str) -> bool {
-    matches!(
-        n,
-        "x-http-method-override" | "x-http-method" | "x-method-override"
-    )
+    crate::controls::request::METHOD_OVERRIDE_NAMES.contains(&n)
 }
 
 /// Everything a client may not send the device (besides hop-by-hop).

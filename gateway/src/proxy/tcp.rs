@@ -110,7 +110,7 @@ async fn handle(
     let Some(handshake) = handshake else {
         return deny(&rt, conn, Denial::new(Reason::GatewayShutdown), None, None);
     };
-    let stream = match handshake {
+    let mut stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return deny(&rt, conn, classify_tls_error(&e), None, None),
         Err(_) => {
@@ -124,7 +124,6 @@ async fn handle(
             );
         }
     };
-    let mut stream = stream;
     if service.protocol == Protocol::Http {
         // Encrypted records waiting for a slow HTTP reader (64 KiB by
         // default); the kernel's socket buffer holds the rest.
