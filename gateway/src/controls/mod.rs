@@ -105,16 +105,16 @@ fn per_client_share(
     client: IpAddr,
     slot: ConnectionSlot,
 ) -> Result<ConnectionSlot, Denial> {
-    match service.limits.max_connections_per_client {
-        None => Ok(slot),
+    let limit = service.limits.max_connections_per_client;
+    if limit >= service.max_connections {
         // A share as large as the cap never binds: no bookkeeping.
-        Some(limit) if limit >= service.max_connections => Ok(slot),
-        Some(limit) => state
-            .hold_for_client(slot, rate::client_key(client), limit)
-            .ok_or_else(|| {
-                Denial::with_detail(Reason::MaxConnections, format!("per-client limit {limit}"))
-            }),
+        return Ok(slot);
     }
+    state
+        .hold_for_client(slot, rate::client_key(client), limit)
+        .ok_or_else(|| {
+            Denial::with_detail(Reason::MaxConnections, format!("per-client limit {limit}"))
+        })
 }
 
 /// The source allow/deny control on its own; also used to re-check live

@@ -75,7 +75,7 @@ impl RateSpec {
 }
 
 /// The limits of one service, as compiled from its `[limits]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsPolicy {
     pub connections_per_client: Option<RateSpec>,
     pub requests_per_client: Option<RateSpec>,
@@ -84,10 +84,27 @@ pub struct LimitsPolicy {
     pub device_rate: Option<RateSpec>,
     /// HTTP requests at the device at once.
     pub max_in_flight: Option<u32>,
-    /// Connections one client (IPv6: one /64) may hold at once.
-    pub max_connections_per_client: Option<u32>,
+    /// Connections one client (IPv6: one /64) may hold at once: as
+    /// configured, or by default a share of `max_connections`
+    /// (`policy::compile::default_per_client`). `u32::MAX` (the `Default`,
+    /// for tests) never binds.
+    pub max_connections_per_client: u32,
     /// How long a request may wait for an in-flight slot before 503.
     pub queue_timeout: Duration,
+}
+
+impl Default for LimitsPolicy {
+    fn default() -> Self {
+        LimitsPolicy {
+            connections_per_client: None,
+            requests_per_client: None,
+            requests_per_identity: None,
+            device_rate: None,
+            max_in_flight: None,
+            max_connections_per_client: u32::MAX,
+            queue_timeout: Duration::ZERO,
+        }
+    }
 }
 
 type Keyed<K, C> =

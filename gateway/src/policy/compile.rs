@@ -418,11 +418,11 @@ impl Compiler<'_> {
             }
             h
         });
-        let mut limits = self.limits(&s.limits, &format!("{field}.limits"), s.protocol);
-        limits.max_connections_per_client = Some(
-            limits
-                .max_connections_per_client
-                .unwrap_or_else(|| default_per_client(*s.max_connections.get_ref())),
+        let limits = self.limits(
+            &s.limits,
+            &format!("{field}.limits"),
+            s.protocol,
+            *s.max_connections.get_ref(),
         );
         if self.errors.len() != before {
             return None;
@@ -556,7 +556,13 @@ impl Compiler<'_> {
 }
 
 impl Compiler<'_> {
-    fn limits(&mut self, l: &LimitsSection, field: &str, protocol: Protocol) -> LimitsPolicy {
+    fn limits(
+        &mut self,
+        l: &LimitsSection,
+        field: &str,
+        protocol: Protocol,
+        max_connections: u32,
+    ) -> LimitsPolicy {
         let rate = |spec: &Option<Spanned<String>>, name: &str, this: &mut Self| {
             let spec = spec.as_ref()?;
             match RateSpec::parse(spec.get_ref()) {
@@ -573,7 +579,10 @@ impl Compiler<'_> {
             requests_per_identity: rate(&l.requests_per_identity, "requests_per_identity", self),
             device_rate: rate(&l.device_rate, "device_rate", self),
             max_in_flight: l.max_in_flight.as_ref().map(|m| *m.get_ref()),
-            max_connections_per_client: l.max_connections_per_client.as_ref().map(|m| *m.get_ref()),
+            max_connections_per_client: l
+                .max_connections_per_client
+                .as_ref()
+                .map_or_else(|| default_per_client(max_connections), |m| *m.get_ref()),
             queue_timeout: match (l.queue_timeout, protocol) {
                 (Some(t), _) => t.0,
                 (None, Protocol::Http) => std::time::Duration::from_millis(100),

@@ -295,13 +295,13 @@ fn one_client_gets_a_share_of_the_connections_by_default() {
     let p = f
         .compile(&service("allow = [\"10.0.0.0/8\"]\nplaintext = true\n"))
         .unwrap();
-    assert_eq!(p.services[0].limits.max_connections_per_client, Some(64));
+    assert_eq!(p.services[0].limits.max_connections_per_client, 64);
     let p = f
         .compile(&service(
             "allow = [\"10.0.0.0/8\"]\nplaintext = true\nmax_connections = 100\n[device.service.limits]\nmax_connections_per_client = 100\n",
         ))
         .unwrap();
-    assert_eq!(p.services[0].limits.max_connections_per_client, Some(100));
+    assert_eq!(p.services[0].limits.max_connections_per_client, 100);
 }
 
 #[test]
