@@ -319,5 +319,42 @@ fn resize(sem: &Arc<Semaphore>, old: u32, new: u32) -> Arc<Semaphore> {
     sem.clone()
 }
 
+/// A token bucket owned by one connection: no key, no sharing, driven by
+/// tokio's clock (so paused-time tests can step it). The per-connection
+/// budgets use it: h2 control frames (`proxy::h2_guard`) and abandoned
+/// requests (`proxy::http`). Limits keyed by client or shared by a service
+/// use governor, above.
+#[derive(Debug)]
+pub struct Bucket {
+    tokens: f64,
+    burst: f64,
+    per_second: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    /// Full, holding `burst` tokens, earning `per_second` back.
+    pub fn new(now: tokio::time::Instant, burst: f64, per_second: f64) -> Bucket {
+        Bucket {
+            tokens: burst,
+            burst,
+            per_second,
+            at: now,
+        }
+    }
+
+    /// Takes one token at `now`; false when there is none.
+    pub fn take(&mut self, now: tokio::time::Instant) -> bool {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests;

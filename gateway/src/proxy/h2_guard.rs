@@ -33,6 +33,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::controls::rate::Bucket;
+
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Control frames a connection may send at once. Envoy queues at most 1000
@@ -100,33 +102,6 @@ impl Verdict {
 
     fn lock_waker(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
         self.waker.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Token bucket over control frames, refilled at `RATE` up to `BURST`.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(now: Instant) -> Bucket {
-        Bucket {
-            tokens: BURST,
-            at: now,
-        }
-    }
-
-    /// Takes one token; false when there is none.
-    fn take(&mut self, now: Instant) -> bool {
-        let earned = now.saturating_duration_since(self.at).as_secs_f64() * RATE;
-        self.tokens = (self.tokens + earned).min(BURST);
-        self.at = now;
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
     }
 }
 
@@ -210,7 +185,7 @@ impl Inbound {
     fn new(now: Instant) -> Inbound {
         Inbound {
             frames: Frames::default(),
-            bucket: Bucket::new(now),
+            bucket: Bucket::new(now, BURST, RATE),
             control: 0,
             window_updates: 0,
             last_stream: 0,

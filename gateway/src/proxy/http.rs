@@ -27,6 +27,7 @@ use super::headers::{harden, strip_hop_by_hop};
 use super::relay::{Activity, Metered, RelayOutcome};
 use super::upstream::{UpstreamClient, UpstreamError};
 use crate::audit::{ClosedBy, ConnMeta, Event};
+use crate::controls::rate::Bucket;
 use crate::controls::{self, ConnFacts, Denial, Reason};
 use crate::gateway::{Runtime, ServiceKey};
 use crate::policy::{ListenerId, Service};
@@ -88,7 +89,11 @@ where
         idle_mark: AtomicU64::new(0),
         tunnels: TaskTracker::new(),
         cut: CancellationToken::new(),
-        abandoned: std::sync::Mutex::new(AbandonBudget::new(Instant::now())),
+        abandoned: std::sync::Mutex::new(Bucket::new(
+            Instant::now(),
+            ABANDONED_LIMIT as f64,
+            ABANDONED_REFILL,
+        )),
         abusive: CancellationToken::new(),
     });
     let session = Arc::new(session);
@@ -287,7 +292,7 @@ struct Live {
     tunnels: TaskTracker,
     /// Cancelled when the connection ends for any reason: tunnels stop too.
     cut: CancellationToken,
-    abandoned: std::sync::Mutex<AbandonBudget>,
+    abandoned: std::sync::Mutex<Bucket>,
     /// Cancelled when the client abandons too many requests.
     abusive: CancellationToken,
 }
@@ -755,7 +760,7 @@ impl Drop for RequestRecord {
             .abandoned
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .spend(Instant::now());
+            .take(Instant::now());
         if over {
             self.live.abusive.cancel();
         }
@@ -769,30 +774,6 @@ impl Drop for RequestRecord {
 /// rapid reset abandons thousands a second.
 const ABANDONED_LIMIT: u64 = 100;
 const ABANDONED_REFILL: f64 = 1.0;
-
-/// How many abandoned requests a connection has to its name, forgiven at
-/// `ABANDONED_REFILL` per second.
-struct AbandonBudget {
-    spent: f64,
-    at: Instant,
-}
-
-impl AbandonBudget {
-    fn new(now: Instant) -> Self {
-        AbandonBudget {
-            spent: 0.0,
-            at: now,
-        }
-    }
-
-    /// One more abandoned request at `now`; false once over the limit.
-    fn spend(&mut self, now: Instant) -> bool {
-        let forgiven = now.saturating_duration_since(self.at).as_secs_f64() * ABANDONED_REFILL;
-        self.spent = (self.spent - forgiven).max(0.0) + 1.0;
-        self.at = now;
-        self.spent <= ABANDONED_LIMIT as f64
-    }
-}
 
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 

@@ -4,11 +4,11 @@ use super::*;
 #[test]
 fn a_burst_of_abandoned_requests_is_over_budget() {
     let t0 = Instant::now();
-    let mut budget = AbandonBudget::new(t0);
+    let mut budget = Bucket::new(t0, ABANDONED_LIMIT as f64, ABANDONED_REFILL);
     for i in 0..ABANDONED_LIMIT {
-        assert!(budget.spend(t0), "request {i}");
+        assert!(budget.take(t0), "request {i}");
     }
-    assert!(!budget.spend(t0));
+    assert!(!budget.take(t0));
 }
 
 /// A browser that abandons a request now and then, over a long-lived
@@ -16,12 +16,12 @@ fn a_burst_of_abandoned_requests_is_over_budget() {
 #[test]
 fn occasional_abandoned_requests_never_run_out() {
     let t0 = Instant::now();
-    let mut budget = AbandonBudget::new(t0);
+    let mut budget = Bucket::new(t0, ABANDONED_LIMIT as f64, ABANDONED_REFILL);
     // 30 pending requests left behind every 45 s, for a day.
     for round in 0..2000u64 {
         let at = t0 + Duration::from_secs(45 * round);
         for i in 0..30 {
-            assert!(budget.spend(at), "round {round}, request {i}");
+            assert!(budget.take(at), "round {round}, request {i}");
         }
     }
 }
