@@ -201,13 +201,10 @@ pub struct RequestRule {
 }
 
 impl RequestRule {
+    /// Whether the rule applies to `method`; its path is matched per
+    /// reading (`controls::request::check_rules`).
     pub fn matches_method(&self, method: &Method) -> bool {
         self.methods.is_empty() || self.methods.contains(method)
-    }
-
-    /// Method and path, the path case-sensitively.
-    pub fn matches(&self, method: &Method, path: &str) -> bool {
-        self.matches_method(method) && self.path.matches(path)
     }
 }
 

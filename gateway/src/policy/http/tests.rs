@@ -75,8 +75,13 @@ fn rules_match_method_and_path() {
         path: g("/firmware/*"),
         text: String::new(),
     };
-    assert!(rule.matches(&Method::POST, "/firmware/x"));
-    assert!(!rule.matches(&Method::GET, "/firmware/x"));
+    assert!(rule.matches_method(&Method::POST) && rule.path.matches("/firmware/x"));
+    assert!(!rule.matches_method(&Method::GET));
+    let any = RequestRule {
+        methods: vec![],
+        ..rule
+    };
+    assert!(any.matches_method(&Method::GET));
 }
 
 fn hosts(entries: &[&str]) -> HostNames {
