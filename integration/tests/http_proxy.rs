@@ -7,7 +7,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -202,36 +202,6 @@ fn url(addr: SocketAddr, path: &str) -> String {
     format!("https://{addr}{path}")
 }
 
-fn curl_output(ws: &Workspace, args: &[&str]) -> Output {
-    Command::new("curl")
-        .args([
-            "-sS",
-            "-i",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "20",
-            "--cacert",
-        ])
-        .arg(&ws.certs.ca)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running curl")
-}
-
-/// Runs curl (which must succeed at the transport level) and parses its answer.
-fn curl(ws: &Workspace, args: &[&str]) -> Reply {
-    let out = curl_output(ws, args);
-    assert!(
-        out.status.success(),
-        "curl {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_reply(&out.stdout)
-}
-
 /// A rustls client that speaks only HTTP/1.1 (moat offers h2 first).
 fn h1_client(ws: &Workspace) -> Arc<rustls::ClientConfig> {
     let mut cfg = (*tls_client(&ws.certs, false)).clone();
@@ -317,7 +287,7 @@ fn curl_http1_and_h2_reach_the_device_with_hardening_headers() {
         ("--http1.1", "/h1/index.html", "HTTP/1.1", "http/1.1"),
         ("--http2", "/h2/index.html", "HTTP/2", "h2"),
     ] {
-        let reply = curl(&ws, &[flag, &url(ui, path)]);
+        let reply = curl_with_ca(&ws, &[flag, &url(ui, path)]);
         assert_eq!(reply.status, 200, "{reply:?}");
         assert_eq!(reply.version, version);
         let seen = reply.seen();
@@ -349,7 +319,7 @@ fn only_allowlisted_sources_reach_the_ui() {
     let ui = moat.addr("ui");
 
     // 127.0.0.3 is on no allow entry: closed before any TLS.
-    let out = curl_output(&ws, &["--interface", "127.0.0.3", &url(ui, "/from-3")]);
+    let out = curl_with_ca_output(&ws, &["--interface", "127.0.0.3", &url(ui, "/from-3")]);
     assert!(!out.status.success(), "127.0.0.3 got an answer");
     assert!(out.stdout.is_empty());
     let denied = moat.wait_event("connection_denied", |e| {
@@ -361,7 +331,7 @@ fn only_allowlisted_sources_reach_the_ui() {
     assert_eq!(denied["service"], "ui");
     assert!(denied.get("tls").is_none(), "TLS work for a refused source");
 
-    let reply = curl(&ws, &["--interface", "127.0.0.2", &url(ui, "/from-2")]);
+    let reply = curl_with_ca(&ws, &["--interface", "127.0.0.2", &url(ui, "/from-2")]);
     assert_eq!(reply.status, 200);
     assert_eq!(reply.seen().values("x-forwarded-for"), ["127.0.0.2"]);
     let e = wait_request(&moat, "GET", "/from-2");
@@ -391,7 +361,7 @@ fn request_rules_apply_to_the_normalised_path() {
 
     // HTTP/1.1: curl 7.88 reports the RST_STREAM(NO_ERROR) that rightly
     // follows an early h2 answer to an unread body as a stream error.
-    let reply = curl(
+    let reply = curl_with_ca(
         &ws,
         &[
             "--http1.1",
@@ -406,7 +376,7 @@ fn request_rules_apply_to_the_normalised_path() {
     assert_eq!(e["detail"], "deny POST /firmware/*");
 
     // Reading is allowed; so is POST elsewhere, body and all.
-    let reply = curl(&ws, &[&url(ui, "/firmware/upload")]);
+    let reply = curl_with_ca(&ws, &[&url(ui, "/firmware/upload")]);
     assert_eq!(reply.seen().line, "GET /firmware/upload");
     assert_request(
         &wait_request(&moat, "GET", "/firmware/upload"),
@@ -415,7 +385,7 @@ fn request_rules_apply_to_the_normalised_path() {
         None,
         "HTTP/2",
     );
-    let reply = curl(&ws, &["--data-binary", "volume=5", &url(ui, "/settings")]);
+    let reply = curl_with_ca(&ws, &["--data-binary", "volume=5", &url(ui, "/settings")]);
     let seen = reply.seen();
     assert_eq!(seen.line, "POST /settings");
     assert_eq!(seen.body_bytes, 8);
@@ -440,14 +410,14 @@ fn request_rules_apply_to_the_normalised_path() {
         let target = url(ui, raw);
         let mut all = args.clone();
         all.push(&target);
-        let reply = curl(&ws, &all);
+        let reply = curl_with_ca(&ws, &all);
         assert_denied(&reply, 403, "request_denied");
         let e = wait_request(&moat, "POST", path);
         assert_request(&e, &reply, "denied", Some("request_denied"), version);
     }
 
     // An encoded '/' is ambiguous: refused outright.
-    let reply = curl(&ws, &["-X", "POST", &url(ui, "/firmware%2fx")]);
+    let reply = curl_with_ca(&ws, &["-X", "POST", &url(ui, "/firmware%2fx")]);
     assert_denied(&reply, 400, "bad_request");
     let e = wait_request(&moat, "POST", "/firmware%2fx");
     assert_request(&e, &reply, "denied", Some("bad_request"), "HTTP/2");
@@ -499,7 +469,7 @@ fn forwarding_headers_are_moats_own_and_host_is_rewritten() {
             ]);
         }
         args.push(&target);
-        let reply = curl(&ws, &args);
+        let reply = curl_with_ca(&ws, &args);
         let seen = reply.seen();
         assert_eq!(seen.line, format!("GET {path}"));
         assert_eq!(seen.values("x-forwarded-for"), ["127.0.0.1"], "{seen:?}");
@@ -540,7 +510,7 @@ fn forwarding_headers_are_moats_own_and_host_is_rewritten() {
 
     // Without host_rewrite the device sees the Host the client asked for.
     let plain = moat.addr("ui-host");
-    let reply = curl(&ws, &[&url(plain, "/host")]);
+    let reply = curl_with_ca(&ws, &[&url(plain, "/host")]);
     let seen = reply.seen();
     assert_eq!(seen.values("host"), [plain.to_string()], "{seen:?}");
     assert_eq!(seen.values("x-forwarded-for"), ["127.0.0.1"]);
@@ -565,20 +535,20 @@ fn body_and_header_limits_answer_413_and_431() {
     let chunked = ["-H", "Transfer-Encoding: chunked", "--http1.1"];
 
     // Under the limit, with either framing: delivered whole.
-    let reply = curl(&ws, &["--data-binary", &small, &url(ui, "/small")]);
+    let reply = curl_with_ca(&ws, &["--data-binary", &small, &url(ui, "/small")]);
     assert_eq!(reply.seen().body_bytes, 500);
     let mut args = chunked.to_vec();
     args.extend(["--data-binary", &small]);
     let target = url(ui, "/small-chunked");
     args.push(&target);
-    let reply = curl(&ws, &args);
+    let reply = curl_with_ca(&ws, &args);
     let seen = reply.seen();
     assert_eq!(seen.body_bytes, 500);
     assert_eq!(seen.values("transfer-encoding"), ["chunked"]);
 
     // Declared too large: refused before the device is involved (HTTP/1.1
     // for curl 7.88's sake, as above).
-    let reply = curl(&ws, &["--http1.1", "--data-binary", &big, &url(ui, "/big")]);
+    let reply = curl_with_ca(&ws, &["--http1.1", "--data-binary", &big, &url(ui, "/big")]);
     assert_denied(&reply, 413, "body_too_large");
     let e = wait_request(&moat, "POST", "/big");
     assert_request(&e, &reply, "denied", Some("body_too_large"), "HTTP/1.1");
@@ -589,7 +559,7 @@ fn body_and_header_limits_answer_413_and_431() {
     args.extend(["--data-binary", &big]);
     let target = url(ui, "/big-chunked");
     args.push(&target);
-    let reply = curl(&ws, &args);
+    let reply = curl_with_ca(&ws, &args);
     assert_denied(&reply, 413, "body_too_large");
     let e = wait_request(&moat, "POST", "/big-chunked");
     assert_request(&e, &reply, "denied", Some("body_too_large"), "HTTP/1.1");
@@ -602,7 +572,7 @@ fn body_and_header_limits_answer_413_and_431() {
     }
     let target = url(ui, "/many-headers");
     args.push(&target);
-    let reply = curl(&ws, &args);
+    let reply = curl_with_ca(&ws, &args);
     assert_denied(&reply, 431, "headers_too_large");
     let e = wait_request(&moat, "GET", "/many-headers");
     assert_request(&e, &reply, "denied", Some("headers_too_large"), "HTTP/2");
@@ -613,7 +583,7 @@ fn body_and_header_limits_answer_413_and_431() {
 
     // One header larger than all headers may be together.
     let huge = format!("X-Huge: {}", "h".repeat(3000));
-    let reply = curl(&ws, &["--http1.1", "-H", &huge, &url(ui, "/huge-header")]);
+    let reply = curl_with_ca(&ws, &["--http1.1", "-H", &huge, &url(ui, "/huge-header")]);
     assert_denied(&reply, 431, "headers_too_large");
     let e = wait_request(&moat, "GET", "/huge-header");
     assert_request(&e, &reply, "denied", Some("headers_too_large"), "HTTP/1.1");
@@ -646,7 +616,7 @@ fn device_down_is_502_and_slow_device_is_504() {
         ],
     );
 
-    let reply = curl(&ws, &[&url(moat.addr("down"), "/status")]);
+    let reply = curl_with_ca(&ws, &[&url(moat.addr("down"), "/status")]);
     assert_denied(&reply, 502, "upstream_unreachable");
     let e = wait_request(&moat, "GET", "/status");
     assert_request(&e, &reply, "denied", Some("upstream_unreachable"), "HTTP/2");
@@ -656,7 +626,7 @@ fn device_down_is_502_and_slow_device_is_504() {
     assert!(detail.contains("refused"), "{e}");
 
     let started = Instant::now();
-    let reply = curl(&ws, &[&url(moat.addr("slow"), "/slow")]);
+    let reply = curl_with_ca(&ws, &[&url(moat.addr("slow"), "/slow")]);
     let took = started.elapsed();
     assert_denied(&reply, 504, "upstream_timeout");
     assert!(took < Duration::from_millis(1800), "took {took:?}");
@@ -718,7 +688,7 @@ fn device_connect_timeout_is_504_with_its_cause() {
     );
 
     let started = Instant::now();
-    let reply = curl(&ws, &[&url(moat.addr("hung"), "/hung")]);
+    let reply = curl_with_ca(&ws, &[&url(moat.addr("hung"), "/hung")]);
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_denied(&reply, 504, "upstream_timeout");
@@ -788,7 +758,7 @@ fn device_connections_are_pooled_across_clients() {
     let ui = moat.addr("ui");
     for i in 0..20 {
         let path = format!("/poll/{i}");
-        let reply = curl(&ws, &[&url(ui, &path)]);
+        let reply = curl_with_ca(&ws, &[&url(ui, &path)]);
         assert_eq!(reply.seen().line, format!("GET {path}"));
     }
     wait_for("20 audited requests", || {
@@ -827,7 +797,7 @@ fn device_hanging_up_idle_connections_costs_no_request() {
     let ui = moat.addr("ui");
     for i in 0..10 {
         let path = format!("/poll/{i}");
-        let reply = curl(&ws, &[&url(ui, &path)]);
+        let reply = curl_with_ca(&ws, &[&url(ui, &path)]);
         assert_eq!(reply.status, 200, "request {i}: {reply:?}");
         assert_eq!(reply.body, format!("GET {path}\n"));
     }
@@ -910,7 +880,7 @@ fn slowloris_is_cut_off_while_others_are_served() {
         .expect("slow client started");
 
     // Meanwhile, a normal client is served.
-    let reply = curl(&ws, &[&url(ui, "/meanwhile")]);
+    let reply = curl_with_ca(&ws, &[&url(ui, "/meanwhile")]);
     assert_eq!(reply.seen().line, "GET /meanwhile");
     assert_request(
         &wait_request(&moat, "GET", "/meanwhile"),
@@ -1003,7 +973,7 @@ fn absolute_form_naming_another_port_still_goes_to_the_device() {
     );
 
     // h2 with a foreign :authority.
-    let reply = curl(
+    let reply = curl_with_ca(
         &ws,
         &[
             "--http2",
@@ -1120,7 +1090,7 @@ fn upstream_tls_with_a_pinned_certificate() {
         ],
     );
 
-    let reply = curl(&ws, &[&url(moat.addr("good"), "/")]);
+    let reply = curl_with_ca(&ws, &[&url(moat.addr("good"), "/")]);
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(reply.body.contains("<HTML>"), "{reply:?}");
     assert!(reply.body.contains("s_server"), "{reply:?}");
@@ -1128,14 +1098,14 @@ fn upstream_tls_with_a_pinned_certificate() {
     assert_eq!(e["path"], "/");
     assert_request(&e, &reply, "allowed", None, "HTTP/2");
 
-    let reply = curl(&ws, &[&url(moat.addr("bad"), "/")]);
+    let reply = curl_with_ca(&ws, &[&url(moat.addr("bad"), "/")]);
     assert_denied(&reply, 502, "upstream_unreachable");
     let e = moat.wait_event("http_request", |e| e["service"] == "bad");
     assert_request(&e, &reply, "denied", Some("upstream_unreachable"), "HTTP/2");
     assert!(e["detail"].as_str().unwrap().contains("certificate"), "{e}");
 
     // Nothing about one device's TLS affects another service.
-    let reply = curl(&ws, &[&url(moat.addr("plain"), "/after")]);
+    let reply = curl_with_ca(&ws, &[&url(moat.addr("plain"), "/after")]);
     assert_eq!(reply.seen().line, "GET /after");
     assert_request(
         &wait_request(&moat, "GET", "/after"),
@@ -1225,17 +1195,17 @@ fn rules_hold_against_case_parameters_lowercase_methods_and_overrides() {
         "/firmware;jsessionid=1/upload",
         "/Firmware/Upload",
     ] {
-        let reply = curl(&ws, &["--http1.1", "-X", "POST", &url(ui, path)]);
+        let reply = curl_with_ca(&ws, &["--http1.1", "-X", "POST", &url(ui, path)]);
         assert_denied(&reply, 403, "request_denied");
     }
     // `post` is not POST to HTTP, but some device servers run it as POST.
-    let reply = curl(
+    let reply = curl_with_ca(
         &ws,
         &["--http1.1", "-X", "post", &url(ui, "/firmware/upload")],
     );
     assert_denied(&reply, 400, "bad_request");
     // Double encoding would let a device that decodes twice see `..`.
-    let reply = curl(
+    let reply = curl_with_ca(
         &ws,
         &[
             "--http1.1",
@@ -1245,7 +1215,7 @@ fn rules_hold_against_case_parameters_lowercase_methods_and_overrides() {
     );
     assert_denied(&reply, 400, "bad_request");
     // A method override header never reaches the device.
-    let reply = curl(
+    let reply = curl_with_ca(
         &ws,
         &[
             "-H",

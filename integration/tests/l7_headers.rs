@@ -6,13 +6,13 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use support::http_device::{self, HttpDevice};
 use support::{
-    connect_from, exchange, parse_reply, require, tls_client, tls_connect, Moat, Reply, Workspace,
+    connect_from, curl_with_ca, exchange, require, tls_client, tls_connect, Moat, Reply, Workspace,
 };
 
 /// A request as the device received it: `METHOD PATH` and its headers.
@@ -106,31 +106,6 @@ fn start(ws: &Workspace, services: &[(&str, String)]) -> Moat {
     let names: Vec<&str> = services.iter().map(|(n, _)| *n).collect();
     let config = format!("[[device]]\nid = \"pump\"\nname = \"Infusion pump\"\n{body}");
     Moat::start(ws, &config, &names)
-}
-
-fn curl(ws: &Workspace, args: &[&str]) -> Reply {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-i",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "20",
-            "--cacert",
-        ])
-        .arg(&ws.certs.ca)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running curl");
-    assert!(
-        out.status.success(),
-        "curl {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_reply(&out.stdout)
 }
 
 /// One request on a new plaintext connection.
@@ -288,7 +263,7 @@ fn no_forwarding_or_override_header_from_the_client_reaches_the_device() {
         }
         let url = format!("https://{host}{path}");
         args.push(&url);
-        let reply = curl(&ws, &args);
+        let reply = curl_with_ca(&ws, &args);
         assert_eq!(reply.status, 200, "{reply:?}");
         let seen = dev.request(path);
         assert_eq!(seen.line, format!("POST {path}"));
@@ -343,7 +318,7 @@ fn a_foreign_host_is_misdirected_and_nothing_reaches_the_device() {
         ("--http2", "/misdirected-h2"),
     ] {
         let url = format!("https://localhost:{}{path}", tls.port());
-        let reply = curl(&ws, &[flag, "-H", "Host: evil.example", &url]);
+        let reply = curl_with_ca(&ws, &[flag, "-H", "Host: evil.example", &url]);
         assert_denied(&reply, 421, "misdirected_request");
         let e = wait_request(&moat, path);
         assert_eq!(e["status"], 421, "{e}");
@@ -493,11 +468,11 @@ fn configured_hosts_admit_their_names_and_nothing_else() {
     // Over TLS (SNI localhost), h1 and h2.
     for flag in ["--http1.1", "--http2"] {
         let url = format!("https://localhost:{}/cfg-tls{flag}", tls.port());
-        let reply = curl(&ws, &[flag, "-H", "Host: pump.ward3.example", &url]);
+        let reply = curl_with_ca(&ws, &[flag, "-H", "Host: pump.ward3.example", &url]);
         assert_eq!(reply.status, 200, "{reply:?}");
         let seen = dev.request(&format!("/cfg-tls{flag}"));
         assert_eq!(seen.values("host"), ["pump.ward3.example"], "{seen:?}");
-        let reply = curl(&ws, &[flag, &url]);
+        let reply = curl_with_ca(&ws, &[flag, &url]);
         assert_denied(&reply, 421, "misdirected_request");
     }
     assert_eq!(
@@ -561,7 +536,7 @@ fn the_default_admits_the_certificate_names_and_the_listen_address() {
             args.extend(extra.iter().copied());
             let url = format!("{url}{flag}");
             args.push(&url);
-            let reply = curl(&ws, &args);
+            let reply = curl_with_ca(&ws, &args);
             assert_eq!(reply.status, 200, "{url}: {reply:?}");
             let path = url.rsplit_once(&format!(":{port}")).unwrap().1;
             let seen = dev.request(path);
@@ -569,7 +544,7 @@ fn the_default_admits_the_certificate_names_and_the_listen_address() {
         }
     }
     // Another address of this machine is not a name of a 127.0.0.1 listener.
-    let reply = curl(
+    let reply = curl_with_ca(
         &ws,
         &[
             "-H",
@@ -644,7 +619,7 @@ fn h2_cookie_crumbs_reach_the_device_as_one_line() {
             "Cookie: csrf=xyz",
             &url,
         ];
-        let reply = curl(&ws, &args);
+        let reply = curl_with_ca(&ws, &args);
         assert_eq!(reply.status, 200, "{reply:?}");
     }
     assert_eq!(

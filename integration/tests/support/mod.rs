@@ -504,3 +504,35 @@ pub fn exchange(s: &mut (impl Read + Write), request: &str) -> Reply {
     reply.body = String::from_utf8_lossy(&body).into_owned();
     reply
 }
+
+/// curl trusting the workspace's dev CA, bounded in time; returns what it
+/// printed (`-i`: the head and body) whatever its exit status.
+pub fn curl_with_ca_output(ws: &Workspace, args: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args([
+            "-sS",
+            "-i",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "20",
+            "--cacert",
+        ])
+        .arg(&ws.certs.ca)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running curl")
+}
+
+/// Runs curl (which must succeed at the transport level) and parses its answer.
+pub fn curl_with_ca(ws: &Workspace, args: &[&str]) -> Reply {
+    let out = curl_with_ca_output(ws, args);
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_reply(&out.stdout)
+}
