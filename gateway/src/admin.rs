@@ -11,12 +11,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::{ReloadOutcome, Reloader, Runtime, Trigger};
+use crate::policy::lifecycle::{ReloadOutcome, Trigger};
 use crate::proxy::accept::{Accepted, Acceptor};
+use crate::runtime::{PolicyControl, Runtime};
 
 /// `POST /reload`: the same path as SIGHUP and file changes; answers with
 /// the outcome (200 applied or unchanged, 422 rejected with the errors).
-async fn reload(reloader: &Reloader) -> Response<Full<Bytes>> {
+async fn reload(reloader: &dyn PolicyControl) -> Response<Full<Bytes>> {
     let outcome = reloader.reload(Trigger::Admin).await;
     let mut r = json(&outcome);
     if matches!(outcome, ReloadOutcome::Rejected { .. }) {
@@ -28,7 +29,7 @@ async fn reload(reloader: &Reloader) -> Response<Full<Bytes>> {
 pub async fn serve(
     listener: TcpListener,
     rt: Arc<Runtime>,
-    reloader: Arc<Reloader>,
+    reloader: Arc<dyn PolicyControl>,
     stop: CancellationToken,
 ) {
     let mut acceptor = Acceptor::new(listener);
@@ -50,7 +51,7 @@ pub async fn serve(
                 let reloader = reloader.clone();
                 async move {
                     if req.method() == Method::POST && req.uri().path() == "/reload" {
-                        return Ok::<_, Infallible>(reload(&reloader).await);
+                        return Ok::<_, Infallible>(reload(&*reloader).await);
                     }
                     Ok(route(&rt, req))
                 }

@@ -17,11 +17,10 @@ use serde::Serialize;
 use std::io::{BufWriter, Write};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::controls::Reason;
-use crate::gateway::Trigger;
+use crate::controls::{Principal, Reason};
 use crate::policy::diff::PolicyDiff;
+use crate::policy::lifecycle::Trigger;
 use crate::policy::AuditTarget;
-use crate::tls::ClientIdentity;
 
 const QUEUE_DEPTH: usize = 65_536;
 
@@ -87,8 +86,9 @@ pub enum Event {
         upstream: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         tls: Option<TlsInfo>,
+        /// The client certificate's identity, when one was presented.
         #[serde(skip_serializing_if = "Option::is_none")]
-        client_identity: Option<ClientIdentity>,
+        principal: Option<Principal>,
     },
     ConnectionDenied {
         #[serde(flatten)]
@@ -98,8 +98,9 @@ pub enum Event {
         detail: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         tls: Option<TlsInfo>,
+        /// The client certificate's identity, when one was presented.
         #[serde(skip_serializing_if = "Option::is_none")]
-        client_identity: Option<ClientIdentity>,
+        principal: Option<Principal>,
     },
     ConnectionClosed {
         #[serde(flatten)]
@@ -127,8 +128,10 @@ pub enum Event {
         reason: Option<Reason>,
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        /// Who made the request: the session's user on an `mfa` service,
+        /// else the client certificate's identity, when there is one.
         #[serde(skip_serializing_if = "Option::is_none")]
-        client_identity: Option<String>,
+        principal: Option<Principal>,
     },
     ListenerStopped {
         device: Arc<str>,

@@ -3,12 +3,19 @@
 //!
 //! config files ─► [`config`] (what the files say)
 //!              ─► [`policy`] (what is enforced; immutable, compiled)
-//!              ─► [`gateway`] (listeners, runtime state, shutdown)
+//!              ─► [`gateway`] (listeners, reloads, shutdown)
 //!              ─► [`proxy`] data planes running the [`controls`] chain
+//!                  (identity from [`auth`]), on the shared [`runtime`]
+//!                  state, to devices through [`upstream`]
 //!              ─► [`audit`] trail and [`metrics`] for every decision
+//!
+//! Dependencies point one way: `gateway` → `admin`, `proxy` → `runtime`
+//! → `audit`, `metrics`, `controls`, `policy`. Nothing below `gateway`
+//! names it.
 
 pub mod admin;
 pub mod audit;
+pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod controls;
@@ -18,5 +25,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod runtime;
 pub mod signals;
 pub mod tls;
+pub mod upstream;

@@ -262,6 +262,9 @@ impl ResolvesServerCert for SniResolver {
 /// Who a client certificate says the client is. Recorded in the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClientIdentity {
+    /// The common name, or the subject when there is none: what rules,
+    /// rate limits and the audit trail call this client.
+    pub name: String,
     pub subject: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub common_name: Option<String>,
@@ -302,8 +305,10 @@ impl ClientIdentity {
             }
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let subject = cert.subject().to_string();
         Some(ClientIdentity {
-            subject: cert.subject().to_string(),
+            name: common_name.clone().unwrap_or_else(|| subject.clone()),
+            subject,
             common_name,
             sans,
             fingerprint_sha256: hex(digest.as_ref()),

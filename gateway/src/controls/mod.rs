@@ -9,6 +9,7 @@
 //! handshake, in [`crate::proxy`], and report through the same [`Denial`].
 
 mod concurrency;
+mod principal;
 pub mod rate;
 mod reason;
 pub mod request;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 pub use concurrency::{ConnectionSlot, ServiceState};
+pub use principal::Principal;
 pub use reason::{Denial, Reason};
 
 use rustls::pki_types::{CertificateDer, UnixTime};

@@ -17,7 +17,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
-use super::{Denial, Reason};
+use super::{Denial, Principal, Reason};
 
 /// A rate as ops write it: "20/s", "600/min", "5/h", optionally
 /// "… burst 40". Without a burst, the whole count may arrive at once.
@@ -124,7 +124,7 @@ pub struct Limiters<C: Clock = DefaultClock> {
     policy: LimitsPolicy,
     conn_per_client: Option<Slot<Keyed<IpAddr, C>>>,
     req_per_client: Option<Slot<Keyed<IpAddr, C>>>,
-    req_per_identity: Option<Slot<Keyed<String, C>>>,
+    req_per_identity: Option<Slot<Keyed<Principal, C>>>,
     device: Option<Slot<Direct<C>>>,
     in_flight: Option<(u32, Arc<Semaphore>)>,
 }
@@ -239,8 +239,13 @@ impl<C: Clock + Clone> Limiters<C> {
         Ok(())
     }
 
-    /// One HTTP request from `client`, authenticated as `identity` if known.
-    pub fn check_request(&self, client: IpAddr, identity: Option<&str>) -> Result<(), Denial> {
+    /// One HTTP request from `client`, made by `principal` if known (the
+    /// session's user, else the client certificate's identity).
+    pub fn check_request(
+        &self,
+        client: IpAddr,
+        principal: Option<&Principal>,
+    ) -> Result<(), Denial> {
         if let Some(s) = &self.req_per_client {
             s.limiter.check_key(&client_key(client)).map_err(|n| {
                 self.denied(
@@ -250,8 +255,8 @@ impl<C: Clock + Clone> Limiters<C> {
                 )
             })?;
         }
-        if let (Some(s), Some(id)) = (&self.req_per_identity, identity) {
-            s.limiter.check_key(&id.to_string()).map_err(|n| {
+        if let (Some(s), Some(id)) = (&self.req_per_identity, principal) {
+            s.limiter.check_key(id).map_err(|n| {
                 self.denied(
                     Reason::RateLimitedIdentity,
                     n,

@@ -71,10 +71,25 @@ pub enum Reason {
     ProtocolAbuse,
     /// moat ran out of file descriptors: the connection was shed.
     FdExhausted,
+    /// An `mfa` service: the request carries no valid session (none, or
+    /// one that is forged, expired, logged out or of another key).
+    AuthRequired,
+    /// A valid session of a user this service does not admit (not in its
+    /// `users`, in none of its `groups`).
+    UserNotAuthorized,
+    /// The session's user is disabled in the users file.
+    UserDisabled,
+    /// The user's sessions were ended (logout elsewhere, revocation), or
+    /// the user left the users file: live connections are cut.
+    SessionRevoked,
+    /// Logins from this source come faster than `[auth] login_rate`.
+    LoginRateLimited,
+    /// A portal form came without its CSRF token, or from another origin.
+    CsrfRejected,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 34] = [
         Reason::NotAllowlisted,
         Reason::Denylisted,
         Reason::MaxConnections,
@@ -103,6 +118,12 @@ impl Reason {
         Reason::BodyTimeout,
         Reason::ProtocolAbuse,
         Reason::FdExhausted,
+        Reason::AuthRequired,
+        Reason::UserNotAuthorized,
+        Reason::UserDisabled,
+        Reason::SessionRevoked,
+        Reason::LoginRateLimited,
+        Reason::CsrfRejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -135,6 +156,12 @@ impl Reason {
             Reason::BodyTimeout => "body_timeout",
             Reason::ProtocolAbuse => "protocol_abuse",
             Reason::FdExhausted => "fd_exhausted",
+            Reason::AuthRequired => "auth_required",
+            Reason::UserNotAuthorized => "user_not_authorized",
+            Reason::UserDisabled => "user_disabled",
+            Reason::SessionRevoked => "session_revoked",
+            Reason::LoginRateLimited => "login_rate_limited",
+            Reason::CsrfRejected => "csrf_rejected",
         }
     }
 
@@ -159,6 +186,8 @@ impl Reason {
                 | Reason::BodyTimeout
                 | Reason::ProtocolAbuse
                 | Reason::FdExhausted
+                | Reason::AuthRequired
+                | Reason::LoginRateLimited
         )
     }
 
@@ -175,7 +204,10 @@ impl Reason {
             Reason::HeadersTooLarge => 431,
             Reason::UpstreamUnreachable => 502,
             Reason::UpstreamTimeout => 504,
-            Reason::RateLimitedClient | Reason::RateLimitedIdentity => 429,
+            Reason::RateLimitedClient | Reason::RateLimitedIdentity | Reason::LoginRateLimited => {
+                429
+            }
+            Reason::AuthRequired | Reason::SessionRevoked => 401,
             Reason::MaxConnections
             | Reason::GatewayShutdown
             | Reason::RateLimitedDevice

@@ -4,11 +4,10 @@
 mod reload;
 mod watcher;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,111 +15,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use reload::{ReloadOutcome, Reloader, Trigger};
+pub use crate::policy::lifecycle::{ReloadOutcome, Trigger};
+pub use crate::runtime::{Runtime, ServiceKey};
+pub use reload::Reloader;
 
 use crate::audit::{Audit, Event};
-use crate::controls::ServiceState;
 use crate::metrics::Metrics;
-use crate::policy::{ListenerId, Policy, Service};
-use crate::proxy::upstream::UpstreamClient;
+use crate::policy::Policy;
+use crate::runtime::{Clock, MemoryStore};
 use crate::signals::{Signal, Signals};
-
-/// Identifies a service across policy versions: `device/service`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServiceKey {
-    pub device: Arc<str>,
-    pub service: Arc<str>,
-}
-
-impl ServiceKey {
-    pub fn of(s: &Service) -> Self {
-        ServiceKey {
-            device: s.device.id.clone(),
-            service: s.name.clone(),
-        }
-    }
-}
-
-/// Shared by every listener and connection.
-pub struct Runtime {
-    pub policy: watch::Receiver<Arc<Policy>>,
-    pub audit: Audit,
-    pub metrics: Arc<Metrics>,
-    /// Cancelled when the grace period is over: live connections are cut.
-    pub hard_stop: CancellationToken,
-    pub connections: TaskTracker,
-    next_conn_id: AtomicU64,
-    states: Mutex<HashMap<ServiceKey, Arc<ServiceState>>>,
-    /// Pooled clients to HTTP devices, kept across reloads while the
-    /// upstream settings are unchanged (keep-alive survives a reload).
-    http_clients: Mutex<HashMap<ServiceKey, (String, UpstreamClient)>>,
-}
-
-impl Runtime {
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The current policy's service behind a listener, if it still has one.
-    pub fn service(&self, id: &ListenerId) -> Option<Arc<Service>> {
-        self.policy.borrow().service_for(id).cloned()
-    }
-
-    /// The pooled client for an HTTP service's device.
-    pub fn http_client(&self, service: &Service) -> UpstreamClient {
-        let fingerprint = UpstreamClient::fingerprint(service);
-        let key = ServiceKey::of(service);
-        let mut clients = self
-            .http_clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((fp, client)) = clients.get(&key) {
-            if *fp == fingerprint {
-                return client.clone();
-            }
-        }
-        // Building a client opens nothing (connections come per request),
-        // so it is made under the lock: one pool per service and shape.
-        let client = UpstreamClient::new(service);
-        // The old pool's connections were made for what changed (another
-        // address, pin or CA): close them rather than wait for them to idle out.
-        if let Some((_, replaced)) = clients.insert(key, (fingerprint, client.clone())) {
-            replaced.retire();
-        }
-        client
-    }
-
-    /// Forgets rate-limit state of clients idle for a replenish period,
-    /// and closes device connections idle for too long.
-    pub fn collect_garbage(&self) {
-        let clients: Vec<UpstreamClient> = self
-            .http_clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .map(|(_, client)| client.clone())
-            .collect();
-        for client in clients {
-            client.evict_idle();
-        }
-        let states: Vec<Arc<ServiceState>> = self
-            .states
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        for state in states {
-            state.collect_garbage();
-        }
-    }
-
-    /// State kept across reloads for a service.
-    pub fn state(&self, key: &ServiceKey) -> Arc<ServiceState> {
-        let mut states = self.states.lock().expect("state map poisoned");
-        states.entry(key.clone()).or_default().clone()
-    }
-}
 
 pub struct Gateway {
     pub runtime: Arc<Runtime>,
@@ -142,16 +45,13 @@ impl Gateway {
         let policy = Arc::new(policy);
         metrics.policy_version.set(policy.version as i64);
         let (policy_tx, policy_rx) = watch::channel(policy.clone());
-        let runtime = Arc::new(Runtime {
-            policy: policy_rx,
-            audit: audit.clone(),
-            metrics: metrics.clone(),
-            hard_stop: CancellationToken::new(),
-            connections: TaskTracker::new(),
-            next_conn_id: AtomicU64::new(1),
-            states: Mutex::new(HashMap::new()),
-            http_clients: Mutex::new(HashMap::new()),
-        });
+        let runtime = Arc::new(Runtime::new(
+            policy_rx,
+            audit.clone(),
+            metrics.clone(),
+            Arc::new(MemoryStore::new()),
+            Clock::from_env(),
+        ));
         let stop_accepting = CancellationToken::new();
         let listeners = TaskTracker::new();
 
@@ -209,7 +109,7 @@ impl Gateway {
                 listeners.spawn(crate::admin::serve(
                     l,
                     runtime.clone(),
-                    reloader.clone(),
+                    reloader.clone() as Arc<dyn crate::runtime::PolicyControl>,
                     stop_accepting.clone(),
                 ));
                 Some(addr)

@@ -11,43 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Runtime, ServiceKey};
+use super::{ReloadOutcome, Runtime, ServiceKey, Trigger};
 use crate::audit::Event;
-use crate::policy::diff::PolicyDiff;
 use crate::policy::{self, ListenerId, Policy, Service};
 use crate::proxy;
-
-/// What asked for a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    FileChange,
-    Signal,
-    Admin,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum ReloadOutcome {
-    Applied {
-        old_version: u64,
-        new_version: u64,
-        changes: PolicyDiff,
-    },
-    /// The files compile to exactly the policy in force.
-    Unchanged { version: u64 },
-    Rejected {
-        /// The version still in force.
-        version: u64,
-        errors: Vec<String>,
-    },
-}
 
 struct RunningListener {
     key: ServiceKey,
@@ -222,7 +194,7 @@ impl Reloader {
             }
         }
 
-        let changes = PolicyDiff::between(&old, &new);
+        let changes = crate::policy::diff::PolicyDiff::between(&old, &new);
         let new = Arc::new(new);
         // Recorded before publishing, so it precedes any revocation it causes.
         tracing::info!(
@@ -291,5 +263,14 @@ impl Reloader {
             version: old.version,
             errors,
         }
+    }
+}
+
+impl crate::runtime::PolicyControl for Reloader {
+    fn reload(
+        &self,
+        trigger: Trigger,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ReloadOutcome> + Send + '_>> {
+        Box::pin(Reloader::reload(self, trigger))
     }
 }

@@ -216,6 +216,7 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
             .collect(),
         sources,
         cut_guarded,
+        auth: None,
     };
     c.errors.into_result(policy)
 }
@@ -441,6 +442,7 @@ impl Compiler<'_> {
             tls,
             http,
             limits,
+            access_mode: crate::auth::AccessMode::Network,
         })
     }
 

@@ -6,6 +6,7 @@ pub mod cidr;
 mod compile;
 pub mod diff;
 pub mod http;
+pub mod lifecycle;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ pub struct Policy {
     /// so that a reload can tell a cut from an edit
     /// ([`Policy::cut_short_sources`]).
     pub cut_guarded: std::collections::BTreeMap<PathBuf, Arc<[u8]>>,
+    /// `[auth]`: users, session keys and login settings, when configured.
+    pub auth: Option<Arc<crate::auth::AuthPolicy>>,
 }
 
 impl Policy {
@@ -126,6 +129,8 @@ pub struct Service {
     /// L7 policy; present exactly when `protocol` is HTTP.
     pub http: Option<http::HttpPolicy>,
     pub limits: crate::controls::rate::LimitsPolicy,
+    /// Who may use the service once the network controls let them on.
+    pub access_mode: crate::auth::AccessMode,
 }
 
 /// Where a device listens, as `host:port`; resolved at connect time.

@@ -25,15 +25,14 @@ use tokio_util::task::TaskTracker;
 use super::h2_guard::{self, H2Guard};
 use super::headers::{harden, strip_hop_by_hop};
 use super::relay::{Activity, Metered, RelayOutcome};
-use super::upstream::{UpstreamClient, UpstreamError};
 use crate::audit::{ClosedBy, ConnMeta, Event};
 use crate::controls::rate::Bucket;
-use crate::controls::{self, ConnFacts, Denial, Reason};
-use crate::gateway::{Runtime, ServiceKey};
+use crate::controls::{self, ConnFacts, Denial, Principal, Reason};
 use crate::policy::{ListenerId, Service};
+use crate::runtime::{Runtime, ServiceKey};
+use crate::upstream::{UpstreamClient, UpstreamError};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub use crate::upstream::{BoxError, ProxyBody};
 
 /// One client connection's context, shared by its requests.
 pub struct Session {
@@ -42,8 +41,8 @@ pub struct Session {
     pub facts: ConnFacts,
     pub conn: ConnMeta,
     pub tls: bool,
-    /// Client-certificate name, when there is one.
-    pub client_identity: Option<String>,
+    /// The client certificate's identity, when one was presented.
+    pub principal: Option<Principal>,
     /// The address the client connected to (the listen address, or for
     /// 0.0.0.0 / `::` the one it reached): a name the service answers to.
     pub local: Option<IpAddr>,
@@ -393,7 +392,7 @@ async fn handle(
     // Shield the device: rates first (cheap, no waiting), then a slot among
     // the requests it may have in flight, queueing briefly for one.
     let limiters = &current.limiters;
-    if let Err(d) = limiters.check_request(s.conn.client.ip(), s.client_identity.as_deref()) {
+    if let Err(d) = limiters.check_request(s.conn.client.ip(), s.principal.as_ref()) {
         return record.deny(d);
     }
     let permit = match limiters.in_flight() {
@@ -727,7 +726,7 @@ impl RequestRecord {
             },
             reason: denial.as_ref().map(|d| d.reason),
             detail: denial.as_ref().and_then(|d| d.detail.clone()),
-            client_identity: s.client_identity.clone(),
+            principal: s.principal.clone(),
         };
         match &denial {
             None => s.rt.audit.record(event),

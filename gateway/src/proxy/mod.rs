@@ -9,7 +9,6 @@ pub mod headers;
 pub mod http;
 pub(crate) mod relay;
 pub mod tcp;
-pub mod upstream;
 
 use crate::audit::ConnMeta;
 use crate::controls::{Denial, Reason};

@@ -16,10 +16,11 @@ use super::accept::{self, Accepted, Acceptor};
 use super::relay::relay;
 use crate::audit::{ClosedBy, ConnMeta, Event, TlsInfo};
 use crate::config::schema::Protocol;
+use crate::controls::Principal;
 use crate::controls::{self, ConnFacts, Denial, Reason};
-use crate::gateway::{Runtime, ServiceKey};
 use crate::metrics::{ByteLabels, ServiceLabels};
 use crate::policy::{ListenerId, Policy, Service};
+use crate::runtime::{Runtime, ServiceKey};
 use crate::tls::{version_name, ClientIdentity};
 
 /// Accepts connections for one listener until `stop` is cancelled. The
@@ -193,7 +194,7 @@ async fn connect_upstream(
     conn: &ConnMeta,
     rt: &Runtime,
     tls: Option<&TlsInfo>,
-    identity: Option<&ClientIdentity>,
+    identity: Option<&Principal>,
 ) -> Option<TcpStream> {
     let target = (service.upstream.host.as_str(), service.upstream.port);
     let connect = or_hard_stop(
@@ -234,7 +235,7 @@ async fn serve_protocol<C>(
     conn: ConnMeta,
     admitted: Admitted,
     tls: Option<TlsInfo>,
-    client_identity: Option<ClientIdentity>,
+    principal: Option<Principal>,
     rt: Arc<Runtime>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -242,9 +243,7 @@ async fn serve_protocol<C>(
     // L4 needs the device before it admits; L7 connects per request.
     let upstream = match service.protocol {
         Protocol::Tcp => {
-            match connect_upstream(&service, &conn, &rt, tls.as_ref(), client_identity.as_ref())
-                .await
-            {
+            match connect_upstream(&service, &conn, &rt, tls.as_ref(), principal.as_ref()).await {
                 Some(u) => Some(u),
                 None => return,
             }
@@ -263,7 +262,7 @@ async fn serve_protocol<C>(
         matched: admitted.matched,
         upstream: service.upstream.to_string(),
         tls: tls.clone(),
-        client_identity: client_identity.clone(),
+        principal: principal.clone(),
     });
 
     let revoked_at = std::sync::OnceLock::new();
@@ -291,7 +290,7 @@ async fn serve_protocol<C>(
                 facts: admitted.facts,
                 conn: conn.clone(),
                 tls: tls.is_some(),
-                client_identity: client_identity.and_then(|i| i.common_name.or(Some(i.subject))),
+                principal,
                 local: admitted.local,
             };
             super::http::serve(client, &service, session, revoked).await
@@ -342,7 +341,7 @@ fn deny(
     conn: ConnMeta,
     denial: Denial,
     tls: Option<TlsInfo>,
-    client_identity: Option<ClientIdentity>,
+    principal: Option<Principal>,
 ) {
     rt.metrics
         .outcome(&conn.device, &conn.service, Err(denial.reason));
@@ -353,14 +352,14 @@ fn deny(
         reason: denial.reason,
         detail: denial.detail,
         tls,
-        client_identity,
+        principal,
     });
     if written {
         super::log_device_failure(&logged.0, &logged.1);
     }
 }
 
-fn describe_tls(stream: &TlsStream<TcpStream>) -> (TlsInfo, Option<ClientIdentity>) {
+fn describe_tls(stream: &TlsStream<TcpStream>) -> (TlsInfo, Option<Principal>) {
     let (_, session) = stream.get_ref();
     let info = TlsInfo {
         version: session.protocol_version().map_or("unknown", version_name),
@@ -376,7 +375,8 @@ fn describe_tls(stream: &TlsStream<TcpStream>) -> (TlsInfo, Option<ClientIdentit
     let identity = session
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(|leaf| ClientIdentity::from_der(leaf));
+        .and_then(|leaf| ClientIdentity::from_der(leaf))
+        .map(Principal::certificate);
     (info, identity)
 }
 

@@ -82,14 +82,18 @@ fn device_rate_counts_all_clients_and_identities_are_separate() {
         p.requests_per_identity = Some(RateSpec::parse("1/s").unwrap());
     });
     let l = Limiters::build(&p, None, clock.clone());
-    assert!(l.check_request(ip("10.0.0.1"), Some("alice")).is_ok());
+    assert!(l
+        .check_request(ip("10.0.0.1"), Some(&Principal::user("alice")))
+        .is_ok());
     assert_eq!(
-        l.check_request(ip("10.0.0.1"), Some("alice"))
+        l.check_request(ip("10.0.0.1"), Some(&Principal::user("alice")))
             .unwrap_err()
             .reason,
         Reason::RateLimitedIdentity
     );
-    assert!(l.check_request(ip("10.0.0.2"), Some("bob")).is_ok());
+    assert!(l
+        .check_request(ip("10.0.0.2"), Some(&Principal::user("bob")))
+        .is_ok());
     assert!(l.check_request(ip("10.0.0.3"), None).is_ok());
     assert_eq!(
         l.check_request(ip("10.0.0.4"), None).unwrap_err().reason,

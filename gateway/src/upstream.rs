@@ -22,8 +22,12 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
-use super::http::ProxyBody;
 use crate::policy::{Service, Upstream};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every request moat sends a device and every response it
+/// sends a client: bytes, with boxed errors.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// Idle connections older than this are closed (the device may have
 /// forgotten them long ago; legacy web servers often keep them for 5–15 s,

@@ -1,0 +1,78 @@
+//! Multi-factor access for people: users (password + TOTP), moat's own
+//! login portal, and stateless sessions. Machine traffic (`access =
+//! "network"`) never comes here.
+//!
+//! - [`users`]: the users file (argon2id hashes, TOTP secrets, groups).
+//! - [`password`]: argon2id hashing and verification, with a dummy hash so
+//!   an unknown user costs the same work as a known one.
+//! - [`totp`]: RFC 6238 codes, secrets, `otpauth://` URIs and QR codes.
+//! - [`session`]: the authenticated-encrypted session cookie and its keys.
+//! - [`portal`]: the pages under `/.moat/`, CSRF tokens, the `next` check.
+//! - [`login`]: one login attempt, start to finish, with lockouts.
+//! - [`cli`]: `moat user …`.
+//!
+//! Nothing here logs a password, a code, a secret or a cookie.
+
+pub mod cli;
+pub mod login;
+pub mod password;
+pub mod portal;
+pub mod session;
+pub mod totp;
+pub mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::controls::rate::RateSpec;
+use crate::runtime::store::LockoutRule;
+pub use login::AuthRuntime;
+pub use session::SessionKeys;
+pub use users::{User, UserDirectory};
+
+/// `[auth]`, compiled: what every `mfa` service shares.
+#[derive(Debug)]
+pub struct AuthPolicy {
+    pub users: Arc<UserDirectory>,
+    pub keys: SessionKeys,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    /// TOTP steps accepted either side of now (0 to 2).
+    pub totp_skew: u8,
+    pub lockout: LockoutRule,
+    /// Login attempts per source address, before any hash work.
+    pub login_rate: RateSpec,
+    /// Password hashes computed at once, at most.
+    pub max_concurrent_hashes: u32,
+}
+
+/// How a service decides who may use it, after the network controls.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessMode {
+    /// Today's behaviour, for machine traffic: the network and
+    /// client-certificate controls alone.
+    #[default]
+    Network,
+    /// A person must sign in with password and TOTP code.
+    Mfa(MfaRule),
+}
+
+/// Who an `mfa` service admits: the users named, and members of the groups
+/// named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfaRule {
+    pub users: Vec<Arc<str>>,
+    pub groups: Vec<Arc<str>>,
+    /// A header the device receives with the user name (always stripped
+    /// from client input first).
+    pub user_header: Option<HeaderName>,
+}
+
+impl MfaRule {
+    pub fn admits(&self, user: &User) -> bool {
+        self.users.iter().any(|u| **u == *user.name)
+            || user.groups.iter().any(|g| self.groups.contains(g))
+    }
+}
