@@ -133,6 +133,43 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         principal: Option<Principal>,
     },
+    /// A person signed in through the portal of an `mfa` service.
+    AuthSucceeded {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        user: Arc<str>,
+    },
+    /// A login that failed, with the exact reason (the person only reads
+    /// "wrong username, password or code"). `user` is set only when the
+    /// name given is a user of the users file: a password typed into the
+    /// username field never reaches the trail.
+    AuthFailed {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<Arc<str>>,
+        reason: crate::auth::login::AuthFailure,
+    },
+    /// Failed logins locked a user or a source address.
+    AuthLockout {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        /// "user" or "source".
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<Arc<str>>,
+        failures: u32,
+        /// Unix seconds when the lock ends.
+        until: u64,
+    },
+    /// A session ended: `logout`, `idle`, `absolute` (its timeouts, seen
+    /// when the cookie next came) or `revoked` (a logout elsewhere).
+    SessionEnded {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        user: Arc<str>,
+        reason: &'static str,
+    },
     ListenerStopped {
         device: Arc<str>,
         service: Arc<str>,

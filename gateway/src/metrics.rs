@@ -43,6 +43,19 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     pub requests: Family<OutcomeLabels, Counter>,
     pub tls_handshakes: Family<ServiceLabels, Gauge>,
+    /// Logins by outcome: "succeeded" or an `auth_failed` reason.
+    pub logins: Family<OutcomeLabels, Counter>,
+    pub sessions_ended: Family<OutcomeLabels, Counter>,
+    pub lockouts: Family<LockoutLabels, Counter>,
+    /// Password hashes being computed, and logins waiting for a hash slot.
+    pub password_hashes: Gauge,
+    pub password_hash_waiting: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LockoutLabels {
+    /// "user" or "source".
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,7 +107,42 @@ impl Metrics {
             "TLS handshakes under way; each holds a descriptor and a connection slot",
             tls_handshakes.clone(),
         );
+        let logins = Family::<OutcomeLabels, Counter>::default();
+        let sessions_ended = Family::<OutcomeLabels, Counter>::default();
+        let lockouts = Family::<LockoutLabels, Counter>::default();
+        let password_hashes = Gauge::default();
+        let password_hash_waiting = Gauge::default();
+        registry.register(
+            "logins",
+            "Portal logins by outcome (succeeded or the auth_failed reason)",
+            logins.clone(),
+        );
+        registry.register(
+            "sessions_ended",
+            "Sessions ended, by reason (logout, idle, absolute, revoked)",
+            sessions_ended.clone(),
+        );
+        registry.register(
+            "auth_lockouts",
+            "Users or source addresses locked out after failed logins",
+            lockouts.clone(),
+        );
+        registry.register(
+            "password_hashes_in_progress",
+            "Password hashes being computed (capped by auth.max_concurrent_hashes)",
+            password_hashes.clone(),
+        );
+        registry.register(
+            "password_hashes_waiting",
+            "Logins waiting for a password-hash slot",
+            password_hash_waiting.clone(),
+        );
         Metrics {
+            logins,
+            sessions_ended,
+            lockouts,
+            password_hashes,
+            password_hash_waiting,
             registry,
             connections,
             active,
@@ -119,6 +167,26 @@ impl Metrics {
             .clone();
         gauge.inc();
         InProgress(gauge)
+    }
+
+    pub fn login(&self, device: &str, service: &str, outcome: &'static str) {
+        self.logins
+            .get_or_create(&OutcomeLabels {
+                device: device.to_string(),
+                service: service.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn session_ended(&self, device: &str, service: &str, reason: &'static str) {
+        self.sessions_ended
+            .get_or_create(&OutcomeLabels {
+                device: device.to_string(),
+                service: service.to_string(),
+                outcome: reason,
+            })
+            .inc();
     }
 
     pub fn reload(&self, result: &'static str) {

@@ -3,13 +3,32 @@
 //! cap), the TOTP code and its replay check. Every outcome has a typed
 //! [`AuthFailure`] for the audit trail; the person only ever reads
 //! "wrong username, password or code".
+//!
+//! Order, and why:
+//! 1. the login rate per source address: refused before any hash work;
+//! 2. a locked source address: refused, no hash work either;
+//! 3. the password, against the user's hash or, for an unknown name, a
+//!    dummy hash of the same cost: both paths do the same work;
+//! 4. a locked user: refused after the hash, so it answers like a wrong
+//!    password in content and in time;
+//! 5. the code, then its (user, step) claimed once in the store;
+//! 6. disabled, then not admitted by this service.
 
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use governor::clock::DefaultClock;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::RateLimiter;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use super::{AuthPolicy, MfaRule, User};
+use crate::controls::rate::RateSpec;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::runtime::store::{FailureOutcome, IdentityStore, LockKey};
 
 /// Why a login failed: written to the audit trail (`auth_failed`), never
 /// shown to the person.
@@ -29,8 +48,11 @@ pub enum AuthFailure {
     NotAuthorized,
     /// Too many attempts from this source: refused before any hash work.
     RateLimited,
-    /// The form's CSRF token was missing or wrong.
+    /// The form's CSRF token was missing or wrong, or it came from
+    /// another origin.
     BadCsrf,
+    /// Every password-hash slot stayed busy (a login flood elsewhere).
+    Busy,
 }
 
 impl AuthFailure {
@@ -45,25 +67,217 @@ impl AuthFailure {
             AuthFailure::NotAuthorized => "not_authorized",
             AuthFailure::RateLimited => "rate_limited",
             AuthFailure::BadCsrf => "bad_csrf",
+            AuthFailure::Busy => "busy",
         }
     }
+
+    /// Failures that count towards a lockout: guesses, not refusals.
+    fn is_guess(self) -> bool {
+        matches!(
+            self,
+            AuthFailure::UnknownUser
+                | AuthFailure::BadPassword
+                | AuthFailure::BadCode
+                | AuthFailure::ReplayedCode
+        )
+    }
 }
+
+type LoginLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
 
 /// What login needs that outlives a policy: the hash-worker cap, the dummy
 /// hash for unknown users, the per-source login limiter.
 pub struct AuthRuntime {
-    pub hashing: Arc<Semaphore>,
-    pub dummy_hash: Arc<str>,
+    hashing: Arc<Semaphore>,
+    dummy_hash: Arc<str>,
+    limiter: Mutex<Option<(RateSpec, Arc<LoginLimiter>)>>,
 }
+
+/// How long a login may wait for a password-hash slot before it is
+/// refused as busy.
+const HASH_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AuthRuntime {
     pub fn new(policy: &Policy) -> AuthRuntime {
         let cap = policy.auth.as_ref().map_or(2, |a| a.max_concurrent_hashes) as usize;
+        // Made once: the same cost as a real hash, for unknown users.
+        let dummy_hash = match policy.auth {
+            Some(_) => Arc::from(super::password::dummy_hash()),
+            None => Arc::from(""),
+        };
         AuthRuntime {
             hashing: Arc::new(Semaphore::new(cap)),
-            dummy_hash: Arc::from(""),
+            dummy_hash,
+            limiter: Mutex::new(None),
         }
     }
 
-    pub fn collect_garbage(&self) {}
+    /// The login limiter for `spec`, kept while the spec is unchanged.
+    fn limiter(&self, spec: &RateSpec) -> Arc<LoginLimiter> {
+        let mut slot = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*slot {
+            Some((s, l)) if s == spec => l.clone(),
+            _ => {
+                let l = Arc::new(RateLimiter::keyed(spec.quota()));
+                *slot = Some((spec.clone(), l.clone()));
+                l
+            }
+        }
+    }
+
+    pub fn collect_garbage(&self) {
+        let slot = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, l)) = &*slot {
+            l.retain_recent();
+        }
+    }
+}
+
+/// A login form, as submitted.
+pub struct Credentials<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+    pub code: &'a str,
+}
+
+/// What a failed login leaves for the audit trail.
+#[derive(Debug)]
+pub struct Failed {
+    pub reason: AuthFailure,
+    /// The user, when the name given is one.
+    pub user: Option<Arc<str>>,
+    /// Locks this failure set off: ("user" | "source", failures, until).
+    pub locked: Vec<(&'static str, u32, u64)>,
+}
+
+/// Everything a login attempt needs from the running gateway.
+pub struct LoginContext<'a> {
+    pub auth: &'a AuthPolicy,
+    pub runtime: &'a AuthRuntime,
+    pub store: &'a dyn IdentityStore,
+    pub metrics: &'a Metrics,
+    pub now: u64,
+    pub client: IpAddr,
+}
+
+/// One login attempt against `rule` (the service's `users`/`groups`).
+pub async fn attempt(
+    cx: &LoginContext<'_>,
+    rule: &MfaRule,
+    creds: &Credentials<'_>,
+) -> Result<Arc<User>, Failed> {
+    let fail = |reason, user: Option<&Arc<User>>| Failed {
+        reason,
+        user: user.map(|u| u.name.clone()),
+        locked: Vec::new(),
+    };
+    if cx
+        .runtime
+        .limiter(&cx.auth.login_rate)
+        .check_key(&crate::controls::rate::client_key(cx.client))
+        .is_err()
+    {
+        return Err(fail(AuthFailure::RateLimited, None));
+    }
+    let source = LockKey::source(cx.client);
+    let user = cx.auth.users.get(creds.username).cloned();
+    if cx.store.locked_until(&source, cx.now).is_some() {
+        return Err(fail(AuthFailure::LockedOut, user.as_ref()));
+    }
+
+    let hash: Arc<str> = match &user {
+        Some(u) => Arc::from(u.password_hash.as_str()),
+        None => cx.runtime.dummy_hash.clone(),
+    };
+    let password_ok = match verify_off_workers(cx, hash, creds.password).await {
+        Some(ok) => ok,
+        None => return Err(fail(AuthFailure::Busy, user.as_ref())),
+    };
+
+    let outcome = check_after_hash(cx, rule, user.as_ref(), password_ok, creds.code);
+    match outcome {
+        Ok(()) => {
+            let user = user.expect("a login succeeds only for a known user");
+            cx.store.clear_failures(&LockKey::User(user.name.clone()));
+            Ok(user)
+        }
+        Err(reason) => {
+            let mut failed = fail(reason, user.as_ref());
+            if reason.is_guess() {
+                let mut keys = vec![("source", source)];
+                if let Some(u) = &user {
+                    keys.push(("user", LockKey::User(u.name.clone())));
+                }
+                for (kind, key) in keys {
+                    if let FailureOutcome::LockedNow(until) =
+                        cx.store.record_failure(&key, cx.now, &cx.auth.lockout)
+                    {
+                        failed.locked.push((kind, cx.auth.lockout.failures, until));
+                    }
+                }
+            }
+            Err(failed)
+        }
+    }
+}
+
+/// Steps 4 to 6 of the module comment, once the password was checked.
+fn check_after_hash(
+    cx: &LoginContext<'_>,
+    rule: &MfaRule,
+    user: Option<&Arc<User>>,
+    password_ok: bool,
+    code: &str,
+) -> Result<(), AuthFailure> {
+    let Some(user) = user else {
+        return Err(AuthFailure::UnknownUser);
+    };
+    if cx
+        .store
+        .locked_until(&LockKey::User(user.name.clone()), cx.now)
+        .is_some()
+    {
+        return Err(AuthFailure::LockedOut);
+    }
+    if !password_ok {
+        return Err(AuthFailure::BadPassword);
+    }
+    let step = super::totp::matching_step(&user.totp_secret, code, cx.now, cx.auth.totp_skew)
+        .ok_or(AuthFailure::BadCode)?;
+    if !cx.store.claim_totp_step(&user.name, step, cx.now) {
+        return Err(AuthFailure::ReplayedCode);
+    }
+    if user.disabled {
+        return Err(AuthFailure::Disabled);
+    }
+    if !rule.admits(user) {
+        return Err(AuthFailure::NotAuthorized);
+    }
+    Ok(())
+}
+
+/// Verifies a password on the blocking pool, at most
+/// `max_concurrent_hashes` at once; `None` if no slot came free in time.
+async fn verify_off_workers(cx: &LoginContext<'_>, hash: Arc<str>, password: &str) -> Option<bool> {
+    let waiting = &cx.metrics.password_hash_waiting;
+    waiting.inc();
+    let permit = tokio::time::timeout(
+        HASH_QUEUE_TIMEOUT,
+        cx.runtime.hashing.clone().acquire_owned(),
+    )
+    .await;
+    waiting.dec();
+    let permit = permit.ok()?.ok()?;
+    let running = cx.metrics.password_hashes.clone();
+    running.inc();
+    let password = password.to_string();
+    let verified = tokio::task::spawn_blocking(move || {
+        let ok = super::password::verify(&hash, &password);
+        drop(permit);
+        ok
+    })
+    .await
+    .unwrap_or(false);
+    running.dec();
+    Some(verified)
 }

@@ -90,3 +90,22 @@ pub fn create_key_file_if_missing(path: &Path) -> std::io::Result<bool> {
     let _ = path;
     todo!("helper B")
 }
+
+// Placeholders until the session helper's work lands.
+pub fn set_cookie(value: &str, max_age: Option<u64>) -> String {
+    let _ = (value, max_age);
+    todo!("helper B")
+}
+pub fn clear_cookie() -> String {
+    todo!("helper B")
+}
+pub fn cookie_values<'a>(
+    headers: &'a http::HeaderMap,
+    name: &str,
+) -> impl Iterator<Item = &'a str> {
+    let _ = (headers, name);
+    std::iter::empty()
+}
+pub fn strip_cookies(headers: &mut http::HeaderMap, names: &[&str]) {
+    let _ = (headers, names);
+}

@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub gateway: GatewaySection,
     #[serde(default)]
     pub admin: AdminSection,
+    /// Users, sessions and login settings for `access = "mfa"` services.
+    pub auth: Option<AuthSection>,
     /// Named network sets, reusable by name in any allow or deny list.
     #[serde(default)]
     pub networks: BTreeMap<Spanned<String>, NetworkSetSection>,
@@ -94,6 +96,84 @@ fn default_true() -> bool {
     true
 }
 
+/// `[auth]`: who may sign in, and how sessions and logins behave.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The users file (TOML; see `moat user`). Must not be readable by
+    /// other users. Relative to this file's directory.
+    pub users_file: Spanned<String>,
+    /// The session key (created with mode 0600 on first start if missing).
+    pub session_key_file: Spanned<String>,
+    /// The key before the last rotation: its cookies are still accepted.
+    pub previous_session_key_file: Option<Spanned<String>>,
+    /// A session unused this long ends.
+    #[serde(default = "default_session_idle")]
+    pub session_idle_timeout: HumanDuration,
+    /// A session ends this long after login, however it is used.
+    #[serde(default = "default_session_absolute")]
+    pub session_absolute_timeout: HumanDuration,
+    /// TOTP steps accepted either side of now: 0, 1 or 2.
+    #[serde(default = "default_totp_skew")]
+    pub totp_skew: Spanned<u8>,
+    /// Failed logins within `lockout_window` that lock the user (or the
+    /// source address) for `lockout_duration`.
+    #[serde(default = "default_lockout_failures")]
+    pub lockout_failures: Spanned<u32>,
+    #[serde(default = "default_lockout_window")]
+    pub lockout_window: HumanDuration,
+    #[serde(default = "default_lockout_duration")]
+    pub lockout_duration: HumanDuration,
+    /// Login attempts one source address may make, before any password
+    /// work: "10/min burst 5" by default.
+    #[serde(default = "default_login_rate")]
+    pub login_rate: Spanned<String>,
+    /// Password hashes computed at once (each takes ~20 MiB and tens of
+    /// milliseconds of one core).
+    #[serde(default = "default_max_concurrent_hashes")]
+    pub max_concurrent_hashes: Spanned<u32>,
+}
+
+fn default_session_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
+fn default_session_absolute() -> HumanDuration {
+    HumanDuration(Duration::from_secs(12 * 3600))
+}
+fn default_totp_skew() -> Spanned<u8> {
+    Spanned::new(0..0, 1)
+}
+fn default_lockout_failures() -> Spanned<u32> {
+    Spanned::new(0..0, 5)
+}
+fn default_lockout_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5 * 60))
+}
+fn default_lockout_duration() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
+fn default_login_rate() -> Spanned<String> {
+    Spanned::new(0..0, "10/min burst 5".to_string())
+}
+fn default_max_concurrent_hashes() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
+}
+
+/// `access` of a service: who may use it once the network controls pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessKind {
+    /// Machine traffic: network and client-certificate controls only.
+    #[default]
+    Network,
+    /// People: password and TOTP through moat's portal, then a session.
+    Mfa,
+}
+
+fn default_access() -> Spanned<AccessKind> {
+    Spanned::new(0..0, AccessKind::Network)
+}
+
 /// A network set: inline entries, a plain-text file of entries, or both.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +244,16 @@ pub struct ServiceSection {
     /// Rate limits and the in-flight cap that shield the device.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// "network" (default) or "mfa". MFA is added to the network controls,
+    /// never instead of them.
+    #[serde(default = "default_access")]
+    pub access: Spanned<AccessKind>,
+    /// `access = "mfa"`: the users admitted, by name.
+    #[serde(default)]
+    pub users: Vec<Spanned<String>>,
+    /// `access = "mfa"`: the groups whose members are admitted.
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
 }
 
 /// Rates are written "20/s", "600/min" or "20/s burst 40".
@@ -329,6 +419,9 @@ pub struct HttpSection {
     /// `*.` wildcards, IP addresses). Absent: the certificates' names and
     /// the listen address.
     pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `access = "mfa"`: a header that tells the device who signed in
+    /// (e.g. "X-Remote-User"). Whatever a client sends in it is removed.
+    pub user_header: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

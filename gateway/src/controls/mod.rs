@@ -7,6 +7,11 @@
 //! device's rate, the service's connection cap, the client's share of it.
 //! Controls that need the TLS session (client certificate) run after the
 //! handshake, in [`crate::proxy`], and report through the same [`Denial`].
+//!
+//! [`authorize`] is the one authorization step. It runs at accept (L4 and
+//! L7 alike), on every re-check of a live connection ([`recheck`]), and
+//! for every HTTP request; identity joins it there: the source first, then
+//! (on `mfa` services) the user a valid session names.
 
 mod concurrency;
 mod principal;
@@ -25,6 +30,7 @@ pub use reason::{Denial, Reason};
 
 use rustls::pki_types::{CertificateDer, UnixTime};
 
+use crate::auth::{AccessMode, User};
 use crate::config::schema::ClientCertMode;
 use crate::policy::{Service, SourceRefusal};
 
@@ -76,13 +82,43 @@ pub fn admit_connection(
     })
 }
 
-/// Source list, then rates: everything before the connection cap.
+/// Who is asking, as far as the step that asks knows.
+#[derive(Debug, Clone, Copy)]
+pub enum Asking<'a> {
+    /// A connection, new or live: no user is known at this level (an
+    /// `mfa` web service signs people in per request).
+    Connection,
+    /// An HTTP request, with the user of its session if it has a valid one.
+    Request(Option<&'a User>),
+}
+
+/// The one authorization step (see the module comment): the network
+/// controls first, never replaced by identity, then who the user is.
+/// Returns the allow entry that matched the source.
+#[inline]
+pub fn authorize(service: &Service, client: IpAddr, asking: Asking<'_>) -> Result<IpNet, Denial> {
+    let matched = check_source(service, client)?;
+    if let (AccessMode::Mfa(rule), Asking::Request(user)) = (&service.access_mode, asking) {
+        let user = user.ok_or_else(|| Denial::new(Reason::AuthRequired))?;
+        if user.disabled {
+            let detail = format!("user {}", user.name);
+            return Err(Denial::with_detail(Reason::UserDisabled, detail));
+        }
+        if !rule.admits(user) {
+            let detail = format!("user {}", user.name);
+            return Err(Denial::with_detail(Reason::UserNotAuthorized, detail));
+        }
+    }
+    Ok(matched)
+}
+
+/// Authorization, then rates: everything before the connection cap.
 fn check_before_cap(
     service: &Service,
     state: &Arc<ServiceState>,
     client: IpAddr,
 ) -> Result<IpNet, Denial> {
-    let matched = check_source(service, client)?;
+    let matched = authorize(service, client, Asking::Connection)?;
     let limiters = state.limiters(&service.limits);
     limiters.check_connection(client)?;
     if service.protocol == crate::config::schema::Protocol::Tcp {
@@ -119,10 +155,9 @@ fn per_client_share(
         })
 }
 
-/// The source allow/deny control on its own; also used to re-check live
-/// connections against a new policy.
+/// The source allow/deny control, the first part of [`authorize`].
 #[inline]
-pub fn check_source(service: &Service, client: IpAddr) -> Result<IpNet, Denial> {
+fn check_source(service: &Service, client: IpAddr) -> Result<IpNet, Denial> {
     service
         .access
         .check(client)
@@ -198,7 +233,7 @@ pub fn recheck(service: Option<&Service>, facts: &ConnFacts) -> Result<(), Denia
         );
         return Err(Denial::with_detail(Reason::ServiceChanged, detail));
     }
-    check_source(service, facts.client)?;
+    authorize(service, facts.client, Asking::Connection)?;
     if service.tls.is_some() != facts.tls {
         return Err(Denial::new(Reason::TlsPolicyChanged));
     }

@@ -11,13 +11,16 @@ use toml::Spanned;
 
 use super::http::{Glob, HostNames, HttpPolicy, RequestRule, UpstreamTls};
 use super::{AccessList, AuditTarget, CidrSet, Device, Policy, Service, Upstream};
+use crate::auth::{AccessMode, AuthPolicy, MfaRule};
 use crate::config::schema::LimitsSection;
 use crate::config::schema::RuleAction;
 use crate::config::schema::{
-    ClientCertMode, FileConfig, HttpSection, Protocol, ServiceSection, TlsSection,
+    AccessKind, AuthSection, ClientCertMode, FileConfig, HttpSection, Protocol, ServiceSection,
+    TlsSection,
 };
 use crate::config::{self, did_you_mean, netfile, ConfigError, ConfigErrors, LoadedConfig};
 use crate::controls::rate::{LimitsPolicy, RateSpec};
+use crate::runtime::store::LockoutRule;
 use crate::tls;
 
 /// Longer accept queues are of no use: the kernel caps them at
@@ -57,6 +60,7 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
     let file: &FileConfig = &cfg.file;
 
     let networks = c.networks();
+    let auth = file.auth.as_ref().and_then(|a| c.auth(a)).map(Arc::new);
     let admin_listen = file
         .admin
         .enabled
@@ -173,7 +177,9 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
                         listens.insert(listen, format!("{field}.listen"));
                     }
                 }
-                if let Some(service) = c.service(s, &field, &device, listen, &networks) {
+                if let Some(service) =
+                    c.service(s, &field, &device, listen, &networks, auth.as_deref())
+                {
                     services.push(Arc::new(service));
                 }
             }
@@ -216,7 +222,7 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
             .collect(),
         sources,
         cut_guarded,
-        auth: None,
+        auth,
     };
     c.errors.into_result(policy)
 }
@@ -345,6 +351,7 @@ impl Compiler<'_> {
         device: &Arc<Device>,
         listen: SocketAddr,
         networks: &BTreeMap<String, NetworkSet>,
+        auth: Option<&AuthPolicy>,
     ) -> Option<Service> {
         let before = self.errors.len();
         let upstream = Upstream::parse(s.upstream.get_ref());
@@ -425,6 +432,7 @@ impl Compiler<'_> {
             s.protocol,
             *s.max_connections.get_ref(),
         );
+        let access_mode = self.access_mode(s, field, auth, tls.is_some());
         if self.errors.len() != before {
             return None;
         }
@@ -442,7 +450,191 @@ impl Compiler<'_> {
             tls,
             http,
             limits,
-            access_mode: crate::auth::AccessMode::Network,
+            access_mode,
+        })
+    }
+
+    /// `[auth]`: the users file and session keys, read through the
+    /// compiler (hashed, watched, so an edit by `moat user` reloads).
+    fn auth(&mut self, a: &AuthSection) -> Option<AuthPolicy> {
+        let before = self.errors.len();
+        let users_path = self.cfg.resolve(a.users_file.get_ref());
+        let users = self.secret_file(&users_path, a.users_file.span(), "auth.users_file");
+        let users = users.and_then(|bytes| {
+            let text = String::from_utf8_lossy(&bytes);
+            match crate::auth::users::parse(&users_path, &text) {
+                Ok(u) => Some(u),
+                Err(errors) => {
+                    self.errors.0.extend(errors.0);
+                    None
+                }
+            }
+        });
+        let key = |c: &mut Self, spec: &Spanned<String>, field: &str| {
+            let path = c.cfg.resolve(spec.get_ref());
+            let bytes = c.secret_file(&path, spec.span(), field)?;
+            match crate::auth::session::parse_key_file(&path, &bytes) {
+                Ok(k) => Some(k),
+                Err(msg) => {
+                    c.err(spec.span(), field, msg);
+                    None
+                }
+            }
+        };
+        let current = key(self, &a.session_key_file, "auth.session_key_file");
+        let previous = a
+            .previous_session_key_file
+            .as_ref()
+            .map(|p| key(self, p, "auth.previous_session_key_file"));
+        let skew = *a.totp_skew.get_ref();
+        if skew > 2 {
+            self.err(
+                a.totp_skew.span(),
+                "auth.totp_skew",
+                "must be 0, 1 or 2".into(),
+            );
+        }
+        let failures = *a.lockout_failures.get_ref();
+        if failures == 0 {
+            let msg = "must be at least 1".to_string();
+            self.err(a.lockout_failures.span(), "auth.lockout_failures", msg);
+        }
+        let (idle, absolute) = (a.session_idle_timeout.0, a.session_absolute_timeout.0);
+        if idle.is_zero() || absolute.is_zero() || idle > absolute {
+            self.err_in_file(
+                "auth.session_idle_timeout",
+                format!(
+                    "must be above zero and at most session_absolute_timeout ({})",
+                    humantime::format_duration(absolute)
+                ),
+            );
+        }
+        if a.lockout_window.0.is_zero() || a.lockout_duration.0.is_zero() {
+            let msg = "lockout_window and lockout_duration must be above zero".to_string();
+            self.err_in_file("auth.lockout_window", msg);
+        }
+        let login_rate = match RateSpec::parse(a.login_rate.get_ref()) {
+            Ok(r) => Some(r),
+            Err(msg) => {
+                self.err(a.login_rate.span(), "auth.login_rate", msg);
+                None
+            }
+        };
+        let hashes = *a.max_concurrent_hashes.get_ref();
+        if !(1..=64).contains(&hashes) {
+            let msg = "must be between 1 and 64".to_string();
+            self.err(
+                a.max_concurrent_hashes.span(),
+                "auth.max_concurrent_hashes",
+                msg,
+            );
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(AuthPolicy {
+            users: Arc::new(users?),
+            keys: crate::auth::SessionKeys::new(current?, previous.flatten()),
+            idle_timeout: idle,
+            absolute_timeout: absolute,
+            totp_skew: skew,
+            lockout: LockoutRule {
+                failures,
+                window: a.lockout_window.0.as_secs().max(1),
+                duration: a.lockout_duration.0.as_secs().max(1),
+            },
+            login_rate: login_rate?,
+            max_concurrent_hashes: hashes,
+        })
+    }
+
+    /// Reads a file holding secrets: refused if other users may read it.
+    fn secret_file(
+        &mut self,
+        path: &Path,
+        span: std::ops::Range<usize>,
+        field: &str,
+    ) -> Option<Vec<u8>> {
+        let bytes = match self.read_file(path) {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = format!("cannot read {}: {e}", path.display());
+                self.err(span, field, msg);
+                return None;
+            }
+        };
+        if let Err(msg) = crate::auth::users::check_secret_file_mode(path) {
+            self.err(span, field, msg);
+            return None;
+        }
+        Some(bytes)
+    }
+
+    /// `access`, `users`, `groups` and `http.user_header`.
+    fn access_mode(
+        &mut self,
+        s: &ServiceSection,
+        field: &str,
+        auth: Option<&AuthPolicy>,
+        tls: bool,
+    ) -> AccessMode {
+        let user_header = s.http.as_ref().and_then(|h| h.user_header.as_ref());
+        if *s.access.get_ref() == AccessKind::Network {
+            for (list, name) in [(&s.users, "users"), (&s.groups, "groups")] {
+                if let Some(first) = list.first() {
+                    let msg = format!("`{name}` needs `access = \"mfa\"`");
+                    self.err(first.span(), &format!("{field}.{name}"), msg);
+                }
+            }
+            if let Some(h) = user_header {
+                let msg = "`user_header` needs `access = \"mfa\"`".to_string();
+                self.err(h.span(), &format!("{field}.http.user_header"), msg);
+            }
+            return AccessMode::Network;
+        }
+        let span = s.access.span();
+        if s.protocol != Protocol::Http {
+            let msg = "access = \"mfa\" is for http services (time-boxed grants for tcp services are not built yet)";
+            self.err(span.clone(), &format!("{field}.access"), msg.into());
+        }
+        if !tls {
+            // The session cookie is `Secure` and `__Host-`: browsers never
+            // send it over cleartext, and a password must not cross it.
+            let msg = "access = \"mfa\" needs a [tls] table: passwords and session cookies never travel in cleartext";
+            self.err(span.clone(), &format!("{field}.access"), msg.into());
+        }
+        if auth.is_none() {
+            let msg = "access = \"mfa\" needs an [auth] section (users_file, session_key_file)";
+            self.err(span.clone(), &format!("{field}.access"), msg.into());
+        }
+        if s.users.is_empty() && s.groups.is_empty() {
+            let msg = "access = \"mfa\" admits no one: list `users` or `groups`";
+            self.err(span, &format!("{field}.access"), msg.into());
+        }
+        let names = |list: &[Spanned<String>]| -> Vec<Arc<str>> {
+            list.iter()
+                .map(|n| Arc::from(n.get_ref().as_str()))
+                .collect()
+        };
+        let user_header = user_header.and_then(|h| {
+            let name = h.get_ref();
+            let parsed = http::HeaderName::from_bytes(name.as_bytes()).ok();
+            let reserved = parsed
+                .as_ref()
+                .is_some_and(|n| crate::proxy::headers::is_reserved(n));
+            match parsed {
+                Some(n) if !reserved => Some(n),
+                _ => {
+                    let msg = format!("{name:?} is not a header name moat may set (a valid name, not a hop-by-hop, Host, Cookie or forwarding header)");
+                    self.err(h.span(), &format!("{field}.http.user_header"), msg);
+                    None
+                }
+            }
+        });
+        AccessMode::Mfa(MfaRule {
+            users: names(&s.users),
+            groups: names(&s.groups),
+            user_header,
         })
     }
 

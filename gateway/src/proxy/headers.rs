@@ -13,6 +13,8 @@
 //! | forwarding and client identity | `x-forwarded-*` (every one: `-for`, `-host`, `-proto`, `-port`, `-server`, `-prefix`, `-ssl`, `-client-cert` …), `x-forwarded`, `forwarded`, `forwarded-for`, `x-real-ip`, `true-client-ip`, `x-client-ip`, `client-ip`, `x-cluster-client-ip`, `cf-connecting-ip`, `cf-connecting-ipv6`, `fastly-client-ip`, `akamai-client-ip`, `x-originating-ip`, `x-remote-ip`, `x-remote-addr`, `x-proxyuser-ip`, `proxy-client-ip`, `wl-proxy-client-ip`, `x-azure-clientip`, `x-azure-socketip`, `x-appengine-user-ip`, `x-original-forwarded-for`, `x-host`, `x-original-host`, `x-http-host-override`, `front-end-https`, `x-url-scheme`, `x-envoy-*` | a device behind a proxy believes these about who the client is, which host and scheme it asked for and which path prefix it is under (Spring's `ForwardedHeaderFilter`, Rails/Rack, Express `trust proxy`, Envoy's `x-envoy-*`, IIS/ARR); only moat may say: it sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` itself |
 //! | client certificate | `x-ssl-*`, `ssl-client-*`, `x-client-cert*`, `x-client-verify`, `x-client-dn`, `x-arr-clientcert`, `x-arr-ssl` | how TLS-terminating proxies pass the client's certificate (nginx/Apache conventions, Azure ARR): a device trusting them would take a typed-in certificate for a verified one |
 //! | URL override | `x-original-url`, `x-rewrite-url`, `x-override-url`, `x-original-uri`, `x-original-path`, `x-rewrite-path`, `x-request-uri`, `x-http-destinationurl`, `x-proxy-url`, `x-envoy-original-path`, `x-envoy-original-url`, `script-name`, `x-script-name` | IIS URL Rewrite / ISAPI_Rewrite, and Symfony, Zend and Laravel before CVE-2018-14773, serve the path in these instead of the request line: `POST /ok` with `X-Original-URL: /firmware/x` would run past moat's path rules; gunicorn takes a `SCRIPT_NAME` header (and Flask's reverse-proxy recipe `X-Script-Name`) as a prefix cut off the path: `POST /ok/firmware/x` with `SCRIPT_NAME: /ok` runs `/firmware/x` |
+//! | user identity | `remote-user`, `x-remote-user`, `x-auth-user`, `x-auth-request-user`, `x-authenticated-user`, `x-webauth-user`, and an `mfa` service's own `user_header` | how authenticating proxies tell a device who signed in (Apache `REMOTE_USER`, oauth2-proxy, Grafana's auth proxy): only moat may say, and only after a login |
+//! | moat's cookies | `__Host-moat-session`, `__Host-moat-csrf` inside `Cookie` | the device never sees moat's secrets (browsers send cookies to every port of a host) |
 //! | method override | `x-http-method-override`, `x-http-method`, `x-method-override` | Express `method-override`, Laravel/Symfony, Google APIs, OData: a `GET` carrying `DELETE` past the method rules (a `_method` form field is in the body, beyond moat's reach) |
 //!
 //! Responses lose only hop-by-hop headers and gain the hardening headers.
@@ -116,11 +118,44 @@ fn method_override(n: &str) -> bool {
     crate::controls::request::METHOD_OVERRIDE_NAMES.contains(&n)
 }
 
+fn user_identity(n: &str) -> bool {
+    matches!(
+        n,
+        "remote-user"
+            | "x-remote-user"
+            | "x-auth-user"
+            | "x-auth-request-user"
+            | "x-authenticated-user"
+            | "x-webauth-user"
+    )
+}
+
 /// Everything a client may not send the device (besides hop-by-hop).
 pub fn is_client_asserted(name: &HeaderName) -> bool {
     with_dashes(name, |n| {
-        forwarding(n) || url_override(n) || method_override(n)
+        forwarding(n) || url_override(n) || method_override(n) || user_identity(n)
     })
+}
+
+/// Headers an `mfa` service's `user_header` may not be: those that frame
+/// the message or that moat itself sets or judges.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || matches!(
+            name.as_str(),
+            "host" | "cookie" | "set-cookie" | "content-length" | "content-type" | "authorization"
+        )
+        || with_dashes(name, |n| {
+            forwarding(n) || url_override(n) || method_override(n)
+        })
+}
+
+/// Removes `name` in either spelling (`-` or `_`) that servers read alike.
+pub fn remove_either_spelling(headers: &mut HeaderMap, name: &HeaderName) {
+    let wanted = name.as_str();
+    remove_matching(headers, |n| {
+        n == name || (n.as_str().contains('_') && n.as_str().replace('_', "-") == wanted)
+    });
 }
 
 /// `picks` on the name with every `_` read as `-`, as servers that turn

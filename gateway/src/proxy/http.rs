@@ -6,16 +6,14 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper::body::{Body, Bytes, Frame, Incoming};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::Version;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -23,14 +21,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::h2_guard::{self, H2Guard};
-use super::headers::{harden, strip_hop_by_hop};
 use super::relay::{Activity, Metered, RelayOutcome};
-use crate::audit::{ClosedBy, ConnMeta, Event};
+use crate::audit::{ClosedBy, ConnMeta};
 use crate::controls::rate::Bucket;
 use crate::controls::{self, ConnFacts, Denial, Principal, Reason};
 use crate::policy::{ListenerId, Service};
 use crate::runtime::{Runtime, ServiceKey};
 use crate::upstream::{UpstreamClient, UpstreamError};
+use record::{ABANDONED_LIMIT, ABANDONED_REFILL};
+use request::handle;
 
 pub use crate::upstream::{BoxError, ProxyBody};
 
@@ -94,6 +93,8 @@ where
             ABANDONED_REFILL,
         )),
         abusive: CancellationToken::new(),
+        user: std::sync::Mutex::new(None),
+        client: client_ip,
     });
     let session = Arc::new(session);
     let svc = {
@@ -142,6 +143,8 @@ where
         .max(http.response_timeout + Duration::from_secs(1));
     let rt = &session.rt;
     tokio::pin!(revoked);
+    let signed_out = user_watch(&session, live.clone());
+    tokio::pin!(signed_out);
     let mut revocation = None;
     let (mut closed_by, mut error) = tokio::select! {
         res = connection.as_mut() => match res {
@@ -168,6 +171,10 @@ where
             revocation = Some(d);
             (ClosedBy::Revoked, None)
         }
+        (d, _) = &mut signed_out => {
+            revocation = Some(d);
+            (ClosedBy::Revoked, None)
+        }
     };
     // hyper ends a cut connection with an I/O error, or the client may
     // idle first (it stopped reading): the abuse is why it was closed.
@@ -186,6 +193,11 @@ where
             _ = activity.idle_expired(idle) => closed_by = ClosedBy::IdleTimeout,
             _ = rt.hard_stop.cancelled() => closed_by = ClosedBy::Shutdown,
             d = &mut revoked => {
+                revocation = Some(d);
+                closed_by = ClosedBy::Revoked;
+                error = None;
+            }
+            (d, _) = &mut signed_out => {
                 revocation = Some(d);
                 closed_by = ClosedBy::Revoked;
                 error = None;
@@ -222,6 +234,8 @@ struct Resolved {
     /// The connection-level re-check against this policy.
     verdict: Result<(), Denial>,
     limiters: Arc<crate::controls::rate::Limiters>,
+    /// `[auth]` of this policy version, for `mfa` services.
+    auth: Option<Arc<crate::auth::AuthPolicy>>,
     client: UpstreamClient,
     authority: http::uri::Authority,
     host_rewrite: Option<HeaderValue>,
@@ -262,6 +276,7 @@ impl Live {
                 .state(&ServiceKey::of(&service))
                 .limiters(&service.limits),
             client: s.rt.http_client(&service),
+            auth: policy.auth.clone(),
             authority,
             host_rewrite: http.host_rewrite.as_deref().map(value),
             service,
@@ -294,6 +309,41 @@ struct Live {
     abandoned: std::sync::Mutex<Bucket>,
     /// Cancelled when the client abandons too many requests.
     abusive: CancellationToken,
+    /// The user last signed in on this connection, with their session
+    /// generation then: re-checked whenever the policy or the identity
+    /// store changes ([`user_watch`]).
+    user: std::sync::Mutex<Option<(Arc<str>, u64)>>,
+    client: IpAddr,
+}
+
+impl Live {
+    fn user(&self) -> Option<(Arc<str>, u64)> {
+        self.user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Notes the user a request of this connection was made by.
+    fn saw_user(&self, user: &crate::auth::User, generation: u64) {
+        let mut slot = self
+            .user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*slot {
+            Some((name, g)) if *name == user.name && *g == generation => {}
+            _ => *slot = Some((user.name.clone(), generation)),
+        }
+    }
+
+    /// Forgets the user (they are logging out on this connection: its
+    /// answer must still be delivered).
+    fn forget_user(&self) {
+        *self
+            .user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
 }
 
 fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<String>) {
@@ -324,160 +374,8 @@ fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<Stri
     (ClosedBy::Error, Some(e.to_string()))
 }
 
-async fn handle(
-    mut req: Request<Incoming>,
-    s: Arc<Session>,
-    live: Arc<Live>,
-) -> Response<ProxyBody> {
-    live.requests.fetch_add(1, Ordering::Relaxed);
-    let mut record = RequestRecord {
-        session: s.clone(),
-        live: live.clone(),
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        path: None,
-        version: version_name(req.version()),
-        started: Instant::now(),
-        audit_allowed: true,
-        done: false,
-    };
-    if let Err(d) = controls::request::check_method(req.method()) {
-        return record.deny(d);
-    }
-    // The policy in force now, not the one the connection started under
-    // (resolved once per policy version, not per request).
-    let resolved = live.resolve(&s);
-    let Some(current) = resolved.as_ref() else {
-        return record.deny(Denial::new(Reason::ServiceRemoved));
-    };
-    if let Err(d) = &current.verdict {
-        return record.deny(d.clone());
-    }
-    let service = &current.service;
-    let http = service
-        .http
-        .as_ref()
-        .expect("resolve() only keeps HTTP services");
-    record.audit_allowed = http.audit_allowed;
-    // Only a name of this service reaches the device, in Host or any
-    // forwarding header.
-    let host = match controls::request::check_host(
-        req.version(),
-        req.uri(),
-        req.headers(),
-        &http.hosts,
-        s.local,
-    ) {
-        Ok(h) => h,
-        Err(d) => return record.deny(d),
-    };
-    let uri = req.uri().clone();
-    let path = match controls::request::normalize_path(uri.path()) {
-        Ok(p) => p,
-        Err(d) => return record.deny(d),
-    };
-    if let std::borrow::Cow::Owned(p) = &path {
-        record.path = Some(p.clone());
-    }
-    let checked = controls::request::check_request(http, req.method(), &path, req.headers())
-        .and_then(|()| {
-            controls::request::check_overrides(http, req.method(), &path, req.uri(), req.headers())
-        });
-    if let Err(d) = checked {
-        if d.reason == Reason::RequestDenied {
-            drain_small_body(req.into_body()).await;
-        }
-        return record.deny(d);
-    }
-    // Shield the device: rates first (cheap, no waiting), then a slot among
-    // the requests it may have in flight, queueing briefly for one.
-    let limiters = &current.limiters;
-    if let Err(d) = limiters.check_request(s.conn.client.ip(), s.principal.as_ref()) {
-        return record.deny(d);
-    }
-    let permit = match limiters.in_flight() {
-        None => None,
-        Some(slots) => {
-            match tokio::time::timeout(service.limits.queue_timeout, slots.acquire_owned()).await {
-                Ok(Ok(p)) => Some(p),
-                _ => {
-                    let limit = service.limits.max_in_flight.unwrap_or_default();
-                    let mut d =
-                        Denial::with_detail(Reason::DeviceBusy, format!("max_in_flight {limit}"));
-                    d.retry_after = Some(Duration::from_secs(1));
-                    return record.deny(d);
-                }
-            }
-        }
-    };
-
-    let websocket = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let upstream_req = upstream_request(req, current, &live, &path, host, websocket);
-    let client = current.client.clone();
-    let response_timeout = http.response_timeout;
-    let capped = permit.is_some();
-    let exchange = async move {
-        let result = tokio::time::timeout(response_timeout, client.request(upstream_req)).await;
-        (result, permit)
-    };
-    // With an in-flight cap, the exchange runs in its own task that owns
-    // the slot: a client that gives up (hyper drops this handler) must not
-    // free a slot while its request is still at the device.
-    let (result, permit) = if capped {
-        match tokio::spawn(exchange).await {
-            Ok(done) => done,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    } else {
-        exchange.await
-    };
-    let mut resp = match result {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return record.deny(classify_upstream_error(&e, service)),
-        Err(_) => {
-            let detail = format!(
-                "{}: no response within {:?}",
-                service.upstream, response_timeout
-            );
-            return record.deny(Denial::with_detail(Reason::UpstreamTimeout, detail));
-        }
-    };
-
-    let status = resp.status();
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, status) {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let cut = live.cut.clone();
-        let rules = rule_watch(&s, path.into_owned());
-        live.tunnels.spawn(async move {
-            if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
-                tokio::select! {
-                    _ = copy => {}
-                    _ = cut.cancelled() => {}
-                    _ = rules => {}
-                }
-            }
-        });
-    }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(
-        &mut parts.headers,
-        status == StatusCode::SWITCHING_PROTOCOLS,
-        false,
-    );
-    if http.hardening_headers {
-        harden(&mut parts.headers, s.tls);
-    }
-    let body = AuditedBody {
-        inner: body.map_err(BoxError::from).boxed(),
-        bytes: 0,
-        record: Some((record, status.as_u16())),
-        _permit: permit,
-    };
-    Response::from_parts(parts, body.boxed())
-}
+#[cfg(test)]
+mod tests;
 
 /// Reads and drops a small request body before a refusal. An h2 client
 /// whose body is left unread gets the answer followed by RST_STREAM, which
@@ -491,16 +389,43 @@ async fn drain_small_body(body: Incoming) {
 /// (`GET path`) that opened a WebSocket tunnel: a tunnel is one long
 /// request, and a new deny rule must reach it like a new request.
 fn rule_watch(s: &Session, path: String) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let (policy, id) = (s.rt.policy.clone(), s.id.clone());
+    let id = s.id.clone();
+    let refused = super::tcp::refused_by_change(&s.rt, move |current| {
+        match current.service_for(&id).and_then(|svc| svc.http.as_ref()) {
+            None => Err(Denial::new(Reason::ServiceRemoved)),
+            Some(http) => controls::request::check_rules(http, &http::Method::GET, &path),
+        }
+    });
     async move {
-        super::tcp::refused_by_policy(policy, move |current| {
-            match current.service_for(&id).and_then(|svc| svc.http.as_ref()) {
-                None => Err(Denial::new(Reason::ServiceRemoved)),
-                Some(http) => controls::request::check_rules(http, &http::Method::GET, &path),
-            }
-        })
-        .await;
+        refused.await;
     }
+}
+
+/// Resolves when the user last signed in on this connection may no longer
+/// use the service: removed from the users file, disabled, taken out of
+/// the service's users or groups, or their sessions ended (a logout
+/// elsewhere). Their live connection is cut, not just their next request.
+fn user_watch(s: &Session, live: Arc<Live>) -> impl std::future::Future<Output = (Denial, u64)> {
+    let id = s.id.clone();
+    let store = s.rt.store.clone();
+    super::tcp::refused_by_change(&s.rt, move |current| {
+        let Some((name, generation)) = live.user() else {
+            return Ok(());
+        };
+        let Some(service) = current.service_for(&id) else {
+            return Ok(()); // the connection-level re-check says so
+        };
+        let user = current.auth.as_ref().and_then(|a| a.users.get(&name));
+        let Some(user) = user else {
+            let detail = format!("user {name} is no longer in the users file");
+            return Err(Denial::with_detail(Reason::SessionRevoked, detail));
+        };
+        if store.session_generation(&name) != generation {
+            let detail = format!("the sessions of user {name} were ended");
+            return Err(Denial::with_detail(Reason::SessionRevoked, detail));
+        }
+        controls::authorize(service, live.client, controls::Asking::Request(Some(user))).map(|_| ())
+    })
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -515,68 +440,6 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     connection_upgrade && websocket
-}
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// The request the device receives. Whatever the client wrote as target
-/// (origin-form, absolute-form naming another host, h2 `:authority`), it
-/// goes to this service's upstream and nowhere else: never an open proxy.
-fn upstream_request(
-    req: Request<Incoming>,
-    current: &Resolved,
-    live: &Live,
-    path: &str,
-    host: Option<HeaderValue>,
-    websocket: bool,
-) -> Request<ProxyBody> {
-    let http = current.service.http.as_ref().expect("an HTTP service");
-    let (mut parts, body) = req.into_parts();
-    let from_h2 = parts.version == Version::HTTP_2;
-    // The normalised path, the client's query, this service's device.
-    let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
-        (Some(pq), _) if pq.path() == path => pq.clone(),
-        (_, Some(q)) => format!("{path}?{q}")
-            .parse()
-            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
-        (_, None) => path
-            .parse()
-            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
-    };
-    // Origin-form: the device is named by the connection, not the target.
-    parts.uri = http::Uri::from(path_and_query);
-    parts.version = Version::HTTP_11;
-
-    let headers = &mut parts.headers;
-    // moat states who the client is and what it asked for; nothing the
-    // client sent about that survives (proxy::headers has the list).
-    strip_hop_by_hop(headers, websocket, true);
-    if from_h2 {
-        super::headers::join_cookie_crumbs(headers);
-    }
-    headers.insert(X_FORWARDED_FOR, live.forwarded_for.clone());
-    headers.insert(X_FORWARDED_PROTO, live.forwarded_proto.clone());
-    let forwarded = super::headers::forwarded(&live.forwarded_base, host.as_ref());
-    headers.insert(header::FORWARDED, forwarded);
-    // `host` passed `check_host`: one of this service's names.
-    if let Some(host) = &host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-    }
-    let host = match (&current.host_rewrite, host) {
-        (Some(rewrite), _) => rewrite.clone(),
-        (None, Some(validated)) => validated,
-        (None, None) => value(current.authority.as_str()),
-    };
-    headers.insert(header::HOST, host);
-
-    let body = if websocket {
-        Empty::<Bytes>::new().map_err(BoxError::from).boxed()
-    } else {
-        super::client_body::ClientBody::new(body, http.body_limits()).boxed()
-    };
-    Request::from_parts(parts, body)
 }
 
 fn value(s: &str) -> HeaderValue {
@@ -628,207 +491,9 @@ fn version_name(v: Version) -> &'static str {
     }
 }
 
-/// What the audit record of one request needs, until its response ends.
-struct RequestRecord {
-    session: Arc<Session>,
-    live: Arc<Live>,
-    method: http::Method,
-    uri: http::Uri,
-    /// The normalised path, when it differs from the request's.
-    path: Option<String>,
-    /// Set once the record is written; a record dropped unwritten is a
-    /// request the client abandoned (or an h2 stream it reset).
-    done: bool,
-    version: &'static str,
-    started: Instant,
-    audit_allowed: bool,
-}
-
-impl RequestRecord {
-    /// Answers with the short error page for `denial`, and audits it.
-    fn deny(self, denial: Denial) -> Response<ProxyBody> {
-        let status =
-            StatusCode::from_u16(denial.reason.http_status()).unwrap_or(StatusCode::FORBIDDEN);
-        let text = format!(
-            "{} {}\nreason: {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            denial.reason
-        );
-        let len = text.len() as u64;
-        let mut resp = Response::new(Full::new(Bytes::from(text)).map_err(BoxError::from).boxed());
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(
-            "x-moat-reason",
-            HeaderValue::from_static(denial.reason.as_str()),
-        );
-        if let Some(wait) = denial.retry_after {
-            h.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(wait.as_secs().max(1)),
-            );
-        }
-        if denial.reason == Reason::ConnectRefused {
-            h.insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
-            );
-        }
-        self.finish(status.as_u16(), len, Some(denial));
-        resp
-    }
-
-    fn finish(mut self, status: u16, response_bytes: u64, denial: Option<Denial>) {
-        self.write(status, response_bytes, denial);
-    }
-
-    fn write(&mut self, status: u16, response_bytes: u64, denial: Option<Denial>) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        let (read, _) = self.live.activity.bytes();
-        self.live.idle_mark.store(read, Ordering::Relaxed);
-        let s = &self.session;
-        match &denial {
-            // The connection's counter handle: no label allocation per request.
-            None => self.live.allowed.inc(),
-            Some(d) => {
-                s.rt.metrics
-                    .request_counter(&s.conn.device, &s.conn.service, Err(d.reason))
-                    .inc()
-            }
-        };
-        if denial.is_none() && !self.audit_allowed {
-            return;
-        }
-        let event = Event::HttpRequest {
-            conn: s.conn.clone(),
-            method: self.method.to_string(),
-            path: match self.path.take() {
-                Some(p) => p,
-                None if self.method == http::Method::CONNECT => self.uri.to_string(),
-                None => self.uri.path().to_string(),
-            },
-            version: self.version,
-            status,
-            response_bytes,
-            duration_ms: self.started.elapsed().as_millis() as u64,
-            decision: if denial.is_some() {
-                "denied"
-            } else {
-                "allowed"
-            },
-            reason: denial.as_ref().map(|d| d.reason),
-            detail: denial.as_ref().and_then(|d| d.detail.clone()),
-            principal: s.principal.clone(),
-        };
-        match &denial {
-            None => s.rt.audit.record(event),
-            Some(d) => {
-                if s.rt.audit.record_denial(event) {
-                    super::log_device_failure(&s.conn, d);
-                }
-            }
-        }
-    }
-}
-
-impl Drop for RequestRecord {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        // 499, as nginx logs it: the client went away before the answer
-        // (an h2 stream reset or a connection gone mid-body ends the
-        // handler here). The client's doing: never counted as allowed, nor
-        // as a device failure.
-        let gone = Denial::new(Reason::ClientAborted);
-        self.write(CLIENT_CLOSED_REQUEST, 0, Some(gone));
-        // Browsers cancel a request now and then; a client that cancels
-        // them by the hundred is resetting streams to make the device work
-        // for nothing (CVE-2023-44487). hyper's own limit only counts
-        // streams reset before they are accepted.
-        let over = !self
-            .live
-            .abandoned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take(Instant::now());
-        if over {
-            self.live.abusive.cancel();
-        }
-    }
-}
-
-/// Abandoned (cancelled or reset) requests one connection may make at
-/// once; the allowance comes back at `ABANDONED_REFILL` per second. A
-/// browser on a long-lived connection abandons a few now and then (a page
-/// left while its requests wait on a slow device), hundreds in a day;
-/// rapid reset abandons thousands a second.
-const ABANDONED_LIMIT: u64 = 100;
-const ABANDONED_REFILL: f64 = 1.0;
-
-const CLIENT_CLOSED_REQUEST: u16 = 499;
-
-/// A response body that counts what reaches the client and writes the
-/// request's audit record when it ends (or the client goes away).
-struct AuditedBody {
-    inner: ProxyBody,
-    bytes: u64,
-    record: Option<(RequestRecord, u16)>,
-    /// The device's in-flight slot, held until the response is delivered.
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl Body for AuditedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
-        match &res {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
-            Poll::Pending => {}
-        }
-        res
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl AuditedBody {
-    fn finish(&mut self) {
-        if let Some((record, status)) = self.record.take() {
-            record.finish(status, self.bytes, None);
-        }
-    }
-}
-
-impl Drop for AuditedBody {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
+mod portal;
+mod record;
+mod request;
 
 #[cfg(test)]
 mod tests;

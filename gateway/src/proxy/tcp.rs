@@ -154,37 +154,48 @@ struct Admitted {
     local: Option<std::net::IpAddr>,
 }
 
-/// Resolves when a newly published policy no longer admits the connection.
+/// Resolves when the policy or the identity store no longer admits the
+/// connection.
 pub(crate) async fn revoked_by_policy(
-    policy: watch::Receiver<Arc<Policy>>,
+    rt: &Runtime,
     id: ListenerId,
     facts: ConnFacts,
 ) -> (Denial, u64) {
-    refused_by_policy(policy, move |current| {
+    refused_by_change(rt, move |current| {
         controls::recheck(current.service_for(&id).map(|s| &**s), &facts)
     })
     .await
 }
 
-/// The one way live things (connections, WebSocket tunnels) follow policy
-/// changes: `check` runs against the policy in force now — in case one was
-/// published during a handshake or an upstream connect — and then against
-/// every newly published one, until it refuses; returns the refusal and the
-/// version that made it.
-pub(crate) async fn refused_by_policy(
-    mut policy: watch::Receiver<Arc<Policy>>,
+/// The one way live things (connections, WebSocket tunnels, signed-in
+/// users) follow changes: `check` runs against the policy in force now —
+/// in case one was published during a handshake or an upstream connect —
+/// and again whenever a new policy is published or the identity store
+/// changes (a logout, a revocation), until it refuses; returns the refusal
+/// and the policy version it was made under.
+pub(crate) fn refused_by_change(
+    rt: &Runtime,
     check: impl Fn(&Policy) -> Result<(), Denial>,
-) -> (Denial, u64) {
-    loop {
-        {
-            let current = policy.borrow_and_update();
-            if let Err(denial) = check(&current) {
-                return (denial, current.version);
+) -> impl std::future::Future<Output = (Denial, u64)> {
+    let mut policy: watch::Receiver<Arc<Policy>> = rt.policy.clone();
+    let mut identities = rt.store.changes();
+    async move {
+        loop {
+            {
+                let current = policy.borrow_and_update();
+                if let Err(denial) = check(&current) {
+                    return (denial, current.version);
+                }
             }
-        }
-        if policy.changed().await.is_err() {
-            // The gateway is going away; shutdown handles the rest.
-            return std::future::pending().await;
+            tokio::select! {
+                changed = policy.changed() => if changed.is_err() {
+                    // The gateway is going away; shutdown handles the rest.
+                    return std::future::pending().await;
+                },
+                changed = identities.changed() => if changed.is_err() {
+                    return std::future::pending().await;
+                },
+            }
         }
     }
 }
@@ -268,7 +279,7 @@ async fn serve_protocol<C>(
     let revoked_at = std::sync::OnceLock::new();
     let (watch_id, watch_facts) = (admitted.id.clone(), admitted.facts.clone());
     let revoked = async {
-        let (denial, version) = revoked_by_policy(rt.policy.clone(), watch_id, watch_facts).await;
+        let (denial, version) = revoked_by_policy(&rt, watch_id, watch_facts).await;
         let _ = revoked_at.set(version);
         denial
     };

@@ -1,0 +1,563 @@
+//! The `mfa` phases of an L7 request: moat's own pages under `/.moat/`
+//! (phase 4) and the session check (phase 5). The pages, cookies and
+//! tokens themselves are in [`crate::auth`]; this is where they meet a
+//! request, the audit trail and the metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+
+use super::record::RequestRecord;
+use super::request::Stop;
+use super::{BoxError, Live, ProxyBody, Session};
+use crate::audit::Event;
+use crate::auth::login::{self, AuthFailure, Credentials, LoginContext};
+use crate::auth::session::{self, SessionClaims, SESSION_COOKIE};
+use crate::auth::{portal as pages, AuthPolicy, MfaRule, User};
+use crate::controls::{Denial, Reason};
+
+/// The pre-login cookie the login form's CSRF token is bound to.
+pub const CSRF_COOKIE: &str = "__Host-moat-csrf";
+/// moat's cookies: never passed to any device.
+pub const MOAT_COOKIES: &[&str] = &[SESSION_COOKIE, CSRF_COOKIE];
+
+/// A session cookie is re-issued (new last-seen time) at most this often.
+const REFRESH_AFTER: u64 = 60;
+/// A login form body, at most.
+const MAX_FORM_BYTES: usize = 8 * 1024;
+
+/// A request of a signed-in user.
+pub(super) struct SignedIn {
+    pub user: Arc<User>,
+    pub claims: SessionClaims,
+    /// The refreshed cookie to set on the response, when it is due.
+    pub refreshed: Option<HeaderValue>,
+}
+
+/// Why a request has no session (audit detail; the person is sent to the
+/// login page either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoSession {
+    Missing,
+    /// Forged, tampered, or sealed with a key moat does not have.
+    Invalid,
+    Idle,
+    Absolute,
+    /// Logged out (here or elsewhere): the generation moved on.
+    Revoked,
+    /// The user is no longer in the users file.
+    UnknownUser,
+}
+
+impl NoSession {
+    fn detail(self) -> &'static str {
+        match self {
+            NoSession::Missing => "no session",
+            NoSession::Invalid => "session cookie invalid (forged, tampered or another key)",
+            NoSession::Idle => "session idle too long",
+            NoSession::Absolute => "session too old",
+            NoSession::Revoked => "session ended (logged out)",
+            NoSession::UnknownUser => "session of a user no longer in the users file",
+        }
+    }
+
+    /// The `session_ended` reason this is first noticed as, if any.
+    fn ended(self) -> Option<&'static str> {
+        match self {
+            NoSession::Idle => Some("idle"),
+            NoSession::Absolute => Some("absolute"),
+            NoSession::Revoked => Some("revoked"),
+            _ => None,
+        }
+    }
+}
+
+/// Is this (normalised) path moat's own? Matched in any case, so that no
+/// spelling of it reaches the device.
+pub(super) fn is_portal_path(path: &str) -> bool {
+    let p = path.as_bytes();
+    let prefix = b"/.moat";
+    p.len() >= prefix.len()
+        && p[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && (p.len() == prefix.len() || p[prefix.len()] == b'/')
+}
+
+/// Phase 5: the session the request carries, if it is valid now.
+pub(super) fn authenticate(
+    headers: &HeaderMap,
+    s: &Session,
+    auth: &AuthPolicy,
+) -> Result<SignedIn, NoSession> {
+    let now = s.rt.clock.now();
+    let mut problem = NoSession::Missing;
+    // Several values can arrive (h2 crumbs, a stale cookie): the first
+    // valid one wins, else the most telling problem is reported.
+    for value in session::cookie_values(headers, SESSION_COOKIE) {
+        let claims = match auth.keys.open(value) {
+            Ok(c) => c,
+            Err(_) => {
+                problem = problem.max_by(NoSession::Invalid);
+                continue;
+            }
+        };
+        match check_claims(&claims, s, auth, now) {
+            Ok(user) => {
+                let refreshed =
+                    (now.saturating_sub(claims.last_seen) >= REFRESH_AFTER).then(|| {
+                        let renewed = SessionClaims {
+                            last_seen: now,
+                            ..claims.clone()
+                        };
+                        cookie_header(&session::set_cookie(&auth.keys.seal(&renewed), None))
+                    });
+                return Ok(SignedIn {
+                    user,
+                    claims,
+                    refreshed,
+                });
+            }
+            Err(p) => problem = problem.max_by(p),
+        }
+    }
+    Err(problem)
+}
+
+impl NoSession {
+    /// The more specific of two problems (anything beats `Missing`).
+    fn max_by(self, other: NoSession) -> NoSession {
+        if self == NoSession::Missing {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+fn check_claims(
+    claims: &SessionClaims,
+    s: &Session,
+    auth: &AuthPolicy,
+    now: u64,
+) -> Result<Arc<User>, NoSession> {
+    if now.saturating_sub(claims.issued_at) >= auth.absolute_timeout.as_secs() {
+        return Err(NoSession::Absolute);
+    }
+    if now.saturating_sub(claims.last_seen) >= auth.idle_timeout.as_secs() {
+        return Err(NoSession::Idle);
+    }
+    let user = auth.users.get(&claims.user).ok_or(NoSession::UnknownUser)?;
+    if s.rt.store.session_generation(&claims.user) != claims.generation {
+        return Err(NoSession::Revoked);
+    }
+    Ok(user.clone())
+}
+
+/// No valid session: a browser is sent to the login page (302), any other
+/// client gets 401. A session that just ended is recorded once, and its
+/// cookie cleared.
+pub(super) fn sign_in_first<B>(req: &Request<B>, s: &Session, problem: NoSession) -> Stop {
+    let denial = Denial::with_detail(Reason::AuthRequired, problem.detail());
+    if let Some(reason) = problem.ended() {
+        if let Some(user) = ended_user(req.headers(), s) {
+            session_ended(s, user, reason);
+        }
+    }
+    let wants_html = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"));
+    let mut resp = if wants_html && matches!(*req.method(), Method::GET | Method::HEAD) {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let next = pages::safe_next(target).unwrap_or_else(|| "/".to_string());
+        let location = format!("/.moat/login?next={}", encode_query(&next));
+        let mut r = text(StatusCode::FOUND, "Sign in first.\n");
+        r.headers_mut()
+            .insert(header::LOCATION, cookie_header(&location));
+        r
+    } else {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "401 Unauthorized\nreason: auth_required\n",
+        );
+        r.headers_mut()
+            .insert("x-moat-reason", HeaderValue::from_static("auth_required"));
+        r
+    };
+    if problem != NoSession::Missing {
+        resp.headers_mut()
+            .append(header::SET_COOKIE, cookie_header(&session::clear_cookie()));
+    }
+    Stop::DenyWith(denial, resp)
+}
+
+/// The user a stale session cookie names (for the `session_ended` record).
+fn ended_user(headers: &HeaderMap, s: &Session) -> Option<Arc<str>> {
+    let policy = s.rt.policy.borrow().clone();
+    let auth = policy.auth.as_ref()?;
+    session::cookie_values(headers, SESSION_COOKIE)
+        .find_map(|v| auth.keys.open(v).ok())
+        .map(|c| Arc::from(c.user.as_str()))
+}
+
+fn session_ended(s: &Session, user: Arc<str>, reason: &'static str) {
+    s.rt.metrics
+        .session_ended(&s.conn.device, &s.conn.service, reason);
+    s.rt.audit.record(Event::SessionEnded {
+        conn: s.conn.clone(),
+        user,
+        reason,
+    });
+}
+
+/// Phase 4: a request for one of moat's own pages. It never reaches the
+/// device; every answer carries the portal's security headers.
+pub(super) async fn serve(
+    req: Request<Incoming>,
+    path: &str,
+    s: &Session,
+    live: &Live,
+    auth: &AuthPolicy,
+    rule: &MfaRule,
+    record: &mut RequestRecord,
+) -> Stop {
+    let page = path[b"/.moat".len()..].to_ascii_lowercase();
+    let method = req.method().clone();
+    let stop = match (page.as_str(), &method) {
+        ("/login", &Method::GET) | ("/login", &Method::HEAD) => Ok(login_form(&req, auth, false)),
+        ("/login", &Method::POST) => login_submit(req, s, auth, rule, record).await,
+        ("/logout", &Method::POST) => logout(req, s, live, auth).await,
+        ("/session", &Method::GET)
+        | ("/session", &Method::HEAD)
+        | ("", &Method::GET)
+        | ("/", &Method::GET) => Ok(session_page(&req, s, auth)),
+        ("/login" | "/logout" | "/session", _) => Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 Method Not Allowed\n",
+        )),
+        _ => Ok(text(StatusCode::NOT_FOUND, "404 Not Found\n")),
+    };
+    match stop {
+        Ok(mut resp) => {
+            secure(resp.headers_mut());
+            if method == Method::HEAD {
+                let (parts, _) = resp.into_parts();
+                resp = Response::from_parts(parts, empty());
+            }
+            Stop::Answer(resp)
+        }
+        Err(Stop::DenyWith(d, mut resp)) => {
+            secure(resp.headers_mut());
+            Stop::DenyWith(d, resp)
+        }
+        Err(other) => other,
+    }
+}
+
+/// The login form, with a fresh pre-login cookie and the CSRF token bound
+/// to it.
+fn login_form<B>(req: &Request<B>, auth: &AuthPolicy, failed: bool) -> Response<ProxyBody> {
+    let next = query_param(req.uri().query().unwrap_or(""), "next")
+        .and_then(|n| pages::safe_next(&n))
+        .unwrap_or_else(|| "/".to_string());
+    let nonce = random_token();
+    let csrf = auth.keys.csrf_token(&format!("login:{nonce}"));
+    let status = if failed {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = html(status, pages::login_page(&csrf, &next, failed));
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        cookie_header(&format!(
+            "{CSRF_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Strict"
+        )),
+    );
+    resp
+}
+
+/// `POST /.moat/login`: CSRF and origin, then [`login::attempt`]; a new
+/// session and a redirect to `next` on success, the form again (401) with
+/// the generic message on any failure.
+async fn login_submit(
+    req: Request<Incoming>,
+    s: &Session,
+    auth: &AuthPolicy,
+    rule: &MfaRule,
+    record: &mut RequestRecord,
+) -> Result<Response<ProxyBody>, Stop> {
+    let same_origin = origin_ok(req.headers());
+    let nonce = session::cookie_values(req.headers(), CSRF_COOKIE)
+        .next()
+        .map(str::to_string);
+    let (parts, body) = req.into_parts();
+    let form = read_form(body).await?;
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    let form_req = Request::from_parts(parts, ());
+
+    let csrf_ok = same_origin
+        && nonce
+            .as_deref()
+            .is_some_and(|n| auth.keys.check_csrf(&format!("login:{n}"), field("csrf")));
+    let now = s.rt.clock.now();
+    let outcome = if csrf_ok {
+        let cx = LoginContext {
+            auth,
+            runtime: &s.rt.auth,
+            store: &*s.rt.store,
+            metrics: &s.rt.metrics,
+            now,
+            client: s.conn.client.ip(),
+        };
+        let creds = Credentials {
+            username: field("username"),
+            password: field("password"),
+            code: field("code"),
+        };
+        login::attempt(&cx, rule, &creds).await
+    } else {
+        Err(login::Failed {
+            reason: AuthFailure::BadCsrf,
+            user: None,
+            locked: Vec::new(),
+        })
+    };
+    let (device, service) = (&s.conn.device, &s.conn.service);
+    match outcome {
+        Ok(user) => {
+            s.rt.metrics.login(device, service, "succeeded");
+            s.rt.audit.record(Event::AuthSucceeded {
+                conn: s.conn.clone(),
+                user: user.name.clone(),
+            });
+            record.principal = Some(crate::controls::Principal::user(&user.name));
+            let claims = SessionClaims {
+                user: user.name.to_string(),
+                issued_at: now,
+                last_seen: now,
+                generation: s.rt.store.session_generation(&user.name),
+            };
+            let next = pages::safe_next(field("next")).unwrap_or_else(|| "/".to_string());
+            let mut resp = text(StatusCode::SEE_OTHER, "Signed in.\n");
+            let h = resp.headers_mut();
+            h.insert(header::LOCATION, cookie_header(&next));
+            h.append(
+                header::SET_COOKIE,
+                cookie_header(&session::set_cookie(&auth.keys.seal(&claims), None)),
+            );
+            h.append(
+                header::SET_COOKIE,
+                cookie_header(&format!(
+                    "{CSRF_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"
+                )),
+            );
+            Ok(resp)
+        }
+        Err(failed) => {
+            s.rt.metrics.login(device, service, failed.reason.as_str());
+            for (kind, failures, until) in &failed.locked {
+                s.rt.metrics
+                    .lockouts
+                    .get_or_create(&crate::metrics::LockoutLabels { kind })
+                    .inc();
+                s.rt.audit.record(Event::AuthLockout {
+                    conn: s.conn.clone(),
+                    kind,
+                    user: (*kind == "user").then(|| failed.user.clone()).flatten(),
+                    failures: *failures,
+                    until: *until,
+                });
+            }
+            s.rt.audit.record(Event::AuthFailed {
+                conn: s.conn.clone(),
+                user: failed.user.clone(),
+                reason: failed.reason,
+            });
+            let resp = match failed.reason {
+                AuthFailure::RateLimited | AuthFailure::Busy => {
+                    let mut r = login_form(&form_req, auth, true);
+                    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                    r
+                }
+                _ => login_form(&form_req, auth, true),
+            };
+            Ok(resp)
+        }
+    }
+}
+
+/// `POST /.moat/logout`: ends every session of the user (the generation
+/// moves on), clears the cookie.
+async fn logout(
+    req: Request<Incoming>,
+    s: &Session,
+    live: &Live,
+    auth: &AuthPolicy,
+) -> Result<Response<ProxyBody>, Stop> {
+    let signed_in = authenticate(req.headers(), s, auth).ok();
+    let same_origin = origin_ok(req.headers());
+    let form = read_form(req.into_body()).await?;
+    let Some(signed_in) = signed_in else {
+        let mut resp = html(StatusCode::OK, pages::logged_out_page());
+        resp.headers_mut()
+            .append(header::SET_COOKIE, cookie_header(&session::clear_cookie()));
+        return Ok(resp);
+    };
+    let binding = session_binding(&signed_in.claims);
+    let token = form.get("csrf").map(String::as_str).unwrap_or("");
+    if !same_origin || !auth.keys.check_csrf(&binding, token) {
+        let d = Denial::with_detail(Reason::CsrfRejected, "logout without a valid token");
+        let resp = text(
+            StatusCode::FORBIDDEN,
+            "403 Forbidden\nreason: csrf_rejected\n",
+        );
+        return Err(Stop::DenyWith(d, resp));
+    }
+    // This connection's own answer must still go out: it stops watching
+    // the user before their sessions end.
+    live.forget_user();
+    s.rt.store.end_sessions(&signed_in.user.name);
+    session_ended(s, signed_in.user.name.clone(), "logout");
+    let mut resp = html(StatusCode::OK, pages::logged_out_page());
+    resp.headers_mut()
+        .append(header::SET_COOKIE, cookie_header(&session::clear_cookie()));
+    Ok(resp)
+}
+
+/// `GET /.moat/session`: who is signed in, with the logout form.
+fn session_page<B>(req: &Request<B>, s: &Session, auth: &AuthPolicy) -> Response<ProxyBody> {
+    match authenticate(req.headers(), s, auth) {
+        Ok(signed_in) => {
+            let c = &signed_in.claims;
+            let expires = (c.issued_at + auth.absolute_timeout.as_secs())
+                .min(s.rt.clock.now() + auth.idle_timeout.as_secs());
+            let csrf = auth.keys.csrf_token(&session_binding(c));
+            html(
+                StatusCode::OK,
+                pages::session_page(&c.user, c.issued_at, expires, &csrf),
+            )
+        }
+        Err(_) => {
+            let mut r = text(StatusCode::FOUND, "Sign in first.\n");
+            r.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_static("/.moat/login?next=%2F.moat%2Fsession"),
+            );
+            r
+        }
+    }
+}
+
+fn session_binding(c: &SessionClaims) -> String {
+    format!("session:{}:{}", c.user, c.issued_at)
+}
+
+/// A form's `Origin`, when the browser sends one, must be this origin:
+/// moat does not know its public name, so it checks the origin against
+/// the request's own `Host` (already validated as one of the service's).
+fn origin_ok(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        // Not every client sends one; the CSRF token and SameSite=Strict
+        // still stand.
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.strip_prefix("https://"))
+        .is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host))
+}
+
+async fn read_form(body: Incoming) -> Result<std::collections::HashMap<String, String>, Stop> {
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        Limited::new(body, MAX_FORM_BYTES).collect(),
+    )
+    .await;
+    match read {
+        Ok(Ok(collected)) => Ok(pages::parse_form(&collected.to_bytes())),
+        Ok(Err(_)) => Err(Stop::Deny(Denial::with_detail(
+            Reason::BodyTooLarge,
+            format!("login form over {MAX_FORM_BYTES} bytes"),
+        ))),
+        Err(_) => Err(Stop::Deny(Denial::with_detail(
+            Reason::BodyTimeout,
+            "login form not received in 10s",
+        ))),
+    }
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    pages::parse_form(query.as_bytes()).remove(name)
+}
+
+fn encode_query(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn random_token() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 18];
+    aws_lc_rs::rand::fill(&mut bytes).expect("the system RNG works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn secure(headers: &mut HeaderMap) {
+    for (name, value) in pages::security_headers() {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+}
+
+fn cookie_header(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn html(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(BoxError::from).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(BoxError::from)
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn empty() -> ProxyBody {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(BoxError::from)
+        .boxed()
+}

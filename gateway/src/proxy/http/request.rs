@@ -1,0 +1,390 @@
+//! One request through an L7 service, in named phases. The order is the
+//! contract (docs/architecture.md, "Request phases"); each phase may end
+//! the request with a typed [`Denial`], which the audit record, the
+//! metrics and the error page share.
+//!
+//! 1. **admit**: the method (never CONNECT), then the policy in force now:
+//!    the service is still there and still admits this connection.
+//! 2. **host**: `Host` / `:authority` names this service.
+//! 3. **path**: normalised; forms that servers read differently refused.
+//! 4. **portal** (`mfa` services): `/.moat/…` is answered by moat itself
+//!    and never reaches the device.
+//! 5. **authenticate** (`mfa` services): the session cookie names the user.
+//! 6. **authorize**: [`controls::authorize`], the step also run at accept
+//!    and on every re-check: the source, then the user.
+//! 7. **rules**: method and path rules under every reading, and the
+//!    method- and URL-override headers.
+//! 8. **limits**: rates per client and per principal, then a slot among
+//!    the requests the device may have in flight.
+//! 9. **upstream request**: header hygiene ([`crate::proxy::headers`]),
+//!    forwarding headers, the user header; moat's cookies removed.
+//! 10. **exchange**: the device answers within `response_timeout`.
+//! 11. **response**: hop-by-hop headers removed, hardening headers and a
+//!     refreshed session cookie added.
+//! 12. **record**: the audit record, written when the body ends
+//!     ([`super::record`]).
+//!
+//! [`handle`] records and answers; [`phases`] runs the checks, each a `?`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::portal::{self, SignedIn};
+use super::record::{AuditedBody, RequestRecord};
+use super::{
+    classify_upstream_error, drain_small_body, is_upgrade, rule_watch, value, BoxError, Live,
+    ProxyBody, Resolved, Session,
+};
+use crate::auth::AccessMode;
+use crate::controls::{self, Asking, Denial, Principal, Reason};
+use crate::proxy::headers::{harden, strip_hop_by_hop};
+use crate::upstream::DeviceBody;
+
+/// How a request ends before or instead of the device answering.
+pub(super) enum Stop {
+    /// Refused: the short error page for the reason.
+    Deny(Denial),
+    /// Refused with moat's own answer (a redirect to the login page).
+    DenyWith(Denial, Response<ProxyBody>),
+    /// Answered by moat (a portal page).
+    Answer(Response<ProxyBody>),
+}
+
+impl From<Denial> for Stop {
+    fn from(d: Denial) -> Stop {
+        Stop::Deny(d)
+    }
+}
+
+/// The outer handler: runs the phases, then records and answers.
+pub(super) async fn handle(
+    req: Request<Incoming>,
+    s: Arc<Session>,
+    live: Arc<Live>,
+) -> Response<ProxyBody> {
+    live.requests.fetch_add(1, Ordering::Relaxed);
+    let mut record = RequestRecord::new(&req, s.clone(), live.clone());
+    match phases(req, &s, &live, &mut record).await {
+        Ok(proxied) => proxied.into_response(record),
+        Err(Stop::Deny(d)) => record.deny(d),
+        Err(Stop::DenyWith(d, resp)) => record.deny_with(d, resp),
+        Err(Stop::Answer(resp)) => record.answer(resp),
+    }
+}
+
+/// The device's answer, on its way to the client.
+pub(super) struct Proxied {
+    resp: Response<DeviceBody>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// A refreshed session cookie to set.
+    set_cookie: Option<HeaderValue>,
+    hardening: bool,
+    tls: bool,
+}
+
+impl Proxied {
+    /// Phase 11, then phase 12 armed: the record is written when the body
+    /// ends.
+    fn into_response(self, record: RequestRecord) -> Response<ProxyBody> {
+        let status = self.resp.status();
+        let (mut parts, body) = self.resp.into_parts();
+        strip_hop_by_hop(
+            &mut parts.headers,
+            status == StatusCode::SWITCHING_PROTOCOLS,
+            false,
+        );
+        if self.hardening {
+            harden(&mut parts.headers, self.tls);
+        }
+        if let Some(cookie) = self.set_cookie {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
+        let body = AuditedBody {
+            inner: body.map_err(BoxError::from).boxed(),
+            bytes: 0,
+            record: Some((record, status.as_u16())),
+            _permit: self.permit,
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// Phases 1 to 10 (see the module comment), each check a `?`.
+async fn phases(
+    mut req: Request<Incoming>,
+    s: &Arc<Session>,
+    live: &Arc<Live>,
+    record: &mut RequestRecord,
+) -> Result<Proxied, Stop> {
+    // 1. admit: the policy in force now, not the one the connection
+    // started under (resolved once per policy version, not per request).
+    controls::request::check_method(req.method())?;
+    let current = live
+        .resolve(s)
+        .ok_or_else(|| Denial::new(Reason::ServiceRemoved))?;
+    current.verdict.clone()?;
+    let service = &current.service;
+    let http = service
+        .http
+        .as_ref()
+        .expect("resolve() only keeps HTTP services");
+    record.audit_allowed = http.audit_allowed;
+
+    // 2. host: only a name of this service reaches the device, in Host or
+    // any forwarding header.
+    let host = controls::request::check_host(
+        req.version(),
+        req.uri(),
+        req.headers(),
+        &http.hosts,
+        s.local,
+    )?;
+
+    // 3. path
+    let uri = req.uri().clone();
+    let path = controls::request::normalize_path(uri.path())?;
+    if let std::borrow::Cow::Owned(p) = &path {
+        record.path = Some(p.clone());
+    }
+
+    // 4. portal and 5. authenticate, on `mfa` services only.
+    let signed_in = match &service.access_mode {
+        AccessMode::Network => None,
+        AccessMode::Mfa(rule) => {
+            let auth = current
+                .auth
+                .as_deref()
+                .expect("an mfa service compiles only with [auth]");
+            if portal::is_portal_path(&path) {
+                let answer = portal::serve(req, &path, s, live, auth, rule, record).await;
+                return Err(answer);
+            }
+            match portal::authenticate(req.headers(), s, auth) {
+                Ok(signed_in) => Some(signed_in),
+                Err(problem) => return Err(portal::sign_in_first(&req, s, problem)),
+            }
+        }
+    };
+    if let Some(SignedIn { user, claims, .. }) = &signed_in {
+        record.principal = Some(Principal::user(&user.name));
+        live.saw_user(user, claims.generation);
+    }
+
+    // 6. authorize: the one step, now with the user.
+    controls::authorize(
+        service,
+        s.conn.client.ip(),
+        Asking::Request(signed_in.as_ref().map(|u| &*u.user)),
+    )?;
+
+    // 7. rules
+    let checked = controls::request::check_request(http, req.method(), &path, req.headers())
+        .and_then(|()| {
+            controls::request::check_overrides(http, req.method(), &path, req.uri(), req.headers())
+        });
+    if let Err(d) = checked {
+        if d.reason == Reason::RequestDenied {
+            drain_small_body(req.into_body()).await;
+        }
+        return Err(d.into());
+    }
+
+    // 8. limits: rates first (cheap, no waiting), then a slot among the
+    // requests the device may have in flight, queueing briefly for one.
+    current
+        .limiters
+        .check_request(s.conn.client.ip(), record.principal.as_ref())?;
+    let permit = in_flight_slot(&current).await?;
+
+    // 9. upstream request
+    let websocket = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let user_header = match (&service.access_mode, &signed_in) {
+        (AccessMode::Mfa(rule), Some(signed_in)) => rule
+            .user_header
+            .as_ref()
+            .map(|h| (h, value(&signed_in.user.name))),
+        _ => None,
+    };
+    let upstream_req = upstream_request(req, &current, live, &path, host, websocket, user_header);
+
+    // 10. exchange
+    let mut resp = exchange(&current, upstream_req, permit).await?;
+    let (resp_ok, permit) = (&mut resp.0, resp.1);
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+        (client_upgrade, resp_ok.status())
+    {
+        tunnel(s, live, client_upgrade, resp_ok, path.into_owned());
+    }
+    Ok(Proxied {
+        resp: resp.0,
+        permit,
+        set_cookie: signed_in.and_then(|s| s.refreshed),
+        hardening: http.hardening_headers,
+        tls: s.tls,
+    })
+}
+
+/// A slot among the requests the device may have in flight, if it caps
+/// them, waiting up to `queue_timeout`.
+async fn in_flight_slot(current: &Resolved) -> Result<Option<OwnedSemaphorePermit>, Denial> {
+    let Some(slots) = current.limiters.in_flight() else {
+        return Ok(None);
+    };
+    let limits = &current.service.limits;
+    match tokio::time::timeout(limits.queue_timeout, slots.acquire_owned()).await {
+        Ok(Ok(p)) => Ok(Some(p)),
+        _ => {
+            let limit = limits.max_in_flight.unwrap_or_default();
+            let mut d = Denial::with_detail(Reason::DeviceBusy, format!("max_in_flight {limit}"));
+            d.retry_after = Some(Duration::from_secs(1));
+            Err(d)
+        }
+    }
+}
+
+/// Sends the request to the device and waits for its answer head.
+async fn exchange(
+    current: &Resolved,
+    upstream_req: Request<ProxyBody>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<(Response<DeviceBody>, Option<OwnedSemaphorePermit>), Denial> {
+    let service = &current.service;
+    let response_timeout = service.http.as_ref().expect("HTTP").response_timeout;
+    let client = current.client.clone();
+    let capped = permit.is_some();
+    let exchange = async move {
+        let result = tokio::time::timeout(response_timeout, client.request(upstream_req)).await;
+        (result, permit)
+    };
+    // With an in-flight cap, the exchange runs in its own task that owns
+    // the slot: a client that gives up (hyper drops this handler) must not
+    // free a slot while its request is still at the device.
+    let (result, permit) = if capped {
+        match tokio::spawn(exchange).await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    } else {
+        exchange.await
+    };
+    match result {
+        Ok(Ok(r)) => Ok((r, permit)),
+        Ok(Err(e)) => Err(classify_upstream_error(&e, service)),
+        Err(_) => {
+            let detail = format!(
+                "{}: no response within {:?}",
+                service.upstream, response_timeout
+            );
+            Err(Denial::with_detail(Reason::UpstreamTimeout, detail))
+        }
+    }
+}
+
+/// A WebSocket upgrade the device accepted: the two sockets are joined in
+/// a task of the connection, cut with it or by a rule that now refuses it.
+fn tunnel(
+    s: &Session,
+    live: &Live,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    resp: &mut Response<DeviceBody>,
+    path: String,
+) {
+    let upstream_upgrade = hyper::upgrade::on(resp);
+    let cut = live.cut.clone();
+    let rules = rule_watch(s, path);
+    live.tunnels.spawn(async move {
+        if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
+            tokio::select! {
+                _ = copy => {}
+                _ = cut.cancelled() => {}
+                _ = rules => {}
+            }
+        }
+    });
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The request the device receives. Whatever the client wrote as target
+/// (origin-form, absolute-form naming another host, h2 `:authority`), it
+/// goes to this service's upstream and nowhere else: never an open proxy.
+fn upstream_request(
+    req: Request<Incoming>,
+    current: &Resolved,
+    live: &Live,
+    path: &str,
+    host: Option<HeaderValue>,
+    websocket: bool,
+    user: Option<(&HeaderName, HeaderValue)>,
+) -> Request<ProxyBody> {
+    let http = current.service.http.as_ref().expect("an HTTP service");
+    let (mut parts, body) = req.into_parts();
+    let from_h2 = parts.version == Version::HTTP_2;
+    // The normalised path, the client's query, this service's device.
+    let path_and_query = match (parts.uri.path_and_query(), parts.uri.query()) {
+        (Some(pq), _) if pq.path() == path => pq.clone(),
+        (_, Some(q)) => format!("{path}?{q}")
+            .parse()
+            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
+        (_, None) => path
+            .parse()
+            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
+    };
+    // Origin-form: the device is named by the connection, not the target.
+    parts.uri = http::Uri::from(path_and_query);
+    parts.version = Version::HTTP_11;
+
+    let headers = &mut parts.headers;
+    // moat states who the client is and what it asked for; nothing the
+    // client sent about that survives (proxy::headers has the list).
+    strip_hop_by_hop(headers, websocket, true);
+    if from_h2 {
+        crate::proxy::headers::join_cookie_crumbs(headers);
+    }
+    // The device never sees moat's cookies, on any service: browsers send
+    // a host's cookies to every port of it.
+    crate::auth::session::strip_cookies(headers, portal::MOAT_COOKIES);
+    if let AccessMode::Mfa(rule) = &current.service.access_mode {
+        // Whatever the client wrote in the user header, in either spelling.
+        if let Some(name) = &rule.user_header {
+            crate::proxy::headers::remove_either_spelling(headers, name);
+        }
+    }
+    if let Some((name, user)) = user {
+        headers.insert(name.clone(), user);
+    }
+    headers.insert(X_FORWARDED_FOR, live.forwarded_for.clone());
+    headers.insert(X_FORWARDED_PROTO, live.forwarded_proto.clone());
+    let forwarded = crate::proxy::headers::forwarded(&live.forwarded_base, host.as_ref());
+    headers.insert(header::FORWARDED, forwarded);
+    // `host` passed `check_host`: one of this service's names.
+    if let Some(host) = &host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    let host = match (&current.host_rewrite, host) {
+        (Some(rewrite), _) => rewrite.clone(),
+        (None, Some(validated)) => validated,
+        (None, None) => value(current.authority.as_str()),
+    };
+    headers.insert(header::HOST, host);
+
+    let body = if websocket {
+        Empty::<Bytes>::new().map_err(BoxError::from).boxed()
+    } else {
+        crate::proxy::client_body::ClientBody::new(body, http.body_limits()).boxed()
+    };
+    Request::from_parts(parts, body)
+}
