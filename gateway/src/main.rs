@@ -169,6 +169,11 @@ fn load_or_report(config: &Path) -> Option<Policy> {
 }
 
 async fn run(config: &Path) -> ExitCode {
+    // A first start makes the session key ([auth] session_key_file).
+    if let Err(e) = moat::auth::create_missing_session_key(config) {
+        eprintln!("{}: {e}", config.display());
+        return ExitCode::from(2);
+    }
     let Some(policy) = load_or_report(config) else {
         return ExitCode::from(2);
     };
@@ -270,8 +275,16 @@ fn check(config: &Path) -> ExitCode {
                     )
                 }
             };
+            let access = match &s.access_mode {
+                moat::auth::AccessMode::Network => String::new(),
+                moat::auth::AccessMode::Mfa(rule) => format!(
+                    "; MFA for users [{}] groups [{}]",
+                    rule.users.join(", "),
+                    rule.groups.join(", ")
+                ),
+            };
             println!(
-                "    {:<12} {} -> {}  {tls}; allow {} entries, deny {}; max {} connections",
+                "    {:<12} {} -> {}  {tls}; allow {} entries, deny {}; max {} connections{access}",
                 s.name,
                 s.listen,
                 s.upstream,
@@ -288,6 +301,16 @@ fn check(config: &Path) -> ExitCode {
             .map(|(n, c)| format!("{n} ({c})"))
             .collect();
         println!("network sets: {}", sets.join(", "));
+    }
+    if let Some(auth) = &policy.auth {
+        let disabled = auth.users.users.values().filter(|u| u.disabled).count();
+        println!(
+            "users: {} ({} disabled); sessions idle {}, absolute {}",
+            auth.users.users.len(),
+            disabled,
+            humantime::format_duration(auth.idle_timeout),
+            humantime::format_duration(auth.absolute_timeout)
+        );
     }
     println!("files: {}", policy.sources.len());
     ExitCode::SUCCESS

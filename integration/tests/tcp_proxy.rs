@@ -74,7 +74,7 @@ fn rustls_client_reaches_upstream_and_every_event_is_audited() {
         .unwrap()
         .starts_with("TLS13_"));
     assert_eq!(allowed["tls"]["sni"], "localhost");
-    assert!(allowed.get("client_identity").is_none());
+    assert!(allowed.get("principal").is_none());
 
     let closed = moat.wait_for_client("connection_closed", client);
     assert_conn_fields(&closed, client, listen);
@@ -323,7 +323,9 @@ fn client_certificate_required_and_identity_audited() {
     let mut buf = [0u8; 6];
     tls.read_exact(&mut buf).unwrap();
     let allowed = moat.wait_for_client("connection_allowed", client);
-    let id = &allowed["client_identity"];
+    let id = &allowed["principal"];
+    assert_eq!(id["kind"], "certificate");
+    assert_eq!(id["name"], moat::certs::CLIENT_NAME);
     assert_eq!(id["common_name"], moat::certs::CLIENT_NAME);
     assert_eq!(id["subject"], "O=moat development, CN=dev-client");
     assert_eq!(id["sans"], serde_json::json!(["DNS:dev-client.moat.test"]));

@@ -48,6 +48,27 @@ pub struct AuthPolicy {
     pub max_concurrent_hashes: u32,
 }
 
+/// Creates the session key file named by `[auth] session_key_file` of the
+/// config at `config`, if it does not exist yet (mode 0600). Done by `moat
+/// run` before the policy is compiled; `moat check` never writes.
+pub fn create_missing_session_key(config: &std::path::Path) -> Result<(), String> {
+    let Ok(loaded) = crate::config::load(config) else {
+        return Ok(()); // the compile reports every error
+    };
+    let Some(auth) = &loaded.file.auth else {
+        return Ok(());
+    };
+    let path = loaded.resolve(auth.session_key_file.get_ref());
+    match session::create_key_file_if_missing(&path) {
+        Ok(true) => {
+            tracing::info!(file = %path.display(), "created a new session key (mode 0600)");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(format!("cannot create session key {}: {e}", path.display())),
+    }
+}
+
 /// How a service decides who may use it, after the network controls.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum AccessMode {

@@ -374,9 +374,6 @@ fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<Stri
     (ClosedBy::Error, Some(e.to_string()))
 }
 
-#[cfg(test)]
-mod tests;
-
 /// Reads and drops a small request body before a refusal. An h2 client
 /// whose body is left unread gets the answer followed by RST_STREAM, which
 /// some clients (curl 7.88) report as an error instead of showing the 403.
