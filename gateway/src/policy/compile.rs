@@ -621,7 +621,7 @@ impl Compiler<'_> {
             let parsed = http::HeaderName::from_bytes(name.as_bytes()).ok();
             let reserved = parsed
                 .as_ref()
-                .is_some_and(|n| crate::proxy::headers::is_reserved(n));
+                .is_some_and(crate::proxy::headers::is_reserved);
             match parsed {
                 Some(n) if !reserved => Some(n),
                 _ => {

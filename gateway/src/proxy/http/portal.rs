@@ -520,7 +520,7 @@ fn random_token() -> String {
 
 fn secure(headers: &mut HeaderMap) {
     for (name, value) in pages::security_headers() {
-        headers.insert(name, HeaderValue::from_static(value));
+        headers.insert(name.clone(), value.clone());
     }
 }
 
