@@ -14,7 +14,16 @@ const T0: u64 = 2_000_000_010;
 const SECRET: &[u8] = b"12345678901234567890";
 
 fn code_at(now: u64) -> String {
-    TOTP::new_unchecked(Algorithm::SHA1, 6, 1, 30, SECRET.to_vec()).generate(now)
+    TOTP::new_unchecked(
+        Algorithm::SHA1,
+        6,
+        1,
+        30,
+        SECRET.to_vec(),
+        None,
+        String::new(),
+    )
+    .generate(now)
 }
 
 struct Fixture {
@@ -66,7 +75,14 @@ fn fixture(login_rate: &str, hashes: u32) -> Fixture {
 }
 
 impl Fixture {
-    async fn try_login(&self, now: u64, from: &str, user: &str, password: &str, code: &str) -> Result<Arc<User>, Failed> {
+    async fn try_login(
+        &self,
+        now: u64,
+        from: &str,
+        user: &str,
+        password: &str,
+        code: &str,
+    ) -> Result<Arc<User>, Failed> {
         let cx = LoginContext {
             auth: &self.auth,
             runtime: &self.runtime,
@@ -97,19 +113,31 @@ fn reason<T: std::fmt::Debug>(r: Result<T, Failed>) -> AuthFailure {
 async fn password_and_code_sign_in_and_a_code_is_used_once() {
     let f = fixture("100/s", 2);
     let code = code_at(T0);
-    let user = f.try_login(T0, "10.0.0.1", "alice", "correct horse", &code).await.unwrap();
+    let user = f
+        .try_login(T0, "10.0.0.1", "alice", "correct horse", &code)
+        .await
+        .unwrap();
     assert_eq!(&*user.name, "alice");
     // The same code again, even from elsewhere, within its step: refused.
     assert_eq!(
-        reason(f.try_login(T0 + 5, "10.0.0.2", "alice", "correct horse", &code).await),
+        reason(
+            f.try_login(T0 + 5, "10.0.0.2", "alice", "correct horse", &code)
+                .await
+        ),
         AuthFailure::ReplayedCode
     );
     // The previous step's code is inside the skew window and unused: fine.
     let previous = code_at(T0 - 30);
-    assert!(f.try_login(T0, "10.0.0.1", "alice", "correct horse", &previous).await.is_ok());
+    assert!(f
+        .try_login(T0, "10.0.0.1", "alice", "correct horse", &previous)
+        .await
+        .is_ok());
     // Two steps back is outside a skew of one.
     assert_eq!(
-        reason(f.try_login(T0, "10.0.0.1", "alice", "correct horse", &code_at(T0 - 60)).await),
+        reason(
+            f.try_login(T0, "10.0.0.1", "alice", "correct horse", &code_at(T0 - 60))
+                .await
+        ),
         AuthFailure::BadCode
     );
 }
@@ -120,24 +148,44 @@ async fn every_failure_has_its_own_reason_for_the_audit_trail() {
     let code = code_at(T0);
     let at = |dt| T0 + dt;
     assert_eq!(
-        reason(f.try_login(at(0), "10.0.0.1", "alice", "wrong", &code).await),
+        reason(
+            f.try_login(at(0), "10.0.0.1", "alice", "wrong", &code)
+                .await
+        ),
         AuthFailure::BadPassword
     );
     assert_eq!(
-        reason(f.try_login(at(0), "10.0.0.1", "alice", "correct horse", "000000").await),
+        reason(
+            f.try_login(at(0), "10.0.0.1", "alice", "correct horse", "000000")
+                .await
+        ),
         AuthFailure::BadCode
     );
-    let unknown = f.try_login(at(0), "10.0.0.1", "mallory", "correct horse", &code).await;
+    let unknown = f
+        .try_login(at(0), "10.0.0.1", "mallory", "correct horse", &code)
+        .await;
     let unknown = unknown.unwrap_err();
     assert_eq!(unknown.reason, AuthFailure::UnknownUser);
     // A name that is not a user never reaches the audit trail.
     assert_eq!(unknown.user, None);
     assert_eq!(
-        reason(f.try_login(at(31), "10.0.0.1", "carol", "correct horse", &code_at(at(31))).await),
+        reason(
+            f.try_login(
+                at(31),
+                "10.0.0.1",
+                "carol",
+                "correct horse",
+                &code_at(at(31))
+            )
+            .await
+        ),
         AuthFailure::Disabled
     );
     assert_eq!(
-        reason(f.try_login(at(31), "10.0.0.1", "eve", "correct horse", &code_at(at(31))).await),
+        reason(
+            f.try_login(at(31), "10.0.0.1", "eve", "correct horse", &code_at(at(31)))
+                .await
+        ),
         AuthFailure::NotAuthorized
     );
 }
@@ -146,10 +194,16 @@ async fn every_failure_has_its_own_reason_for_the_audit_trail() {
 async fn five_failures_lock_the_user_and_the_source_and_the_lock_ends() {
     let f = fixture("100/s", 2);
     for i in 0..4 {
-        let failed = f.try_login(T0 + i, "10.0.0.1", "alice", "wrong", "123456").await.unwrap_err();
+        let failed = f
+            .try_login(T0 + i, "10.0.0.1", "alice", "wrong", "123456")
+            .await
+            .unwrap_err();
         assert!(failed.locked.is_empty());
     }
-    let fifth = f.try_login(T0 + 4, "10.0.0.1", "alice", "wrong", "123456").await.unwrap_err();
+    let fifth = f
+        .try_login(T0 + 4, "10.0.0.1", "alice", "wrong", "123456")
+        .await
+        .unwrap_err();
     let kinds: Vec<&str> = fifth.locked.iter().map(|(k, _, _)| *k).collect();
     assert_eq!(kinds, ["source", "user"]);
     assert_eq!(fifth.locked[1].2, T0 + 4 + 15 * 60);
@@ -157,17 +211,26 @@ async fn five_failures_lock_the_user_and_the_source_and_the_lock_ends() {
     // like a wrong password (the audit trail says locked_out).
     let now = T0 + 60;
     assert_eq!(
-        reason(f.try_login(now, "10.0.0.9", "alice", "correct horse", &code_at(now)).await),
+        reason(
+            f.try_login(now, "10.0.0.9", "alice", "correct horse", &code_at(now))
+                .await
+        ),
         AuthFailure::LockedOut
     );
     // The locked source cannot try anyone.
     assert_eq!(
-        reason(f.try_login(now, "10.0.0.1", "eve", "correct horse", &code_at(now)).await),
+        reason(
+            f.try_login(now, "10.0.0.1", "eve", "correct horse", &code_at(now))
+                .await
+        ),
         AuthFailure::LockedOut
     );
     // Fifteen minutes later both locks are over.
     let later = T0 + 4 + 15 * 60;
-    assert!(f.try_login(later, "10.0.0.1", "alice", "correct horse", &code_at(later)).await.is_ok());
+    assert!(f
+        .try_login(later, "10.0.0.1", "alice", "correct horse", &code_at(later))
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
@@ -175,20 +238,35 @@ async fn the_login_rate_refuses_before_any_hash_work() {
     let f = fixture("2/min", 2);
     for _ in 0..2 {
         assert_eq!(
-            reason(f.try_login(T0, "10.0.0.1", "alice", "wrong", "123456").await),
+            reason(
+                f.try_login(T0, "10.0.0.1", "alice", "wrong", "123456")
+                    .await
+            ),
             AuthFailure::BadPassword
         );
     }
     // Hold every hash slot: a refusal that needed one would wait (Busy).
-    let _all = f.runtime.hashing.clone().acquire_many_owned(2).await.unwrap();
+    let _all = f
+        .runtime
+        .hashing
+        .clone()
+        .acquire_many_owned(2)
+        .await
+        .unwrap();
     assert_eq!(
-        reason(f.try_login(T0, "10.0.0.1", "alice", "wrong", "123456").await),
+        reason(
+            f.try_login(T0, "10.0.0.1", "alice", "wrong", "123456")
+                .await
+        ),
         AuthFailure::RateLimited
     );
     // Another source still has its own allowance.
     drop(_all);
     assert_eq!(
-        reason(f.try_login(T0, "10.0.0.2", "alice", "wrong", "123456").await),
+        reason(
+            f.try_login(T0, "10.0.0.2", "alice", "wrong", "123456")
+                .await
+        ),
         AuthFailure::BadPassword
     );
 }

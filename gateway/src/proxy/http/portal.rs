@@ -568,7 +568,13 @@ mod tests {
 
     #[test]
     fn every_spelling_of_the_portal_prefix_is_moat_s() {
-        for p in ["/.moat", "/.moat/", "/.moat/login", "/.MOAT/login", "/.Moat/x"] {
+        for p in [
+            "/.moat",
+            "/.moat/",
+            "/.moat/login",
+            "/.MOAT/login",
+            "/.Moat/x",
+        ] {
             assert!(is_portal_path(p), "{p}");
         }
         for p in ["/", "/.moatx", "/.mo", "/x/.moat/login", "/moat/login"] {
@@ -581,7 +587,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("pump.example:8443"));
         assert!(origin_ok(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://pump.example:8443"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://pump.example:8443"),
+        );
         assert!(origin_ok(&h));
         for bad in ["https://evil.example", "http://pump.example:8443", "null"] {
             h.insert(header::ORIGIN, HeaderValue::from_static(bad));
