@@ -167,7 +167,10 @@ fn print_mfa_instructions(c: &certs::DevCerts, mfa: SocketAddr, user: &DemoUser)
 In a browser: open https://localhost:{port}/ and sign in. With curl:
   curl --cacert {ca} https://localhost:{port}/                        # 401 auth_required
   curl --cacert {ca} -c jar -b jar https://localhost:{port}/.moat/login -o login.html
-  curl --cacert {ca} -c jar -b jar https://localhost:{port}/.moat/login        --data-urlencode username=demo --data-urlencode password={password}        --data-urlencode code=$(oathtool --totp -b {secret})        --data-urlencode csrf=$(sed -n 's/.*name="csrf" value="\([^"]*\)".*//p' login.html)
+  curl --cacert {ca} -c jar -b jar https://localhost:{port}/.moat/login \
+       --data-urlencode username=demo --data-urlencode password={password} \
+       --data-urlencode code=$(oathtool --totp -b {secret}) \
+       --data-urlencode csrf=$(sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' login.html)
   curl --cacert {ca} -b jar https://localhost:{port}/status           # the device, as user demo
 
 Every decision appears below as one JSON line (the audit trail). Ctrl-C stops.
