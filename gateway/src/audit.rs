@@ -17,6 +17,7 @@ use serde::Serialize;
 use std::io::{BufWriter, Write};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::login::AuthFailure;
 use crate::controls::{Principal, Reason};
 use crate::policy::diff::PolicyDiff;
 use crate::policy::lifecycle::Trigger;
@@ -148,7 +149,7 @@ pub enum Event {
         conn: ConnMeta,
         #[serde(skip_serializing_if = "Option::is_none")]
         user: Option<Arc<str>>,
-        reason: crate::auth::login::AuthFailure,
+        reason: AuthFailure,
     },
     /// Failed logins locked a user or a source address.
     AuthLockout {
@@ -319,6 +320,12 @@ impl Audit {
         let reason = match &event {
             Event::ConnectionDenied { reason, .. } => Some(*reason),
             Event::HttpRequest { reason, .. } => *reason,
+            // What a login flood makes in bulk: summarised like denials.
+            Event::AuthFailed { reason, .. } => match reason {
+                AuthFailure::RateLimited | AuthFailure::Busy => Some(Reason::LoginRateLimited),
+                AuthFailure::BadCsrf => Some(Reason::CsrfRejected),
+                _ => None,
+            },
             _ => None,
         };
         let Some(reason) = reason.filter(|r| r.flood_prone()) else {

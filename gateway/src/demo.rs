@@ -145,8 +145,8 @@ fn write_demo_user(dir: &Path) -> Result<DemoUser> {
     let secret = crate::auth::totp::to_base32(&crate::auth::totp::generate_secret());
     let text = format!(
         "# Written by `moat demo`. Real users files are made with `moat user add`.\n\
-         [[user]]\nname = \"demo\"\npassword = \"{}\"\ntotp_secret = \"{secret}\"\n\
-         groups = [\"biomed\"]\n",
+         [[user]]\nname = \"demo\"\ndisabled = false\ngroups = [\"biomed\"]\n\
+         password = \"{}\"\ntotp_secret = \"{secret}\"\n",
         crate::auth::password::hash(&password)
     );
     let path = dir.join("users.toml");

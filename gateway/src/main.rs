@@ -50,7 +50,7 @@ enum Command {
     User(moat::auth::cli::UserArgs),
     /// Run a simulated legacy device behind the gateway, on loopback.
     Demo {
-        /// First port to listen on (the demo uses PORT to PORT+2, and PORT+10);
+        /// First port to listen on (the demo uses PORT to PORT+3, and PORT+10);
         /// 0 picks free ports.
         #[arg(long, default_value_t = 8443)]
         port: u16,

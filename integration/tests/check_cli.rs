@@ -369,7 +369,13 @@ fn demo_serves_the_simulated_device_and_stops_on_sigterm() {
             .lines()
             .find(|l| l.contains(marker))
             .unwrap_or_else(|| panic!("demo prints {marker:?}:\n{printed}"));
-        line.split(marker).nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+        line.split(marker)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
     };
     let mfa_url = after("HTTP (L7) with MFA:");
     let password = after("password:");

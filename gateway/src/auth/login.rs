@@ -89,7 +89,8 @@ type LoginLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultC
 /// hash for unknown users, the per-source login limiter.
 pub struct AuthRuntime {
     hashing: Arc<Semaphore>,
-    dummy_hash: Arc<str>,
+    /// Made on first use, so that an `[auth]` added by a reload has one too.
+    dummy_hash: std::sync::OnceLock<Arc<str>>,
     limiter: Mutex<Option<(RateSpec, Arc<LoginLimiter>)>>,
 }
 
@@ -100,14 +101,9 @@ const HASH_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 impl AuthRuntime {
     pub fn new(policy: &Policy) -> AuthRuntime {
         let cap = policy.auth.as_ref().map_or(2, |a| a.max_concurrent_hashes) as usize;
-        // Made once: the same cost as a real hash, for unknown users.
-        let dummy_hash = match policy.auth {
-            Some(_) => Arc::from(super::password::dummy_hash()),
-            None => Arc::from(""),
-        };
         AuthRuntime {
             hashing: Arc::new(Semaphore::new(cap)),
-            dummy_hash,
+            dummy_hash: std::sync::OnceLock::new(),
             limiter: Mutex::new(None),
         }
     }
@@ -187,7 +183,12 @@ pub async fn attempt(
 
     let hash: Arc<str> = match &user {
         Some(u) => Arc::from(u.password_hash.as_str()),
-        None => cx.runtime.dummy_hash.clone(),
+        // The same cost as a real hash, for unknown users.
+        None => cx
+            .runtime
+            .dummy_hash
+            .get_or_init(|| Arc::from(super::password::dummy_hash()))
+            .clone(),
     };
     let password_ok = match verify_off_workers(cx, hash, creds.password).await {
         Some(ok) => ok,

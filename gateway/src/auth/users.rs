@@ -65,15 +65,20 @@ impl UserDirectory {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserEntry {
+    // Written in this order on purpose: `disabled` and `groups` come
+    // before the required fields, so a read cut short inside a user's
+    // table (a file rewritten in place, read half-way) that loses a
+    // `disabled = true` also loses the password and secret, and is
+    // refused instead of re-enabling the user.
     pub name: String,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// argon2id PHC string.
     pub password: String,
     /// base32.
     pub totp_secret: String,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    #[serde(default)]
-    pub disabled: bool,
 }
 
 impl fmt::Debug for UserEntry {

@@ -188,6 +188,7 @@ impl Reason {
                 | Reason::FdExhausted
                 | Reason::AuthRequired
                 | Reason::LoginRateLimited
+                | Reason::CsrfRejected
         )
     }
 

@@ -59,6 +59,7 @@ fn same_service(a: &Service, b: &Service) -> bool {
         && a.tls.as_ref().map(|t| &t.fingerprint) == b.tls.as_ref().map(|t| &t.fingerprint)
         && a.http.as_ref().map(|h| h.summary()) == b.http.as_ref().map(|h| h.summary())
         && a.limits == b.limits
+        && a.access_mode == b.access_mode
 }
 
 impl PolicyDiff {

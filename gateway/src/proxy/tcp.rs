@@ -315,7 +315,11 @@ async fn serve_protocol<C>(
             conn: conn.clone(),
             reason: denial.reason,
             detail: denial.detail.clone(),
-            policy_version: revoked_at.get().copied().unwrap_or_default(),
+            // A user cut (proxy::http::user_watch) happens under the policy in force.
+            policy_version: revoked_at
+                .get()
+                .copied()
+                .unwrap_or_else(|| rt.policy.borrow().version),
         });
     }
 

@@ -197,10 +197,12 @@ impl IdentityStore for MemoryStore {
                 .any(|&(_, at)| now.saturating_sub(at) < USED_STEP_MEMORY)
         });
         // Failures older than the longest window that can be configured
-        // (a day) no longer count towards anything.
+        // (7 days, the longest duration) no longer count towards anything.
         inner.failures.retain(|_, f| {
             f.locked_until.is_some_and(|u| u > now)
-                || f.times.iter().any(|&t| now.saturating_sub(t) < 24 * 3600)
+                || f.times
+                    .iter()
+                    .any(|&t| now.saturating_sub(t) < 7 * 24 * 3600)
         });
     }
 }

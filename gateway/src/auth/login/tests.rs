@@ -65,7 +65,7 @@ fn fixture(login_rate: &str, hashes: u32) -> Fixture {
     Fixture {
         runtime: AuthRuntime {
             hashing: Arc::new(Semaphore::new(hashes as usize)),
-            dummy_hash: Arc::from(crate::auth::password::dummy_hash()),
+            dummy_hash: std::sync::OnceLock::new(),
             limiter: Mutex::new(None),
         },
         auth,

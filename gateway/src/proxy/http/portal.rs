@@ -221,21 +221,35 @@ fn session_ended(s: &Session, user: Arc<str>, reason: &'static str) {
 
 /// Phase 4: a request for one of moat's own pages. It never reaches the
 /// device; every answer carries the portal's security headers.
+/// What a portal page needs of its request's connection and service.
+pub(super) struct Portal<'a> {
+    pub s: &'a Session,
+    pub live: &'a Live,
+    pub auth: &'a AuthPolicy,
+    pub rule: &'a MfaRule,
+    /// The host the request named, validated in phase 2.
+    pub host: Option<&'a HeaderValue>,
+}
+
 pub(super) async fn serve(
     req: Request<Incoming>,
     path: &str,
-    s: &Session,
-    live: &Live,
-    auth: &AuthPolicy,
-    rule: &MfaRule,
+    portal: &Portal<'_>,
     record: &mut RequestRecord,
 ) -> Stop {
+    let Portal {
+        s,
+        live,
+        auth,
+        rule,
+        host,
+    } = *portal;
     let page = path[b"/.moat".len()..].to_ascii_lowercase();
     let method = req.method().clone();
     let stop = match (page.as_str(), &method) {
         ("/login", &Method::GET) | ("/login", &Method::HEAD) => Ok(login_form(&req, auth, false)),
-        ("/login", &Method::POST) => login_submit(req, s, auth, rule, record).await,
-        ("/logout", &Method::POST) => logout(req, s, live, auth).await,
+        ("/login", &Method::POST) => login_submit(req, host, s, auth, rule, record).await,
+        ("/logout", &Method::POST) => logout(req, host, s, live, auth).await,
         ("/session", &Method::GET)
         | ("/session", &Method::HEAD)
         | ("", &Method::GET)
@@ -266,9 +280,13 @@ pub(super) async fn serve(
 /// The login form, with a fresh pre-login cookie and the CSRF token bound
 /// to it.
 fn login_form<B>(req: &Request<B>, auth: &AuthPolicy, failed: bool) -> Response<ProxyBody> {
-    let next = query_param(req.uri().query().unwrap_or(""), "next")
-        .and_then(|n| pages::safe_next(&n))
-        .unwrap_or_else(|| "/".to_string());
+    let next = query_param(req.uri().query().unwrap_or(""), "next");
+    login_form_to(next.as_deref().unwrap_or("/"), auth, failed)
+}
+
+/// The login form that goes on to `next` (if it is a safe target).
+fn login_form_to(next: &str, auth: &AuthPolicy, failed: bool) -> Response<ProxyBody> {
+    let next = pages::safe_next(next).unwrap_or_else(|| "/".to_string());
     let nonce = random_token();
     let csrf = auth.keys.csrf_token(&format!("login:{nonce}"));
     let status = if failed {
@@ -291,19 +309,20 @@ fn login_form<B>(req: &Request<B>, auth: &AuthPolicy, failed: bool) -> Response<
 /// the generic message on any failure.
 async fn login_submit(
     req: Request<Incoming>,
+    host: Option<&HeaderValue>,
     s: &Session,
     auth: &AuthPolicy,
     rule: &MfaRule,
     record: &mut RequestRecord,
 ) -> Result<Response<ProxyBody>, Stop> {
-    let same_origin = origin_ok(req.headers());
+    let same_origin = origin_ok(req.headers(), host);
     let nonce = session::cookie_values(req.headers(), CSRF_COOKIE)
         .next()
         .map(str::to_string);
     let (parts, body) = req.into_parts();
     let form = read_form(body).await?;
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    let form_req = Request::from_parts(parts, ());
+    drop(parts);
 
     let csrf_ok = same_origin
         && nonce
@@ -378,22 +397,26 @@ async fn login_submit(
                     until: *until,
                 });
             }
-            s.rt.audit.record(Event::AuthFailed {
+            s.rt.audit.record_denial(Event::AuthFailed {
                 conn: s.conn.clone(),
                 user: failed.user.clone(),
                 reason: failed.reason,
             });
-            let resp = match failed.reason {
+            // The same page for every failure; the request's record gets
+            // the typed reason (a flood of these is summarised).
+            let mut resp = login_form_to(field("next"), auth, true);
+            let detail = format!("login failed: {}", failed.reason.as_str());
+            let denial = match failed.reason {
                 AuthFailure::RateLimited | AuthFailure::Busy => {
-                    let mut r = login_form(&form_req, auth, true);
-                    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                    r.headers_mut()
+                    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                    resp.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-                    r
+                    Denial::with_detail(Reason::LoginRateLimited, detail)
                 }
-                _ => login_form(&form_req, auth, true),
+                AuthFailure::BadCsrf => Denial::with_detail(Reason::CsrfRejected, detail),
+                _ => Denial::with_detail(Reason::AuthRequired, detail),
             };
-            Ok(resp)
+            Err(Stop::DenyWith(denial, resp))
         }
     }
 }
@@ -402,12 +425,13 @@ async fn login_submit(
 /// moves on), clears the cookie.
 async fn logout(
     req: Request<Incoming>,
+    host: Option<&HeaderValue>,
     s: &Session,
     live: &Live,
     auth: &AuthPolicy,
 ) -> Result<Response<ProxyBody>, Stop> {
     let signed_in = authenticate(req.headers(), s, auth).ok();
-    let same_origin = origin_ok(req.headers());
+    let same_origin = origin_ok(req.headers(), host);
     let form = read_form(req.into_body()).await?;
     let Some(signed_in) = signed_in else {
         let mut resp = html(StatusCode::OK, pages::logged_out_page());
@@ -465,18 +489,15 @@ fn session_binding(c: &SessionClaims) -> String {
 }
 
 /// A form's `Origin`, when the browser sends one, must be this origin:
-/// moat does not know its public name, so it checks the origin against
-/// the request's own `Host` (already validated as one of the service's).
-fn origin_ok(headers: &HeaderMap) -> bool {
+/// `https://` and the host the request named (`Host`, or h2's
+/// `:authority`), which phase 2 validated as one of the service's.
+fn origin_ok(headers: &HeaderMap, host: Option<&HeaderValue>) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         // Not every client sends one; the CSRF token and SameSite=Strict
         // still stand.
         return true;
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
+    let host = host.and_then(|h| h.to_str().ok()).unwrap_or("");
     origin
         .to_str()
         .ok()
@@ -584,17 +605,19 @@ mod tests {
 
     #[test]
     fn origin_must_be_this_https_origin_when_sent() {
+        // The validated host, from Host or (h2) :authority.
+        let host = HeaderValue::from_static("pump.example:8443");
         let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("pump.example:8443"));
-        assert!(origin_ok(&h));
+        assert!(origin_ok(&h, Some(&host)));
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("https://pump.example:8443"),
         );
-        assert!(origin_ok(&h));
+        assert!(origin_ok(&h, Some(&host)));
+        assert!(!origin_ok(&h, None));
         for bad in ["https://evil.example", "http://pump.example:8443", "null"] {
             h.insert(header::ORIGIN, HeaderValue::from_static(bad));
-            assert!(!origin_ok(&h), "{bad}");
+            assert!(!origin_ok(&h, Some(&host)), "{bad}");
         }
     }
 }

@@ -164,7 +164,14 @@ async fn phases(
                 .as_deref()
                 .expect("an mfa service compiles only with [auth]");
             if portal::is_portal_path(&path) {
-                let answer = portal::serve(req, &path, s, live, auth, rule, record).await;
+                let portal = portal::Portal {
+                    s,
+                    live,
+                    auth,
+                    rule,
+                    host: host.as_ref(),
+                };
+                let answer = portal::serve(req, &path, &portal, record).await;
                 return Err(answer);
             }
             match portal::authenticate(req.headers(), s, auth) {
