@@ -69,6 +69,17 @@ pub fn create_missing_session_key(config: &std::path::Path) -> Result<(), String
     }
 }
 
+/// The generation a session of `user` must carry to be valid: the
+/// store's count of ended sessions (what logout moves) in the low half,
+/// and a stamp of the user's credentials in the high half, so that a new
+/// password or TOTP secret (`moat user passwd`, `reset-totp`) ends every
+/// session of the user too, on every gateway that shares the key, and
+/// survives a restart.
+pub fn session_generation(store: &dyn crate::runtime::IdentityStore, user: &User) -> u64 {
+    (u64::from(user.credential_stamp()) << 32)
+        | (store.session_generation(&user.name) & 0xffff_ffff)
+}
+
 /// How a service decides who may use it, after the network controls.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum AccessMode {
@@ -95,5 +106,37 @@ impl MfaRule {
     pub fn admits(&self, user: &User) -> bool {
         self.users.iter().any(|u| **u == *user.name)
             || user.groups.iter().any(|g| self.groups.contains(g))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{IdentityStore, MemoryStore};
+
+    #[test]
+    fn a_session_ends_with_logout_and_with_new_credentials() {
+        let store = MemoryStore::new();
+        let mut alice = User {
+            name: "alice".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into(),
+            totp_secret: vec![1; 20],
+            groups: vec![],
+            disabled: false,
+        };
+        let issued = session_generation(&store, &alice);
+        assert_eq!(session_generation(&store, &alice), issued);
+        // `moat user passwd` or `reset-totp`: a different stamp.
+        alice.totp_secret = vec![2; 20];
+        let after_reset = session_generation(&store, &alice);
+        assert_ne!(after_reset, issued);
+        // Logout: the store's count moves.
+        store.end_sessions("alice");
+        assert_ne!(session_generation(&store, &alice), after_reset);
+        // Groups and the disabled flag are judged per request, not here.
+        let before = session_generation(&store, &alice);
+        alice.groups = vec!["biomed".into()];
+        alice.disabled = true;
+        assert_eq!(session_generation(&store, &alice), before);
     }
 }

@@ -37,6 +37,19 @@ pub struct User {
     pub disabled: bool,
 }
 
+impl User {
+    /// 32 bits of SHA-256 over the password hash and the TOTP secret:
+    /// changes when either does (see [`super::session_generation`]).
+    pub fn credential_stamp(&self) -> u32 {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(b"moat-credential-stamp-v1");
+        ctx.update(self.password_hash.as_bytes());
+        ctx.update(&self.totp_secret);
+        let d = ctx.finish();
+        u32::from_be_bytes(d.as_ref()[..4].try_into().expect("SHA-256 has 32 bytes"))
+    }
+}
+
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the hash or the secret.

@@ -611,7 +611,8 @@ impl Compiler<'_> {
             let msg = "access = \"mfa\" needs a [tls] table: passwords and session cookies never travel in cleartext";
             self.err(span.clone(), &format!("{field}.access"), msg.into());
         }
-        if auth.is_none() {
+        // (An [auth] section with errors of its own has reported them.)
+        if auth.is_none() && self.cfg.file.auth.is_none() {
             let msg = "access = \"mfa\" needs an [auth] section (users_file, session_key_file)";
             self.err(span.clone(), &format!("{field}.access"), msg.into());
         }

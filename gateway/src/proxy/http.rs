@@ -417,7 +417,7 @@ fn user_watch(s: &Session, live: Arc<Live>) -> impl std::future::Future<Output =
             let detail = format!("user {name} is no longer in the users file");
             return Err(Denial::with_detail(Reason::SessionRevoked, detail));
         };
-        if store.session_generation(&name) != generation {
+        if crate::auth::session_generation(&*store, user) != generation {
             let detail = format!("the sessions of user {name} were ended");
             return Err(Denial::with_detail(Reason::SessionRevoked, detail));
         }

@@ -150,7 +150,7 @@ fn check_claims(
         return Err(NoSession::Idle);
     }
     let user = auth.users.get(&claims.user).ok_or(NoSession::UnknownUser)?;
-    if s.rt.store.session_generation(&claims.user) != claims.generation {
+    if crate::auth::session_generation(&*s.rt.store, user) != claims.generation {
         return Err(NoSession::Revoked);
     }
     Ok(user.clone())
@@ -364,7 +364,7 @@ async fn login_submit(
                 user: user.name.to_string(),
                 issued_at: now,
                 last_seen: now,
-                generation: s.rt.store.session_generation(&user.name),
+                generation: crate::auth::session_generation(&*s.rt.store, &user),
             };
             let next = pages::safe_next(field("next")).unwrap_or_else(|| "/".to_string());
             let mut resp = text(StatusCode::SEE_OTHER, "Signed in.\n");
