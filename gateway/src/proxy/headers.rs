@@ -17,7 +17,9 @@
 //! | moat's cookies | `__Host-moat-session`, `__Host-moat-csrf` inside `Cookie` | the device never sees moat's secrets (browsers send cookies to every port of a host) |
 //! | method override | `x-http-method-override`, `x-http-method`, `x-method-override` | Express `method-override`, Laravel/Symfony, Google APIs, OData: a `GET` carrying `DELETE` past the method rules (a `_method` form field is in the body, beyond moat's reach) |
 //!
-//! Responses lose only hop-by-hop headers and gain the hardening headers.
+//! Responses lose hop-by-hop headers and any `Set-Cookie` of moat's own
+//! cookie names (a device may not log people out or plant a CSRF nonce),
+//! and gain the hardening headers.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -223,6 +225,34 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
     }
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Removes the device's `Set-Cookie` headers that would set or clear one
+/// of `names` (moat's cookies): a device may not log a user out, plant a
+/// CSRF nonce, or shadow moat's session. Cookie names are case-sensitive.
+pub fn strip_set_cookies(headers: &mut HeaderMap, names: &[&str]) {
+    let sets_ours = |v: &HeaderValue| {
+        let name = v
+            .as_bytes()
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or_default();
+        let name = name.trim_ascii();
+        names.iter().any(|n| n.as_bytes() == name)
+    };
+    if !headers.get_all(header::SET_COOKIE).iter().any(sets_ours) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !sets_ours(v))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
     }
 }
 

@@ -220,3 +220,31 @@ fn h2_cookie_crumbs_become_one_line() {
     join_cookie_crumbs(&mut h);
     assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["only=1"]);
 }
+
+#[test]
+fn a_device_cannot_set_or_clear_moat_s_cookies() {
+    let mut h = HeaderMap::new();
+    for v in [
+        "SESSIONID=abc; Path=/",
+        "__Host-moat-session=forged; Path=/; Secure",
+        " __Host-moat-csrf=x",
+        "__Host-moat-session2=theirs",
+        "__host-moat-session=other-case",
+    ] {
+        h.append(header::SET_COOKIE, HeaderValue::from_static(v));
+    }
+    strip_set_cookies(&mut h, &["__Host-moat-session", "__Host-moat-csrf"]);
+    let left: Vec<&str> = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "SESSIONID=abc; Path=/",
+            "__Host-moat-session2=theirs",
+            "__host-moat-session=other-case"
+        ]
+    );
+}

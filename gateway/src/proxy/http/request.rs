@@ -104,6 +104,7 @@ impl Proxied {
         if self.hardening {
             harden(&mut parts.headers, self.tls);
         }
+        crate::proxy::headers::strip_set_cookies(&mut parts.headers, portal::MOAT_COOKIES);
         if let Some(cookie) = self.set_cookie {
             parts.headers.append(header::SET_COOKIE, cookie);
         }
