@@ -285,7 +285,9 @@ pub fn content_security_policy() -> &'static str {
 /// 'none'`, `form-action 'self'`, `frame-ancestors 'none'`, `base-uri
 /// 'none'` and the hash of the pages' one inline style;
 /// `Cache-Control: no-store`; `X-Content-Type-Options: nosniff`;
-/// `Referrer-Policy: no-referrer`; `X-Frame-Options: DENY`;
+/// `Referrer-Policy: same-origin` (no referrer leaves the site; with
+/// `no-referrer` browsers post the login form with `Origin: null`, which
+/// the origin check must refuse); `X-Frame-Options: DENY`;
 /// `Content-Type: text/html; charset=utf-8`.
 pub fn security_headers() -> &'static [(HeaderName, HeaderValue)] {
     static HEADERS: OnceLock<[(HeaderName, HeaderValue); 6]> = OnceLock::new();
@@ -297,7 +299,7 @@ pub fn security_headers() -> &'static [(HeaderName, HeaderValue)] {
             ),
             (CACHE_CONTROL, HeaderValue::from_static("no-store")),
             (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-            (REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+            (REFERRER_POLICY, HeaderValue::from_static("same-origin")),
             (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
             (
                 CONTENT_TYPE,

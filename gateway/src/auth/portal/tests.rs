@@ -296,7 +296,7 @@ fn security_headers_are_all_there() {
     );
     assert_eq!(get("cache-control"), Some("no-store"));
     assert_eq!(get("x-content-type-options"), Some("nosniff"));
-    assert_eq!(get("referrer-policy"), Some("no-referrer"));
+    assert_eq!(get("referrer-policy"), Some("same-origin"));
     assert_eq!(get("x-frame-options"), Some("DENY"));
     assert_eq!(get("content-type"), Some("text/html; charset=utf-8"));
     assert_eq!(headers.len(), 6);

@@ -72,12 +72,20 @@ pub(super) async fn handle(
 ) -> Response<ProxyBody> {
     live.requests.fetch_add(1, Ordering::Relaxed);
     let mut record = RequestRecord::new(&req, s.clone(), live.clone());
-    match phases(req, &s, &live, &mut record).await {
-        Ok(proxied) => proxied.into_response(record),
+    let head = req.method() == http::Method::HEAD;
+    let resp = match phases(req, &s, &live, &mut record).await {
+        Ok(proxied) => return proxied.into_response(record),
         Err(Stop::Deny(d)) => record.deny(d),
         Err(Stop::DenyWith(d, resp)) => record.deny_with(d, resp),
         Err(Stop::Answer(resp)) => record.answer(resp),
+    };
+    if head {
+        // moat's own answers to HEAD carry no body (hyper's h2 server
+        // would send it, and clients reset the stream).
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, Empty::new().map_err(BoxError::from).boxed());
     }
+    resp
 }
 
 /// The device's answer, on its way to the client.
@@ -177,7 +185,12 @@ async fn phases(
             }
             match portal::authenticate(req.headers(), s, auth) {
                 Ok(signed_in) => Some(signed_in),
-                Err(problem) => return Err(portal::sign_in_first(&req, s, problem)),
+                Err(problem) => {
+                    let stop = portal::sign_in_first(&req, s, problem);
+                    // An unread h2 body would follow the answer with a reset.
+                    drain_small_body(req.into_body()).await;
+                    return Err(stop);
+                }
             }
         }
     };
@@ -187,11 +200,15 @@ async fn phases(
     }
 
     // 6. authorize: the one step, now with the user.
-    controls::authorize(
+    let authorized = controls::authorize(
         service,
         s.conn.client.ip(),
         Asking::Request(signed_in.as_ref().map(|u| &*u.user)),
-    )?;
+    );
+    if let Err(d) = authorized {
+        drain_small_body(req.into_body()).await;
+        return Err(d.into());
+    }
 
     // 7. rules
     let checked = controls::request::check_request(http, req.method(), &path, req.headers())
