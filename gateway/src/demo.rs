@@ -40,9 +40,12 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         .replace("@PORT_WEB@", &port(0).to_string())
         .replace("@PORT_MTLS@", &port(1).to_string())
         .replace("@PORT_UI@", &port(2).to_string())
+        .replace("@PORT_MFA@", &port(3).to_string())
         .replace("@PORT_ADMIN@", &port(10).to_string());
     let policy_path = dir.path().join("demo.toml");
     std::fs::write(&policy_path, &policy_text)?;
+    let user = write_demo_user(dir.path())?;
+    crate::auth::create_missing_session_key(&policy_path).map_err(|e| anyhow::anyhow!(e))?;
     let policy =
         crate::policy::load(&policy_path, 1).map_err(|e| anyhow::anyhow!("demo policy: {e}"))?;
 
@@ -67,6 +70,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         addr_of("web-ui"),
         gateway.admin_addr,
     );
+    print_mfa_instructions(&certs, addr_of("web-mfa"), &user);
 
     gateway.serve_until_shutdown().await;
     Ok(())
@@ -116,8 +120,6 @@ SNI picks the RSA certificate:
   openssl s_client -connect 127.0.0.1:{p} -servername {rsa} </dev/null | grep 'Server public key'
 
 Admin: curl http://{admin}/metrics   (also /healthz, /devices, /policy)
-
-Every decision appears below as one JSON line (the audit trail). Ctrl-C stops.
 "#,
         dir = dir.display(),
         cert = c.client_cert.display(),
@@ -126,6 +128,53 @@ Every decision appears below as one JSON line (the audit trail). Ctrl-C stops.
         admin = admin
             .map(|a| a.to_string())
             .unwrap_or_else(|| "(disabled)".into()),
+    );
+}
+
+/// The demo's one user: a random password and TOTP secret, printed once.
+struct DemoUser {
+    password: String,
+    secret: String,
+}
+
+fn write_demo_user(dir: &Path) -> Result<DemoUser> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut raw = [0u8; 9];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| anyhow::anyhow!("no system RNG"))?;
+    let password = crate::auth::totp::to_base32(&raw).to_lowercase();
+    let secret = crate::auth::totp::to_base32(&crate::auth::totp::generate_secret());
+    let text = format!(
+        "# Written by `moat demo`. Real users files are made with `moat user add`.\n\
+         [[user]]\nname = \"demo\"\npassword = \"{}\"\ntotp_secret = \"{secret}\"\n\
+         groups = [\"biomed\"]\n",
+        crate::auth::password::hash(&password)
+    );
+    let path = dir.join("users.toml");
+    std::fs::write(&path, text)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(DemoUser { password, secret })
+}
+
+fn print_mfa_instructions(c: &certs::DevCerts, mfa: SocketAddr, user: &DemoUser) {
+    let (ca, port) = (c.ca.display(), mfa.port());
+    let (password, secret) = (&user.password, &user.secret);
+    println!(
+        r#"The same web UI for people, behind password + TOTP (access = "mfa"):
+  gateway, HTTP (L7) with MFA:    https://localhost:{port}
+  user: demo   password: {password}
+  code: oathtool --totp -b {secret}
+  (or add the secret to an authenticator app)
+In a browser: open https://localhost:{port}/ and sign in. With curl:
+  curl --cacert {ca} https://localhost:{port}/                        # 401 auth_required
+  curl --cacert {ca} -c jar -b jar https://localhost:{port}/.moat/login -o login.html
+  curl --cacert {ca} -c jar -b jar https://localhost:{port}/.moat/login \
+       --data-urlencode username=demo --data-urlencode password={password} \
+       --data-urlencode code=$(oathtool --totp -b {secret}) \
+       --data-urlencode csrf=$(sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' login.html)
+  curl --cacert {ca} -b jar https://localhost:{port}/status           # the device, as user demo
+
+Every decision appears below as one JSON line (the audit trail). Ctrl-C stops.
+"#
     );
 }
 

@@ -45,6 +45,9 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Manage the people who sign in to `mfa` services (password and TOTP):
+    /// `moat user --users FILE add|passwd|reset-totp|disable|enable|remove|list`.
+    User(moat::auth::cli::UserArgs),
     /// Run a simulated legacy device behind the gateway, on loopback.
     Demo {
         /// First port to listen on (the demo uses PORT to PORT+2, and PORT+10);
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::User(args) => moat::auth::cli::run(args),
         Command::Run { config } => runtime().block_on(run(&config)),
         Command::Demo { port } => {
             match runtime().block_on(moat::demo::run(moat::demo::DemoOptions { port })) {

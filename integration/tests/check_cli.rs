@@ -297,11 +297,11 @@ fn demo_serves_the_simulated_device_and_stops_on_sigterm() {
             let _ = tx.send(line);
         }
     });
-    let mut seen = Vec::new();
-    let mut next = |pred: &dyn Fn(&str) -> bool| -> String {
+    let seen = std::cell::RefCell::new(Vec::new());
+    let next = |pred: &dyn Fn(&str) -> bool| -> String {
         loop {
             let line = rx.recv_timeout(DEADLINE).expect("demo output");
-            seen.push(line.clone());
+            seen.borrow_mut().push(line.clone());
             if pred(&line) {
                 return line;
             }
@@ -359,6 +359,59 @@ fn demo_serves_the_simulated_device_and_stops_on_sigterm() {
         "403"
     );
     next(&|l| l.contains(r#""reason":"request_denied""#));
+
+    // The MFA web UI: refused without a session, open after the printed
+    // user, password and oathtool code.
+    require("oathtool");
+    let printed = seen.borrow().join("\n");
+    let after = |marker: &str| {
+        let line = printed
+            .lines()
+            .find(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("demo prints {marker:?}:\n{printed}"));
+        line.split(marker).nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+    };
+    let mfa_url = after("HTTP (L7) with MFA:");
+    let password = after("password:");
+    let secret = after("oathtool --totp -b");
+    assert_eq!(status(&[&format!("{mfa_url}/status")]), "401");
+    let jar = tempfile::tempdir().unwrap();
+    let jar = jar.path().join("jar");
+    let jar = jar.to_str().unwrap();
+    let login = Command::new("curl")
+        .args(["-sS", "--cacert", ca, "-c", jar, "-b", jar])
+        .arg(format!("{mfa_url}/.moat/login"))
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&login.stdout).to_string();
+    let csrf = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a CSRF token in the login form");
+    let code = Command::new("oathtool")
+        .args(["--totp", "-b", &secret])
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&code.stdout).trim().to_string();
+    let signed_in = status(&[
+        "-c",
+        jar,
+        "-b",
+        jar,
+        "--data-urlencode",
+        "username=demo",
+        "--data-urlencode",
+        &format!("password={password}"),
+        "--data-urlencode",
+        &format!("code={code}"),
+        "--data-urlencode",
+        &format!("csrf={csrf}"),
+        &format!("{mfa_url}/.moat/login"),
+    ]);
+    assert_eq!(signed_in, "303");
+    next(&|l| l.contains(r#""event":"auth_succeeded""#) && l.contains(r#""user":"demo""#));
+    assert_eq!(status(&["-b", jar, &format!("{mfa_url}/status")]), "200");
 
     signal(child.id(), "TERM");
     next(&|l| l.contains("gateway_stopped"));

@@ -281,3 +281,6 @@ async fn verify_off_workers(cx: &LoginContext<'_>, hash: Arc<str>, password: &st
     running.dec();
     Some(verified)
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,49 +2,310 @@
 //! logout, and the current session. Plain HTML, no script, no external
 //! assets; a CSRF token on every form; strict security headers.
 //! These requests never reach the device.
+//!
+//! The pages share one small inline `<style>`; its SHA-256 is in the
+//! Content-Security-Policy, so nothing else may style or script them.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use aws_lc_rs::digest;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
+};
+use http::{HeaderName, HeaderValue};
+use percent_encoding::{percent_decode, percent_decode_str};
 
 /// The reserved prefix. Matched on the normalised path, in any case.
 pub const PREFIX: &str = "/.moat/";
 
+/// The longest `next` accepted.
+pub const MAX_NEXT_LEN: usize = 2048;
+
+/// Fields [`parse_form`] reads at most; the rest of the body is ignored.
+pub const MAX_FORM_FIELDS: usize = 64;
+
+/// The message for any failed login, whatever the reason.
+pub const LOGIN_ERROR: &str = "Wrong username, password or code.";
+
+/// Percent-decodings `safe_next` looks through; a `next` still encoded
+/// after as many is refused.
+const DECODE_ROUNDS: usize = 4;
+
+/// The one inline style of every page (its hash is in the CSP).
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:26rem;margin:2rem auto;\
+padding:0 1rem;line-height:1.5}label{display:block;margin-top:1rem;font-weight:600}\
+input{display:block;width:100%;box-sizing:border-box;padding:.5rem;font-size:1rem}\
+button{margin-top:1.5rem;padding:.5rem 1.5rem;font-size:1rem}.hint{margin:.25rem 0 0}\
+.error{color:#a00;font-weight:600}dt{font-weight:600}dd{margin:0 0 .5rem}";
+
 /// Where to go after login: only a relative, same-origin path. Refuses
 /// `//host`, `/\host`, absolute URLs, and their percent-encoded or
 /// control-character forms; `None` means "go to /".
+///
+/// Accepted: visible ASCII only (the value goes into `Location`, and
+/// browsers drop tabs, newlines and leading spaces before they parse it),
+/// at most [`MAX_NEXT_LEN`] bytes, starting with one `/` that is not
+/// followed by `/` or `\`, with no `\` anywhere. Starting with `/` means
+/// there is no scheme. The same holds for every percent-decoded form (up
+/// to a few rounds of decoding), which may also hold no control
+/// character. Paths under [`PREFIX`] are refused, except the session page
+/// (`/.moat/session`), so a login never leads back into the portal's
+/// actions. The string returned is `next` itself, not a decoded form.
 pub fn safe_next(next: &str) -> Option<String> {
-    let _ = next;
-    todo!("helper B")
+    if next.len() > MAX_NEXT_LEN || !next.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let mut form = Cow::Borrowed(next);
+    for _ in 0..DECODE_ROUNDS {
+        if !is_plain_path(&form) || is_portal_action(&form) {
+            return None;
+        }
+        let decoded = percent_decode_str(&form).decode_utf8_lossy();
+        if decoded == form {
+            return Some(next.to_owned());
+        }
+        form = Cow::Owned(decoded.into_owned());
+    }
+    None
+}
+
+/// Starts with exactly one `/`, holds no `\` and no control character.
+fn is_plain_path(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.first() == Some(&b'/')
+        && !matches!(b.get(1), Some(b'/' | b'\\'))
+        && !s.contains('\\')
+        && !s.chars().any(char::is_control)
+}
+
+/// A path under the portal's prefix, other than the session page: its
+/// segments compared without case, `;parameters`, empty and dot segments.
+fn is_portal_action(s: &str) -> bool {
+    let path = s.split(['?', '#']).next().unwrap_or("");
+    let mut segments: Vec<String> = Vec::new();
+    for seg in path.split('/') {
+        let seg = seg.split(';').next().unwrap_or("").to_ascii_lowercase();
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(seg),
+        }
+    }
+    let prefix = PREFIX.trim_matches('/');
+    segments.first().is_some_and(|s| s == prefix) && segments[1..] != ["session"]
+}
+
+/// Escapes `& < > " '` for HTML text and (double- or single-quoted)
+/// attribute values.
+pub fn escape_html(s: &str) -> Cow<'_, str> {
+    if !s.contains(['&', '<', '>', '"', '\'']) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A whole page around `body` (already HTML).
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n\
+<html lang=\"en\">\n\
+<head>\n\
+<meta charset=\"utf-8\">\n\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+<title>{title}</title>\n\
+<style>{STYLE}</style>\n\
+</head>\n\
+<body>\n\
+<main>\n\
+{body}\
+</main>\n\
+</body>\n\
+</html>\n",
+        title = escape_html(title),
+    )
 }
 
 /// The login page: username, password and code on one form.
 /// `error` is the generic message, never the exact reason.
 pub fn login_page(csrf: &str, next: &str, error: bool) -> String {
-    let _ = (csrf, next, error);
-    todo!("helper B")
+    let error = if error {
+        format!("<p class=\"error\" role=\"alert\">{LOGIN_ERROR}</p>\n")
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "<h1>Sign in</h1>\n\
+<p>Sign in to use this device.</p>\n\
+{error}\
+<form method=\"post\" action=\"/.moat/login\">\n\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+<input type=\"hidden\" name=\"next\" value=\"{next}\">\n\
+<label for=\"username\">Username</label>\n\
+<input id=\"username\" name=\"username\" type=\"text\" autocomplete=\"username\" \
+autocapitalize=\"none\" spellcheck=\"false\" required>\n\
+<label for=\"password\">Password</label>\n\
+<input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" \
+required>\n\
+<label for=\"code\">Code</label>\n\
+<input id=\"code\" name=\"code\" type=\"text\" autocomplete=\"one-time-code\" \
+inputmode=\"numeric\" pattern=\"[0-9]{{6}}\" maxlength=\"6\" required \
+aria-describedby=\"code-hint\">\n\
+<p id=\"code-hint\" class=\"hint\">The six digits your authenticator app shows now.</p>\n\
+<button type=\"submit\">Sign in</button>\n\
+</form>\n",
+        csrf = escape_html(csrf),
+        next = escape_html(next),
+    );
+    page("moat — sign in", &body)
 }
 
 /// The session page: who is signed in, since when, until when, with a
 /// logout form.
 pub fn session_page(user: &str, issued_at: u64, expires_at: u64, csrf: &str) -> String {
-    let _ = (user, issued_at, expires_at, csrf);
-    todo!("helper B")
+    let body = format!(
+        "<h1>Signed in</h1>\n\
+<dl>\n\
+<dt>User</dt>\n<dd>{user}</dd>\n\
+<dt>Signed in at</dt>\n<dd><time datetime=\"{since_iso}\">{since}</time></dd>\n\
+<dt>Session ends at the latest</dt>\n<dd><time datetime=\"{until_iso}\">{until}</time></dd>\n\
+</dl>\n\
+<form method=\"post\" action=\"/.moat/logout\">\n\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+<button type=\"submit\">Sign out</button>\n\
+</form>\n\
+<p><a href=\"/\">Back to the device</a></p>\n",
+        user = escape_html(user),
+        since = utc_time(issued_at),
+        since_iso = iso_time(issued_at),
+        until = utc_time(expires_at),
+        until_iso = iso_time(expires_at),
+        csrf = escape_html(csrf),
+    );
+    page("moat — session", &body)
 }
 
 /// The page after logout.
 pub fn logged_out_page() -> String {
-    todo!("helper B")
+    page(
+        "moat — signed out",
+        "<h1>Signed out</h1>\n\
+<p>You are signed out.</p>\n\
+<p><a href=\"/\">Sign in again</a></p>\n",
+    )
+}
+
+/// Unix seconds as UTC date and time: (year, month, day, hour, minute,
+/// second). Total: any `u64` gives a date (years past 9999 included).
+fn civil(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil, for days since 1970-01-01 >= 0.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day, rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc_time(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, for `<time datetime>`.
+fn iso_time(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 /// Parses an `application/x-www-form-urlencoded` body into its fields
-/// (the last of a repeated name wins).
-pub fn parse_form(body: &[u8]) -> std::collections::HashMap<String, String> {
-    let _ = body;
-    todo!("helper B")
+/// (the last of a repeated name wins). `+` is a space; invalid UTF-8 is
+/// replaced; only the first [`MAX_FORM_FIELDS`] fields are read.
+pub fn parse_form(body: &[u8]) -> HashMap<String, String> {
+    let mut fields = HashMap::new();
+    for pair in body
+        .split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .take(MAX_FORM_FIELDS)
+    {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        fields.insert(form_decode(name), form_decode(value));
+    }
+    fields
+}
+
+fn form_decode(bytes: &[u8]) -> String {
+    let spaced: Vec<u8> = bytes
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    percent_decode(&spaced).decode_utf8_lossy().into_owned()
+}
+
+/// The Content-Security-Policy of every portal page: nothing but the
+/// pages' own inline style, forms posting to the same origin, no framing.
+pub fn content_security_policy() -> &'static str {
+    static CSP: OnceLock<String> = OnceLock::new();
+    CSP.get_or_init(|| {
+        let hash = STANDARD.encode(digest::digest(&digest::SHA256, STYLE.as_bytes()));
+        format!(
+            "default-src 'none'; form-action 'self'; frame-ancestors 'none'; \
+             base-uri 'none'; style-src 'sha256-{hash}'"
+        )
+    })
 }
 
 /// The headers every portal response carries: a CSP with `default-src
-/// 'none'`, `form-action 'self'`, `frame-ancestors 'none'` (and a hash
-/// for the pages' one inline style, if any); `Cache-Control: no-store`;
-/// `X-Content-Type-Options: nosniff`; `Referrer-Policy: no-referrer`;
-/// `X-Frame-Options: DENY`.
-pub fn security_headers() -> Vec<(&'static str, &'static str)> {
-    todo!("helper B")
+/// 'none'`, `form-action 'self'`, `frame-ancestors 'none'`, `base-uri
+/// 'none'` and the hash of the pages' one inline style;
+/// `Cache-Control: no-store`; `X-Content-Type-Options: nosniff`;
+/// `Referrer-Policy: no-referrer`; `X-Frame-Options: DENY`;
+/// `Content-Type: text/html; charset=utf-8`.
+pub fn security_headers() -> &'static [(HeaderName, HeaderValue)] {
+    static HEADERS: OnceLock<[(HeaderName, HeaderValue); 6]> = OnceLock::new();
+    HEADERS.get_or_init(|| {
+        [
+            (
+                CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(content_security_policy()),
+            ),
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+            (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+        ]
+    })
 }
+
+#[cfg(test)]
+mod tests;

@@ -315,4 +315,58 @@ mod tests {
             Reason::ServiceRemoved
         );
     }
+
+    fn user(name: &str, groups: &[&str], disabled: bool) -> User {
+        User {
+            name: name.into(),
+            password_hash: String::new(),
+            totp_secret: Vec::new(),
+            groups: groups.iter().map(|g| Arc::from(*g)).collect(),
+            disabled,
+        }
+    }
+
+    #[test]
+    fn authorize_adds_the_user_to_the_network_controls_never_replaces_them() {
+        let mut p = policy("pump", "10.1.0.5:80", "10.0.0.0/8");
+        let mut service = Arc::try_unwrap(p.services.remove(0)).unwrap();
+        service.access_mode = AccessMode::Mfa(crate::auth::MfaRule {
+            users: vec!["alice".into()],
+            groups: vec!["biomed".into()],
+            user_header: None,
+        });
+        let inside: IpAddr = "10.0.0.7".parse().unwrap();
+        let outside: IpAddr = "192.168.1.1".parse().unwrap();
+        let alice = user("alice", &[], false);
+        let bob = user("bob", &["biomed"], false);
+        let eve = user("eve", &["radiology"], false);
+        let carol = user("carol", &["biomed"], true);
+        // A connection needs no user yet; a request does.
+        assert!(authorize(&service, inside, Asking::Connection).is_ok());
+        let reason = |r: Result<IpNet, Denial>| r.unwrap_err().reason;
+        assert_eq!(
+            reason(authorize(&service, inside, Asking::Request(None))),
+            Reason::AuthRequired
+        );
+        assert!(authorize(&service, inside, Asking::Request(Some(&alice))).is_ok());
+        assert!(authorize(&service, inside, Asking::Request(Some(&bob))).is_ok());
+        assert_eq!(
+            reason(authorize(&service, inside, Asking::Request(Some(&eve)))),
+            Reason::UserNotAuthorized
+        );
+        assert_eq!(
+            reason(authorize(&service, inside, Asking::Request(Some(&carol)))),
+            Reason::UserDisabled
+        );
+        // The right user from the wrong network is still refused, first.
+        for asking in [Asking::Connection, Asking::Request(Some(&alice))] {
+            assert_eq!(
+                reason(authorize(&service, outside, asking)),
+                Reason::NotAllowlisted
+            );
+        }
+        // A network service ignores users altogether.
+        service.access_mode = AccessMode::Network;
+        assert!(authorize(&service, inside, Asking::Request(None)).is_ok());
+    }
 }

@@ -557,6 +557,14 @@ impl Compiler<'_> {
     ) -> Option<Vec<u8>> {
         let bytes = match self.read_file(path) {
             Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && field.ends_with("key_file") => {
+                let msg = format!(
+                    "{} does not exist: `moat run` creates it (mode 0600) on first start",
+                    path.display()
+                );
+                self.err(span, field, msg);
+                return None;
+            }
             Err(e) => {
                 let msg = format!("cannot read {}: {e}", path.display());
                 self.err(span, field, msg);
@@ -621,7 +629,7 @@ impl Compiler<'_> {
             let parsed = http::HeaderName::from_bytes(name.as_bytes()).ok();
             let reserved = parsed
                 .as_ref()
-                .is_some_and(|n| crate::proxy::headers::is_reserved(n));
+                .is_some_and(crate::proxy::headers::is_reserved);
             match parsed {
                 Some(n) if !reserved => Some(n),
                 _ => {

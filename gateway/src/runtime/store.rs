@@ -169,7 +169,7 @@ impl IdentityStore for MemoryStore {
         entry.times.retain(|&t| now.saturating_sub(t) < rule.window);
         entry.times.push(now);
         let count = entry.times.len() as u32;
-        if count >= rule.failures && entry.locked_until.is_none_or(|until| until <= now) {
+        if count >= rule.failures && entry.locked_until.map_or(true, |until| until <= now) {
             let until = now + rule.duration;
             entry.locked_until = Some(until);
             entry.times.clear();

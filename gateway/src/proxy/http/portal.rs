@@ -520,7 +520,7 @@ fn random_token() -> String {
 
 fn secure(headers: &mut HeaderMap) {
     for (name, value) in pages::security_headers() {
-        headers.insert(name, HeaderValue::from_static(value));
+        headers.insert(name.clone(), value.clone());
     }
 }
 
@@ -560,4 +560,41 @@ fn empty() -> ProxyBody {
     http_body_util::Empty::<Bytes>::new()
         .map_err(BoxError::from)
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_the_portal_prefix_is_moat_s() {
+        for p in [
+            "/.moat",
+            "/.moat/",
+            "/.moat/login",
+            "/.MOAT/login",
+            "/.Moat/x",
+        ] {
+            assert!(is_portal_path(p), "{p}");
+        }
+        for p in ["/", "/.moatx", "/.mo", "/x/.moat/login", "/moat/login"] {
+            assert!(!is_portal_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn origin_must_be_this_https_origin_when_sent() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("pump.example:8443"));
+        assert!(origin_ok(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://pump.example:8443"),
+        );
+        assert!(origin_ok(&h));
+        for bad in ["https://evil.example", "http://pump.example:8443", "null"] {
+            h.insert(header::ORIGIN, HeaderValue::from_static(bad));
+            assert!(!origin_ok(&h), "{bad}");
+        }
+    }
 }
