@@ -8,13 +8,15 @@ to moat's login form, fills in the username, password and TOTP code,
 submits, and waits for a page containing MARKER (the device's page). It
 prints `LOGIN_URL <url>` once the form is shown, then `FINAL_URL <url>`
 and `PAGE_TEXT <json string>`; on failure it prints what it saw to stderr
-and exits non-zero.
+and exits non-zero. With MOAT_BROWSER_HTTP1=1 in the environment,
+Chromium speaks HTTP/1.1 only.
 
 Run with Debian's /usr/bin/python3 (python3-selenium), chromium and
 chromedriver from /usr/bin. Nothing is downloaded.
 """
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -55,6 +57,9 @@ def main():
         "--user-data-dir=" + profile,
     ]:
         options.add_argument(arg)
+    if os.environ.get("MOAT_BROWSER_HTTP1") == "1":
+        # HTTP/1.1 only (ALPN without h2).
+        options.add_argument("--disable-http2")
     driver = None
     try:
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

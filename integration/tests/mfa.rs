@@ -279,8 +279,9 @@ fn requests_without_a_session_are_sent_to_sign_in_and_never_reach_the_device() {
     let agent = Agent::new(&ws, addr, "a");
 
     // A browser (GET or HEAD accepting HTML) is redirected, with the path
-    // and query url-encoded into `next`.
-    for args in [vec![], vec!["-I"]] {
+    // and query url-encoded into `next`. (HEAD over HTTP/2: see
+    // `head_over_http2_gets_moats_refusal_without_a_body`.)
+    for args in [vec![], vec!["-I", "--http1.1"]] {
         let mut a = args.clone();
         a.extend(["-H", "Accept: text/html"]);
         let r = agent.get_with("/pump/status?x=1&y=a%20b", &a);
@@ -297,7 +298,11 @@ fn requests_without_a_session_are_sent_to_sign_in_and_never_reach_the_device() {
     // Anything else gets a 401 naming the reason.
     assert_auth_required(&raw_get(&ws, addr, "/api/1", &["Accept: application/json"]));
     assert_auth_required(&raw_get(&ws, addr, "/api/2", &[]));
-    let post = agent.get_with("/api/3", &["-H", "Accept: text/html", "--data", "dose=5"]);
+    // (Over HTTP/2: see `a_post_without_a_session_over_http2_gets_a_clean_401`.)
+    let post = agent.get_with(
+        "/api/3",
+        &["--http1.1", "-H", "Accept: text/html", "--data", "dose=5"],
+    );
     assert_auth_required(&post);
     // A session cookie that is not one is still no session.
     assert_auth_required(&get_with_session(&ws, addr, "/api/4", ""));
@@ -432,11 +437,12 @@ fn login_needs_its_csrf_cookie_and_token_and_the_same_origin() {
         assert!(e.get("user").is_none(), "{e}");
     }
 
-    // The same origin, cookie and token: signed in.
+    // The same origin, cookie and token: signed in. (Over HTTP/1.1; for
+    // HTTP/2 see `a_same_origin_login_and_logout_over_http2_are_accepted`.)
     let a5 = Agent::new(&ws, addr, "a5");
     let token = input(&a5.login_page(None).body, "csrf").unwrap();
     let origin = format!("Origin: https://127.0.0.1:{}", addr.port());
-    let ok = post(&a5, &token, &["-H", &origin]);
+    let ok = post(&a5, &token, &["--http1.1", "-H", &origin]);
     assert_eq!(ok.status, 303, "{ok:?}");
     assert!(set_cookie(&ok, SESSION_COOKIE).is_some(), "{ok:?}");
     assert_eq!(moat.events("auth_succeeded").len(), 1);
@@ -1061,8 +1067,10 @@ fn users_file_edits_disable_or_remove_a_user_and_cut_their_live_connections() {
     }
     let live_addrs: Vec<_> = live.iter().map(|s| s.sock.local_addr().unwrap()).collect();
 
-    // alice disabled: her next request is refused, her connection is cut.
-    write_users(&ws, &[&alice.clone().disabled(), &bob, &carol]);
+    // alice disabled by `moat user disable`: her next request is refused,
+    // her connection is cut.
+    let out = moat_user(&ws.path("users.toml"), &["disable", "alice"], "");
+    assert!(out.status.success(), "{out:?}");
     wait_reloads(&moat, 1);
     let cut = moat.wait_for_client("connection_revoked", live_addrs[0]);
     assert_eq!(cut["service"], "web", "{cut}");
@@ -1078,7 +1086,8 @@ fn users_file_edits_disable_or_remove_a_user_and_cut_their_live_connections() {
         "user_disabled",
     );
 
-    // bob removed: his session is no session, his connection is cut.
+    // bob removed by rewriting the file (atomically): his session is no
+    // session, his connection is cut.
     write_users(&ws, &[&alice.clone().disabled(), &carol]);
     wait_reloads(&moat, 2);
     moat.wait_for_client("connection_revoked", live_addrs[1]);
@@ -1207,4 +1216,144 @@ fn after_login_next_only_ever_leads_to_a_path_on_this_site() {
     assert_eq!(r.status, 303, "{r:?}");
     assert_eq!(r.header("location"), Some("/pump/status?x=1"));
     assert_eq!(moat.events("auth_succeeded").len(), evil.len() + 1);
+}
+
+/// What every browser does: a form POST carries `Origin`, over HTTP/2
+/// when the server offers it (moat does, over TLS). HTTP/2 has no `Host`
+/// field, only `:authority`, and the origin must match that.
+#[test]
+#[ignore = "moat bug: over HTTP/2 the portal's Origin check reads the Host header, which h2 requests lack, so every same-origin login is bad_csrf and logout 403"]
+fn a_same_origin_login_and_logout_over_http2_are_accepted() {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let device = Device::start();
+    let alice = Account::new("alice", &["ops"]);
+    write_users(&ws, &[&alice]);
+    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let addr = moat.addr("web");
+    let origin = format!("Origin: https://127.0.0.1:{}", addr.port());
+    let h2 = ["--http2", "-H", origin.as_str()];
+
+    let agent = Agent::new(&ws, addr, "a");
+    let r = agent.login_with("alice", &alice.password, &alice.code(T0), None, &h2);
+    assert_eq!(r.version, "HTTP/2", "{r:?}");
+    assert_eq!(
+        r.status,
+        303,
+        "{r:?}\nauth_failed: {:?}",
+        moat.events("auth_failed")
+    );
+    let session = agent.session().expect("a session cookie");
+    let page = agent.get("/.moat/session");
+    let token = input(&page.body, "csrf").unwrap();
+    let out = agent.post_form("/.moat/logout", &[("csrf", &token)], &h2);
+    assert_eq!(out.status, 200, "{out:?}");
+    assert_auth_required(&get_with_session(&ws, addr, "/after", &session));
+}
+
+/// A HEAD answer has no content (RFC 9110 §9.3.2); over HTTP/2 a DATA
+/// frame after it is a protocol error the client must treat as such.
+#[test]
+#[ignore = "moat bug: HEAD over HTTP/2 answered by moat itself (302 sign-in, 401 auth_required, any deny page) sends its body; curl fails with PROTOCOL_ERROR"]
+fn head_over_http2_gets_moats_refusal_without_a_body() {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let device = Device::start();
+    let alice = Account::new("alice", &["ops"]);
+    write_users(&ws, &[&alice]);
+    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let agent = Agent::new(&ws, moat.addr("web"), "a");
+    let browser = agent.get_with("/pump", &["-I", "--http2", "-H", "Accept: text/html"]);
+    assert_eq!(browser.version, "HTTP/2", "{browser:?}");
+    assert_eq!(browser.status, 302, "{browser:?}");
+    let api = agent.get_with("/pump", &["-I", "--http2"]);
+    assert_eq!(api.status, 401, "{api:?}");
+    assert_eq!(api.header("x-moat-reason"), Some("auth_required"));
+    assert_eq!(device.count(), 0);
+}
+
+/// A form posted without a session (an expired tab, a script) must get
+/// the 401 over HTTP/2 as well. moat answers before reading the body;
+/// unless it drains it first, as it does for rule denials, the answer is
+/// followed by RST_STREAM and curl 7.88 reports a framing error instead.
+#[test]
+#[ignore = "moat bug: over HTTP/2 a POST with a body and no session gets 401 then RST_STREAM (body not drained), so curl fails intermittently with 'Stream error in the HTTP/2 framing layer'"]
+fn a_post_without_a_session_over_http2_gets_a_clean_401() {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let device = Device::start();
+    let alice = Account::new("alice", &["ops"]);
+    write_users(&ws, &[&alice]);
+    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let agent = Agent::new(&ws, moat.addr("web"), "a");
+    for i in 0..20 {
+        let out = support::curl_with_ca_output(
+            &ws,
+            &[
+                "--http2",
+                "--data",
+                "dose=5&rate=2",
+                &agent.url(&format!("/api/post-{i}")),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "attempt {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = support::parse_reply(&out.stdout);
+        assert_auth_required(&r);
+    }
+    assert_eq!(device.count(), 0);
+}
+
+/// A browser posts a form with the `Origin` the page's Referrer-Policy
+/// dictates (Fetch, "append a request `Origin` header"): `null` when the
+/// page said `no-referrer`, else the page's origin. Whatever policy the
+/// login page chooses, the form it serves must then pass the origin check.
+#[test]
+#[ignore = "moat bug: portal pages send Referrer-Policy: no-referrer, so browsers post the login form with Origin: null, which the origin check refuses (bad_csrf): no browser can sign in"]
+fn the_login_form_passes_the_origin_check_with_the_origin_browsers_send_for_it() {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let device = Device::start();
+    let alice = Account::new("alice", &["ops"]);
+    write_users(&ws, &[&alice]);
+    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let addr = moat.addr("web");
+    let agent = Agent::new(&ws, addr, "a");
+    let page = agent.login_page(None);
+    let policy = page
+        .header("referrer-policy")
+        .unwrap_or("strict-origin-when-cross-origin")
+        .to_ascii_lowercase();
+    // The last token a browser understands wins; all of ours are known.
+    let policy = policy.rsplit(',').next().unwrap().trim().to_string();
+    let origin = if policy == "no-referrer" {
+        "null".to_string()
+    } else {
+        format!("https://127.0.0.1:{}", addr.port())
+    };
+    let header = format!("Origin: {origin}");
+    let r = agent.post_form(
+        "/.moat/login",
+        &[
+            ("username", "alice"),
+            ("password", &alice.password),
+            ("code", &alice.code(T0)),
+            ("csrf", &input(&page.body, "csrf").unwrap()),
+            ("next", "/"),
+        ],
+        &["--http1.1", "-H", &header],
+    );
+    assert_eq!(
+        r.status,
+        303,
+        "Referrer-Policy {policy:?}, so a browser sends {header:?}: {r:?}\nauth_failed: {:?}",
+        moat.events("auth_failed")
+    );
 }

@@ -685,6 +685,9 @@ impl<'a> Agent<'a> {
         for e in &encoded {
             args.extend(["--data-urlencode", e.as_str()]);
         }
+        if encoded.is_empty() {
+            args.extend(["--data", ""]);
+        }
         args.push(&url);
         self.run(&args)
     }
