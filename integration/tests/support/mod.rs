@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http_device;
+pub mod mfa;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
