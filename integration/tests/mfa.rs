@@ -1222,7 +1222,6 @@ fn after_login_next_only_ever_leads_to_a_path_on_this_site() {
 /// when the server offers it (moat does, over TLS). HTTP/2 has no `Host`
 /// field, only `:authority`, and the origin must match that.
 #[test]
-#[ignore = "moat bug: over HTTP/2 the portal's Origin check reads the Host header, which h2 requests lack, so every same-origin login is bad_csrf and logout 403"]
 fn a_same_origin_login_and_logout_over_http2_are_accepted() {
     tools();
     let ws = Workspace::new();
@@ -1255,7 +1254,6 @@ fn a_same_origin_login_and_logout_over_http2_are_accepted() {
 /// A HEAD answer has no content (RFC 9110 §9.3.2); over HTTP/2 a DATA
 /// frame after it is a protocol error the client must treat as such.
 #[test]
-#[ignore = "moat bug: HEAD over HTTP/2 answered by moat itself (302 sign-in, 401 auth_required, any deny page) sends its body; curl fails with PROTOCOL_ERROR"]
 fn head_over_http2_gets_moats_refusal_without_a_body() {
     tools();
     let ws = Workspace::new();
@@ -1279,7 +1277,6 @@ fn head_over_http2_gets_moats_refusal_without_a_body() {
 /// unless it drains it first, as it does for rule denials, the answer is
 /// followed by RST_STREAM and curl 7.88 reports a framing error instead.
 #[test]
-#[ignore = "moat bug: over HTTP/2 a POST with a body and no session gets 401 then RST_STREAM (body not drained), so curl fails intermittently with 'Stream error in the HTTP/2 framing layer'"]
 fn a_post_without_a_session_over_http2_gets_a_clean_401() {
     tools();
     let ws = Workspace::new();
@@ -1315,7 +1312,6 @@ fn a_post_without_a_session_over_http2_gets_a_clean_401() {
 /// page said `no-referrer`, else the page's origin. Whatever policy the
 /// login page chooses, the form it serves must then pass the origin check.
 #[test]
-#[ignore = "moat bug: portal pages send Referrer-Policy: no-referrer, so browsers post the login form with Origin: null, which the origin check refuses (bad_csrf): no browser can sign in"]
 fn the_login_form_passes_the_origin_check_with_the_origin_browsers_send_for_it() {
     tools();
     let ws = Workspace::new();

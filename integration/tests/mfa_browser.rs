@@ -77,14 +77,12 @@ fn run_login_script(args: &[&str], http1: bool) -> (bool, String, String) {
 /// Chromium as it comes: HTTP/2 over TLS, so the login form's POST goes
 /// over h2 with an `Origin`.
 #[test]
-#[ignore = "moat bug: the portal's Referrer-Policy: no-referrer makes Chromium post the form with Origin: null, refused as bad_csrf; over h2 the Origin check also reads a Host header h2 lacks"]
 fn chromium_signs_in_through_the_portal_and_lands_on_the_device_page() {
     browser_login(false);
 }
 
 /// The same with Chromium limited to HTTP/1.1 (`--disable-http2`).
 #[test]
-#[ignore = "moat bug: the portal's Referrer-Policy: no-referrer makes Chromium post the form with Origin: null, refused as bad_csrf"]
 fn chromium_over_http1_signs_in_through_the_portal_and_lands_on_the_device_page() {
     browser_login(true);
 }
