@@ -1218,6 +1218,31 @@ fn after_login_next_only_ever_leads_to_a_path_on_this_site() {
     assert_eq!(moat.events("auth_succeeded").len(), evil.len() + 1);
 }
 
+#[test]
+fn a_failed_login_keeps_where_the_person_was_going() {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let device = Device::start();
+    let alice = Account::new("alice", &["ops"]);
+    write_users(&ws, &[&alice]);
+    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let agent = Agent::new(&ws, moat.addr("web"), "k");
+    let failed = agent.login_as("alice", "not the password", "000000", Some("/pump/status"));
+    assert_eq!(failed.status, 401, "{failed:?}");
+    // The form shown again still goes on to the page asked for.
+    assert_eq!(input(&failed.body, "next").as_deref(), Some("/pump/status"));
+    let t = clock.next_step();
+    let r = agent.login_as(
+        "alice",
+        &alice.password,
+        &alice.code(t),
+        Some("/pump/status"),
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(r.header("location"), Some("/pump/status"));
+}
+
 /// What every browser does: a form POST carries `Origin`, over HTTP/2
 /// when the server offers it (moat does, over TLS). HTTP/2 has no `Host`
 /// field, only `:authority`, and the origin must match that.
