@@ -10,8 +10,9 @@
 //!              ─► [`audit`] trail and [`metrics`] for every decision
 //!
 //! Dependencies point one way: `gateway` → `admin`, `proxy` → `runtime`
-//! → `audit`, `metrics`, `controls`, `policy`. Nothing below `gateway`
-//! names it.
+//! → `audit`, `metrics`, `controls`, `auth`, `policy`, `upstream`.
+//! Nothing below `gateway` names it or `admin`; `runtime` names no data
+//! plane.
 
 pub mod admin;
 pub mod audit;
