@@ -28,6 +28,34 @@ fn web(ws: &Workspace, device: &Device, http: &str) -> Vec<(&'static str, String
     vec![("web", mfa_service(ws, "web", device.addr, ADMITS, http))]
 }
 
+/// The common start: curl and oathtool, one device behind one `mfa`
+/// service ("web", admitting alice by name and the biomed group), alice
+/// (in group ops) in the users file, the test clock at `T0`.
+struct AliceBehindMfa {
+    ws: Workspace,
+    clock: TestClock,
+    device: Device,
+    alice: Account,
+    moat: Moat,
+}
+
+fn alice_behind_mfa() -> AliceBehindMfa {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let device = Device::start();
+    let alice = Account::new("alice", &["ops"]);
+    write_users(&ws, &[&alice]);
+    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    AliceBehindMfa {
+        ws,
+        clock,
+        device,
+        alice,
+        moat,
+    }
+}
+
 /// Every portal answer's security headers.
 fn assert_portal_headers(r: &Reply) {
     let csp = r
@@ -268,13 +296,13 @@ fn password_and_code_open_a_session_that_reaches_the_device_as_alice() {
 
 #[test]
 fn requests_without_a_session_are_sent_to_sign_in_and_never_reach_the_device() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let device = Device::start();
-    let alice = Account::new("alice", &["ops"]);
-    write_users(&ws, &[&alice]);
-    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let AliceBehindMfa {
+        ws,
+        clock: _clock,
+        device,
+        alice: _alice,
+        moat,
+    } = alice_behind_mfa();
     let addr = moat.addr("web");
     let agent = Agent::new(&ws, addr, "a");
 
@@ -385,13 +413,13 @@ fn every_wrong_login_gets_the_same_page_and_the_audit_the_exact_reason() {
 
 #[test]
 fn login_needs_its_csrf_cookie_and_token_and_the_same_origin() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let device = Device::start();
-    let alice = Account::new("alice", &["ops"]);
-    write_users(&ws, &[&alice]);
-    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let AliceBehindMfa {
+        ws,
+        clock: _clock,
+        device,
+        alice,
+        moat,
+    } = alice_behind_mfa();
     let addr = moat.addr("web");
     let code = alice.code(T0);
     let fields = |csrf: &str| {
@@ -451,13 +479,13 @@ fn login_needs_its_csrf_cookie_and_token_and_the_same_origin() {
 
 #[test]
 fn a_code_is_accepted_once_per_user_and_step_even_within_the_skew() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let device = Device::start();
-    let alice = Account::new("alice", &["ops"]);
-    write_users(&ws, &[&alice]);
-    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let AliceBehindMfa {
+        ws,
+        clock,
+        device,
+        alice,
+        moat,
+    } = alice_behind_mfa();
     let addr = moat.addr("web");
     let agent = |n: &str| Agent::new(&ws, addr, n);
     let previous = alice.code(T0 - 30);
@@ -878,13 +906,13 @@ fn logout_ends_every_session_of_the_user_and_cuts_their_live_connections() {
 
 #[test]
 fn forged_tampered_and_expired_cookies_never_reach_the_device() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let device = Device::start();
-    let alice = Account::new("alice", &["ops"]);
-    write_users(&ws, &[&alice]);
-    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let AliceBehindMfa {
+        ws,
+        clock,
+        device,
+        alice,
+        moat,
+    } = alice_behind_mfa();
     let addr = moat.addr("web");
     let a = Agent::new(&ws, addr, "a");
     let s = a.sign_in(&alice, T0);
@@ -1176,13 +1204,13 @@ fn a_users_file_others_may_read_or_its_group_may_write_is_refused() {
 
 #[test]
 fn after_login_next_only_ever_leads_to_a_path_on_this_site() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let device = Device::start();
-    let alice = Account::new("alice", &["ops"]);
-    write_users(&ws, &[&alice]);
-    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let AliceBehindMfa {
+        ws,
+        clock,
+        device: _device,
+        alice,
+        moat,
+    } = alice_behind_mfa();
     let addr = moat.addr("web");
     let evil = [
         "//evil.example",
@@ -1220,13 +1248,13 @@ fn after_login_next_only_ever_leads_to_a_path_on_this_site() {
 
 #[test]
 fn a_failed_login_keeps_where_the_person_was_going() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let device = Device::start();
-    let alice = Account::new("alice", &["ops"]);
-    write_users(&ws, &[&alice]);
-    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let AliceBehindMfa {
+        ws,
+        clock,
+        device: _device,
+        alice,
+        moat,
+    } = alice_behind_mfa();
     let agent = Agent::new(&ws, moat.addr("web"), "k");
     let failed = agent.login_as("alice", "not the password", "000000", Some("/pump/status"));
     assert_eq!(failed.status, 401, "{failed:?}");
@@ -1248,13 +1276,13 @@ fn a_failed_login_keeps_where_the_person_was_going() {
 /// field, only `:authority`, and the origin must match that.
 #[test]
 fn a_same_origin_login_and_logout_over_http2_are_accepted() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let device = Device::start();
-    let alice = Account::new("alice", &["ops"]);
-    write_users(&ws, &[&alice]);
-    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let AliceBehindMfa {
+        ws,
+        clock: _clock,
+        device: _device,
+        alice,
+        moat,
+    } = alice_behind_mfa();
     let addr = moat.addr("web");
     let origin = format!("Origin: https://127.0.0.1:{}", addr.port());
     let h2 = ["--http2", "-H", origin.as_str()];
@@ -1280,13 +1308,13 @@ fn a_same_origin_login_and_logout_over_http2_are_accepted() {
 /// frame after it is a protocol error the client must treat as such.
 #[test]
 fn head_over_http2_gets_moats_refusal_without_a_body() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let device = Device::start();
-    let alice = Account::new("alice", &["ops"]);
-    write_users(&ws, &[&alice]);
-    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let AliceBehindMfa {
+        ws,
+        clock: _clock,
+        device,
+        alice: _alice,
+        moat,
+    } = alice_behind_mfa();
     let agent = Agent::new(&ws, moat.addr("web"), "a");
     let browser = agent.get_with("/pump", &["-I", "--http2", "-H", "Accept: text/html"]);
     assert_eq!(browser.version, "HTTP/2", "{browser:?}");
@@ -1303,13 +1331,13 @@ fn head_over_http2_gets_moats_refusal_without_a_body() {
 /// followed by RST_STREAM and curl 7.88 reports a framing error instead.
 #[test]
 fn a_post_without_a_session_over_http2_gets_a_clean_401() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let device = Device::start();
-    let alice = Account::new("alice", &["ops"]);
-    write_users(&ws, &[&alice]);
-    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let AliceBehindMfa {
+        ws,
+        clock: _clock,
+        device,
+        alice: _alice,
+        moat,
+    } = alice_behind_mfa();
     let agent = Agent::new(&ws, moat.addr("web"), "a");
     for i in 0..20 {
         let out = support::curl_with_ca_output(
@@ -1338,13 +1366,13 @@ fn a_post_without_a_session_over_http2_gets_a_clean_401() {
 /// login page chooses, the form it serves must then pass the origin check.
 #[test]
 fn the_login_form_passes_the_origin_check_with_the_origin_browsers_send_for_it() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let device = Device::start();
-    let alice = Account::new("alice", &["ops"]);
-    write_users(&ws, &[&alice]);
-    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let AliceBehindMfa {
+        ws,
+        clock: _clock,
+        device: _device,
+        alice,
+        moat,
+    } = alice_behind_mfa();
     let addr = moat.addr("web");
     let agent = Agent::new(&ws, addr, "a");
     let page = agent.login_page(None);
