@@ -1406,3 +1406,33 @@ fn the_login_form_passes_the_origin_check_with_the_origin_browsers_send_for_it()
         moat.events("auth_failed")
     );
 }
+
+#[test]
+fn requests_per_identity_counts_per_signed_in_user() {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let device = Device::start();
+    let alice = Account::new("alice", &["ops"]);
+    let bob = Account::new("bob", &["biomed"]);
+    write_users(&ws, &[&alice, &bob]);
+    let limited = "\n[device.service.limits]\nrequests_per_identity = \"3/min\"";
+    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, limited));
+    let addr = moat.addr("web");
+    let (as_alice, as_bob) = (Agent::new(&ws, addr, "a"), Agent::new(&ws, addr, "b"));
+    as_alice.sign_in(&alice, T0);
+    as_bob.sign_in(&bob, T0);
+    // The login requests themselves are the portal's, not the device's:
+    // each user has the whole allowance for the device.
+    for _ in 0..3 {
+        assert_eq!(as_alice.get("/pump").status, 200);
+    }
+    let over = as_alice.get("/pump");
+    assert_eq!(over.status, 429, "{over:?}");
+    assert_eq!(over.header("x-moat-reason"), Some("rate_limited_identity"));
+    // Same address, another user: a bucket of its own.
+    assert_eq!(as_bob.get("/pump").status, 200);
+    let denied = moat.wait_event("http_request", |e| e["reason"] == "rate_limited_identity");
+    assert_eq!(denied["principal"]["kind"], "user");
+    assert_eq!(denied["principal"]["name"], "alice");
+}
