@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 use support::mfa::*;
-use support::{require, wait_for, Moat, Reply, Workspace};
+use support::{exchange, require, wait_for, Moat, Reply, TlsStream, Workspace};
 
 fn tools() {
     require("curl");
@@ -1435,4 +1435,139 @@ fn requests_per_identity_counts_per_signed_in_user() {
     let denied = moat.wait_event("http_request", |e| e["reason"] == "rate_limited_identity");
     assert_eq!(denied["principal"]["kind"], "user");
     assert_eq!(denied["principal"]["name"], "alice");
+}
+
+/// A network service to the same device, for the header tests.
+fn network_service(ws: &Workspace, name: &str, device: &Device) -> String {
+    format!(
+        "\n[[device.service]]\nname = \"{name}\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"127.0.0.0/8\"]\n{}\n",
+        device.addr,
+        ws.tls_table()
+    )
+}
+
+#[test]
+fn any_spelling_of_a_user_header_is_stripped_on_every_service() {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let device = Device::start();
+    let alice = Account::new("alice", &["ops"]);
+    write_users(&ws, &[&alice]);
+    // Written with `_`: CGI reads X-Device-User and X_Device_User alike.
+    let mut services = web(&ws, &device, "user_header = \"X_Device_User\"");
+    services.push(("net", network_service(&ws, "net", &device)));
+    let moat = start_mfa(&ws, &clock, &auth_table(""), &services);
+    let agent = Agent::new(&ws, moat.addr("web"), "a");
+    let cookie = agent.sign_in(&alice, T0);
+    let forged = [
+        "X-Device-User: admin",
+        "x_device_user: admin",
+        "X-DEVICE_USER: admin",
+    ];
+    let session = format!("Cookie: {SESSION_COOKIE}={cookie}");
+    let mut headers = vec![session.as_str(), "Accept: application/json"];
+    headers.extend(forged);
+    assert_eq!(raw_get(&ws, moat.addr("web"), "/mfa", &headers).status, 200);
+    let seen = device.request("/mfa");
+    let told: Vec<(&str, &str)> = seen
+        .headers
+        .iter()
+        .filter(|(n, _)| n.replace('_', "-") == "x-device-user")
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(told, [("x_device_user", "alice")], "{seen:?}");
+    // A network service to the same device never passes it on either: the
+    // device may trust it because the mfa service sets it.
+    assert_eq!(raw_get(&ws, moat.addr("net"), "/net", &forged).status, 200);
+    let seen = device.request("/net");
+    assert!(
+        seen.headers
+            .iter()
+            .all(|(n, _)| n.replace('_', "-") != "x-device-user"),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn a_logout_without_a_session_touches_no_cookie() {
+    let AliceBehindMfa {
+        ws,
+        clock: _clock,
+        device: _device,
+        alice: _alice,
+        moat,
+    } = alice_behind_mfa();
+    let addr = moat.addr("web");
+    let mut s = tls_to(&ws, addr);
+    let post = |s: &mut TlsStream, origin: &str| {
+        let req = format!(
+            "POST /.moat/logout HTTP/1.1\r\nHost: 127.0.0.1\r\n{origin}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n"
+        );
+        exchange(s, &req)
+    };
+    // What a cross-site form sends: no cookie (SameSite=Strict), another
+    // origin. Clearing the cookie from here would sign anyone out.
+    let cross = post(&mut s, "Origin: https://evil.example\r\n");
+    assert_eq!(cross.status, 403, "{cross:?}");
+    assert_eq!(cross.header("set-cookie"), None, "{cross:?}");
+    let plain = post(&mut s, "");
+    assert_eq!(plain.status, 200, "{plain:?}");
+    assert_eq!(plain.header("set-cookie"), None, "{plain:?}");
+}
+
+#[test]
+fn every_user_on_a_connection_is_watched_and_a_logout_ends_it() {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let device = Device::start();
+    let alice = Account::new("alice", &["ops"]);
+    let carol = Account::new("carol", &["biomed"]);
+    write_users(&ws, &[&alice, &carol]);
+    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, ""));
+    let addr = moat.addr("web");
+    let alice_cookie = Agent::new(&ws, addr, "a").sign_in(&alice, T0);
+    let carol_cookie = Agent::new(&ws, addr, "c").sign_in(&carol, T0);
+    let as_user = |c: &str| format!("Cookie: {SESSION_COOKIE}={c}");
+
+    // One keep-alive connection carries alice, then carol (a shared
+    // workstation; or h2 streams of two tabs).
+    let mut shared = tls_to(&ws, addr);
+    let shared_addr = shared.sock.local_addr().unwrap();
+    for c in [&alice_cookie, &carol_cookie] {
+        let r = request_on(&mut shared, "GET", "/pump", &[&as_user(c)]);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // Disabling alice, who is not the last user seen, still cuts it.
+    let alice = alice.disabled();
+    write_users(&ws, &[&alice, &carol]);
+    let cut = moat.wait_for_client("connection_revoked", shared_addr);
+    assert_eq!(cut["reason"], "user_disabled", "{cut}");
+    wait_closed(&mut shared);
+
+    // carol logs out on a connection: the answer arrives, then the
+    // connection ends, so no other stream of it goes on as carol.
+    let mut own = tls_to(&ws, addr);
+    let own_addr = own.sock.local_addr().unwrap();
+    let page = request_on(
+        &mut own,
+        "GET",
+        "/.moat/session",
+        &[&as_user(&carol_cookie)],
+    );
+    let csrf = input(&page.body, "csrf").expect("a logout form");
+    let body = format!("csrf={}", encode(&csrf));
+    let logout = exchange(
+        &mut own,
+        &format!(
+            "POST /.moat/logout HTTP/1.1\r\nHost: 127.0.0.1\r\n{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            as_user(&carol_cookie),
+            body.len()
+        ),
+    );
+    assert_eq!(logout.status, 200, "{logout:?}");
+    wait_closed(&mut own);
+    let ended = moat.wait_for_client("connection_revoked", own_addr);
+    assert_eq!(ended["reason"], "session_revoked", "{ended}");
 }

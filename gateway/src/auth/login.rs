@@ -83,14 +83,19 @@ impl AuthFailure {
     }
 }
 
+/// A dummy hash and the costs (`m=…,t=…,p=…`) it was made with.
+type Dummy = (String, Arc<str>);
+
 type LoginLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
 
 /// What login needs that outlives a policy: the hash-worker cap, the dummy
 /// hash for unknown users, the per-source login limiter.
 pub struct AuthRuntime {
     hashing: Arc<Semaphore>,
-    /// Made on first use, so that an `[auth]` added by a reload has one too.
-    dummy_hash: std::sync::OnceLock<Arc<str>>,
+    /// The dummy hash for unknown users, with the costs it was made for:
+    /// made on first use, on the blocking pool, and again when the users
+    /// file's hashes change costs.
+    dummy: Arc<Mutex<Option<Dummy>>>,
     limiter: Mutex<Option<(RateSpec, Arc<LoginLimiter>)>>,
 }
 
@@ -103,7 +108,7 @@ impl AuthRuntime {
         let cap = policy.auth.as_ref().map_or(2, |a| a.max_concurrent_hashes) as usize;
         AuthRuntime {
             hashing: Arc::new(Semaphore::new(cap)),
-            dummy_hash: std::sync::OnceLock::new(),
+            dummy: Arc::default(),
             limiter: Mutex::new(None),
         }
     }
@@ -181,14 +186,19 @@ pub async fn attempt(
         return Err(fail(AuthFailure::LockedOut, user.as_ref()));
     }
 
-    let hash: Arc<str> = match &user {
-        Some(u) => Arc::from(u.password_hash.as_str()),
-        // The same cost as a real hash, for unknown users.
-        None => cx
-            .runtime
-            .dummy_hash
-            .get_or_init(|| Arc::from(super::password::dummy_hash()))
-            .clone(),
+    let hash = match &user {
+        Some(u) => Hashed::User(Arc::from(u.password_hash.as_str())),
+        // The same cost as a real hash, for unknown users: a dummy made
+        // with the costs of the users file's (first) hash.
+        None => Hashed::Dummy {
+            like: cx
+                .auth
+                .users
+                .users
+                .values()
+                .next()
+                .map(|u| Arc::from(u.password_hash.as_str())),
+        },
     };
     let password_ok = match verify_off_workers(cx, hash, creds.password).await {
         Some(ok) => ok,
@@ -257,9 +267,32 @@ fn check_after_hash(
     Ok(())
 }
 
+/// The dummy hash for the costs of `like`, made (on this blocking thread,
+/// under the hash cap) when there is none for those costs yet.
+fn dummy_for(cache: &Mutex<Option<Dummy>>, like: Option<&str>) -> Arc<str> {
+    let costs = like.map(super::password::costs).unwrap_or("").to_string();
+    if let Some((c, h)) = &*cache.lock().unwrap_or_else(PoisonError::into_inner) {
+        if *c == costs {
+            return h.clone();
+        }
+    }
+    let made: Arc<str> = Arc::from(super::password::dummy_like(like));
+    *cache.lock().unwrap_or_else(PoisonError::into_inner) = Some((costs, made.clone()));
+    made
+}
+
+/// What a password is checked against.
+enum Hashed {
+    User(Arc<str>),
+    /// No such user: a dummy hash with the costs of `like`.
+    Dummy {
+        like: Option<Arc<str>>,
+    },
+}
+
 /// Verifies a password on the blocking pool, at most
 /// `max_concurrent_hashes` at once; `None` if no slot came free in time.
-async fn verify_off_workers(cx: &LoginContext<'_>, hash: Arc<str>, password: &str) -> Option<bool> {
+async fn verify_off_workers(cx: &LoginContext<'_>, hash: Hashed, password: &str) -> Option<bool> {
     let waiting = &cx.metrics.password_hash_waiting;
     waiting.inc();
     let permit = tokio::time::timeout(
@@ -272,8 +305,13 @@ async fn verify_off_workers(cx: &LoginContext<'_>, hash: Arc<str>, password: &st
     let running = cx.metrics.password_hashes.clone();
     running.inc();
     let password = password.to_string();
+    let dummies = cx.runtime.dummy.clone();
     let verified = tokio::task::spawn_blocking(move || {
-        let ok = super::password::verify(&hash, &password);
+        let phc = match hash {
+            Hashed::User(phc) => phc,
+            Hashed::Dummy { like } => dummy_for(&dummies, like.as_deref()),
+        };
+        let ok = super::password::verify(&phc, &password);
         drop(permit);
         ok
     })

@@ -46,6 +46,33 @@ pub fn dummy_hash() -> String {
     hash(&password)
 }
 
+/// A hash of a random password with the costs of `reference` (a user's
+/// hash; the defaults if it has none usable): what an unknown user is
+/// verified against, so that the name's existence shows in neither the
+/// answer nor its time, whatever costs the users file's hashes use.
+pub fn dummy_like(reference: Option<&str>) -> String {
+    let params = reference
+        .filter(|phc| check_phc(phc).is_ok())
+        .and_then(|phc| PasswordHash::new(phc).ok())
+        .and_then(|parsed| Params::try_from(&parsed).ok());
+    let Some(params) = params else {
+        return dummy_hash();
+    };
+    let mut random = [0u8; 32];
+    OsRng.fill_bytes(&mut random);
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(&random, &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_else(|_| dummy_hash())
+}
+
+/// The costs part of a PHC string (`m=19456,t=2,p=1`), naming the dummy
+/// hash that matches it.
+pub fn costs(phc: &str) -> &str {
+    phc.split('$').nth(3).unwrap_or("")
+}
+
 /// Why `phc` is not a hash [`verify`] accepts: not a PHC string, not
 /// argon2id version 19, or costs beyond what a login may pay. The reason
 /// never repeats the hash.

@@ -207,6 +207,13 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
         .collect();
     cut_guarded.insert(cfg.path.clone(), Arc::from(cfg.source.as_bytes()));
 
+    let identity_headers = services
+        .iter()
+        .filter_map(|s| match &s.access_mode {
+            AccessMode::Mfa(rule) => rule.user_header.clone(),
+            AccessMode::Network => None,
+        })
+        .collect();
     let policy = Policy {
         version,
         content_hash,
@@ -223,6 +230,7 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
         sources,
         cut_guarded,
         auth,
+        identity_headers,
     };
     c.errors.into_result(policy)
 }

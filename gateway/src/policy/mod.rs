@@ -43,6 +43,9 @@ pub struct Policy {
     pub cut_guarded: std::collections::BTreeMap<PathBuf, Arc<[u8]>>,
     /// `[auth]`: users, session keys and login settings, when configured.
     pub auth: Option<Arc<crate::auth::AuthPolicy>>,
+    /// Every `user_header` of every `mfa` service: stripped from client
+    /// requests on every service.
+    pub identity_headers: Arc<[::http::HeaderName]>,
 }
 
 impl Policy {

@@ -152,11 +152,22 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         })
 }
 
-/// Removes `name` in either spelling (`-` or `_`) that servers read alike.
-pub fn remove_either_spelling(headers: &mut HeaderMap, name: &HeaderName) {
-    let wanted = name.as_str();
+/// Removes every header that servers read as one of `names`: CGI, PHP
+/// and WSGI read `-` and `_` alike (`X_Remote_User` is `X-Remote-User`),
+/// whichever of the two the name itself was written with.
+pub fn remove_any_spelling(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if names.is_empty() {
+        return;
+    }
+    let alike = |a: &str, b: &str| {
+        a.len() == b.len()
+            && a.bytes().zip(b.bytes()).all(|(x, y)| {
+                let dash = |c: u8| if c == b'_' { b'-' } else { c };
+                dash(x) == dash(y)
+            })
+    };
     remove_matching(headers, |n| {
-        n == name || (n.as_str().contains('_') && n.as_str().replace('_', "-") == wanted)
+        names.iter().any(|w| alike(n.as_str(), w.as_str()))
     });
 }
 
@@ -233,12 +244,18 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
 /// CSRF nonce, or shadow moat's session. Cookie names are case-sensitive.
 pub fn strip_set_cookies(headers: &mut HeaderMap, names: &[&str]) {
     let sets_ours = |v: &HeaderValue| {
-        let name = v
-            .as_bytes()
-            .split(|&b| b == b'=')
-            .next()
-            .unwrap_or_default();
-        let name = name.trim_ascii();
+        let mut parts = v.as_bytes().splitn(2, |&b| b == b'=');
+        let name = parts.next().unwrap_or_default().trim_ascii();
+        if name.is_empty() {
+            // A nameless cookie (`=__Host-moat-session=x`): browsers
+            // without the 2024 fix send it back as `__Host-moat-session=x`.
+            // No device needs one that looks like a prefixed cookie.
+            let rest = parts.next().unwrap_or_default().trim_ascii();
+            let lower = rest.to_ascii_lowercase();
+            return lower.starts_with(b"__host-")
+                || lower.starts_with(b"__secure-")
+                || names.iter().any(|n| rest.starts_with(n.as_bytes()));
+        }
         names.iter().any(|n| n.as_bytes() == name)
     };
     if !headers.get_all(header::SET_COOKIE).iter().any(sets_ours) {

@@ -93,7 +93,8 @@ where
             ABANDONED_REFILL,
         )),
         abusive: CancellationToken::new(),
-        user: std::sync::Mutex::new(None),
+        users: std::sync::Mutex::new(Vec::new()),
+        logged_out: CancellationToken::new(),
         client: client_ip,
     });
     let session = Arc::new(session);
@@ -175,6 +176,14 @@ where
             revocation = Some(d);
             (ClosedBy::Revoked, None)
         }
+        _ = live.logged_out.cancelled() => {
+            // The logout answer is on its way: let it (and only briefly
+            // anything else) finish, then the connection ends.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(LOGOUT_FLUSH, connection.as_mut()).await;
+            revocation = Some(Denial::with_detail(Reason::SessionRevoked, "logged out on this connection"));
+            (ClosedBy::Revoked, None)
+        }
     };
     // hyper ends a cut connection with an I/O error, or the client may
     // idle first (it stopped reading): the abuse is why it was closed.
@@ -236,6 +245,8 @@ struct Resolved {
     limiters: Arc<crate::controls::rate::Limiters>,
     /// `[auth]` of this policy version, for `mfa` services.
     auth: Option<Arc<crate::auth::AuthPolicy>>,
+    /// Every `user_header` of this policy version.
+    identity_headers: Arc<[http::HeaderName]>,
     client: UpstreamClient,
     authority: http::uri::Authority,
     host_rewrite: Option<HeaderValue>,
@@ -277,6 +288,7 @@ impl Live {
                 .limiters(&service.limits),
             client: s.rt.http_client(&service),
             auth: policy.auth.clone(),
+            identity_headers: policy.identity_headers.clone(),
             authority,
             host_rewrite: http.host_rewrite.as_deref().map(value),
             service,
@@ -309,42 +321,61 @@ struct Live {
     abandoned: std::sync::Mutex<Bucket>,
     /// Cancelled when the client abandons too many requests.
     abusive: CancellationToken,
-    /// The user last signed in on this connection, with their session
-    /// generation then: re-checked whenever the policy or the identity
-    /// store changes ([`user_watch`]).
-    user: std::sync::Mutex<Option<(Arc<str>, u64)>>,
+    /// Every user a request of this connection was authorized for, with
+    /// their session generation then: re-checked whenever the policy or
+    /// the identity store changes ([`user_watch`]).
+    users: std::sync::Mutex<Vec<(Arc<str>, u64)>>,
+    /// Cancelled when a logout's answer has been sent: the connection ends.
+    logged_out: CancellationToken,
     client: IpAddr,
 }
 
 impl Live {
-    fn user(&self) -> Option<(Arc<str>, u64)> {
-        self.user
+    fn users(&self) -> Vec<(Arc<str>, u64)> {
+        self.users
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    /// Notes the user a request of this connection was made by.
-    fn saw_user(&self, user: &crate::auth::User, generation: u64) {
-        let mut slot = self
-            .user
+    /// Notes a user a request of this connection was authorized for, with
+    /// their session generation; `false` (refuse the request) past
+    /// [`MAX_USERS_PER_CONNECTION`] distinct users.
+    fn saw_user(&self, user: &crate::auth::User, generation: u64) -> bool {
+        let mut users = self
+            .users
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match &*slot {
-            Some((name, g)) if *name == user.name && *g == generation => {}
-            _ => *slot = Some((user.name.clone(), generation)),
+        if let Some(seen) = users.iter_mut().find(|(name, _)| *name == user.name) {
+            seen.1 = generation;
+            return true;
         }
+        if users.len() >= MAX_USERS_PER_CONNECTION {
+            return false;
+        }
+        users.push((user.name.clone(), generation));
+        true
     }
 
-    /// Forgets the user (they are logging out on this connection: its
-    /// answer must still be delivered).
-    fn forget_user(&self) {
-        *self
-            .user
+    /// The user is logging out on this connection: it stops watching them
+    /// (their sessions are about to end by their own request), and the
+    /// connection closes once the answer has gone out ([`Self::logged_out`]),
+    /// so that no other stream of it goes on as them.
+    fn logging_out(&self, user: &str) {
+        self.users
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(name, _)| &**name != user);
     }
 }
+
+/// Distinct users one connection may carry requests for (a shared
+/// workstation's browser, a few people in turn); more is refused.
+const MAX_USERS_PER_CONNECTION: usize = 16;
+
+/// How long the other streams of a connection whose user logged out may
+/// go on while the logout answer is flushed.
+const LOGOUT_FLUSH: Duration = Duration::from_secs(1);
 
 fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<String>) {
     if let Some(h) = e.downcast_ref::<hyper::Error>() {
@@ -398,30 +429,31 @@ fn rule_watch(s: &Session, path: String) -> impl std::future::Future<Output = ()
     }
 }
 
-/// Resolves when the user last signed in on this connection may no longer
-/// use the service: removed from the users file, disabled, taken out of
-/// the service's users or groups, or their sessions ended (a logout
-/// elsewhere). Their live connection is cut, not just their next request.
+/// Resolves when a user a request of this connection was made for may no
+/// longer use the service: removed from the users file, disabled, taken
+/// out of the service's users or groups, or their sessions ended (a
+/// logout elsewhere, new credentials). The whole connection is cut, not
+/// just their next request: its other h2 streams may be theirs.
 fn user_watch(s: &Session, live: Arc<Live>) -> impl std::future::Future<Output = (Denial, u64)> {
     let id = s.id.clone();
     let store = s.rt.store.clone();
     super::tcp::refused_by_change(&s.rt, move |current| {
-        let Some((name, generation)) = live.user() else {
-            return Ok(());
-        };
         let Some(service) = current.service_for(&id) else {
             return Ok(()); // the connection-level re-check says so
         };
-        let user = current.auth.as_ref().and_then(|a| a.users.get(&name));
-        let Some(user) = user else {
-            let detail = format!("user {name} is no longer in the users file");
-            return Err(Denial::with_detail(Reason::SessionRevoked, detail));
-        };
-        if crate::auth::session_generation(&*store, user) != generation {
-            let detail = format!("the sessions of user {name} were ended");
-            return Err(Denial::with_detail(Reason::SessionRevoked, detail));
+        for (name, generation) in live.users() {
+            let user = current.auth.as_ref().and_then(|a| a.users.get(&name));
+            let Some(user) = user else {
+                let detail = format!("user {name} is no longer in the users file");
+                return Err(Denial::with_detail(Reason::SessionRevoked, detail));
+            };
+            if crate::auth::session_generation(&*store, user) != generation {
+                let detail = format!("the sessions of user {name} were ended");
+                return Err(Denial::with_detail(Reason::SessionRevoked, detail));
+            }
+            controls::authorize(service, live.client, controls::Asking::Request(Some(user)))?;
         }
-        controls::authorize(service, live.client, controls::Asking::Request(Some(user))).map(|_| ())
+        Ok(())
     })
 }
 

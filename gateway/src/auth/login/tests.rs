@@ -65,7 +65,7 @@ fn fixture(login_rate: &str, hashes: u32) -> Fixture {
     Fixture {
         runtime: AuthRuntime {
             hashing: Arc::new(Semaphore::new(hashes as usize)),
-            dummy_hash: std::sync::OnceLock::new(),
+            dummy: Arc::default(),
             limiter: Mutex::new(None),
         },
         auth,

@@ -87,3 +87,22 @@ fn dummy_hash_costs_the_same_as_a_real_one() {
     assert!(!verify(&dummy, ""));
     assert!(!verify(&dummy, "correct horse battery staple"));
 }
+
+#[test]
+fn the_dummy_for_unknown_users_has_the_costs_of_the_users_hashes() {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(8192, 3, 1, None).unwrap();
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    let reference =
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(b"a user's password", &salt)
+            .unwrap()
+            .to_string();
+    let dummy = dummy_like(Some(&reference));
+    assert_eq!(costs(&dummy), "m=8192,t=3,p=1");
+    assert_eq!(costs(&dummy), costs(&reference));
+    assert!(!verify(&dummy, "a user's password"));
+    // No usable reference: the defaults, as `hash` makes.
+    assert_eq!(costs(&dummy_like(None)), costs(&hash("x")));
+    assert_eq!(costs(&dummy_like(Some("not a hash"))), costs(&hash("x")));
+}

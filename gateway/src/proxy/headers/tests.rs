@@ -230,6 +230,9 @@ fn a_device_cannot_set_or_clear_moat_s_cookies() {
         " __Host-moat-csrf=x",
         "__Host-moat-session2=theirs",
         "__host-moat-session=other-case",
+        "=__Host-moat-session=planted; Path=/; Secure",
+        " = __HOST-anything=x",
+        "=plain-nameless",
     ] {
         h.append(header::SET_COOKIE, HeaderValue::from_static(v));
     }
@@ -244,7 +247,8 @@ fn a_device_cannot_set_or_clear_moat_s_cookies() {
         [
             "SESSIONID=abc; Path=/",
             "__Host-moat-session2=theirs",
-            "__host-moat-session=other-case"
+            "__host-moat-session=other-case",
+            "=plain-nameless"
         ]
     );
 }

@@ -27,6 +27,9 @@ pub const MOAT_COOKIES: &[&str] = &[SESSION_COOKIE, CSRF_COOKIE];
 
 /// A session cookie is re-issued (new last-seen time) at most this often.
 const REFRESH_AFTER: u64 = 60;
+/// How far ahead of this gateway's clock a session's times may be (a peer
+/// gateway's clock a little ahead).
+const CLOCK_SKEW: u64 = 60;
 /// A login form body, at most.
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
@@ -146,6 +149,11 @@ fn check_claims(
     if now.saturating_sub(claims.issued_at) >= auth.absolute_timeout.as_secs() {
         return Err(NoSession::Absolute);
     }
+    // Sealed by a gateway whose clock runs ahead (or made to last longer):
+    // a session never starts or was never used in the future.
+    if claims.issued_at > now + CLOCK_SKEW || claims.last_seen > now + CLOCK_SKEW {
+        return Err(NoSession::Invalid);
+    }
     if now.saturating_sub(claims.last_seen) >= auth.idle_timeout.as_secs() {
         return Err(NoSession::Idle);
     }
@@ -249,11 +257,11 @@ pub(super) async fn serve(
     let stop = match (page.as_str(), &method) {
         ("/login", &Method::GET) | ("/login", &Method::HEAD) => Ok(login_form(&req, auth, false)),
         ("/login", &Method::POST) => login_submit(req, host, s, auth, rule, record).await,
-        ("/logout", &Method::POST) => logout(req, host, s, live, auth).await,
+        ("/logout", &Method::POST) => logout(req, host, s, live, auth, record).await,
         ("/session", &Method::GET)
         | ("/session", &Method::HEAD)
         | ("", &Method::GET)
-        | ("/", &Method::GET) => Ok(session_page(&req, s, auth)),
+        | ("/", &Method::GET) => Ok(session_page(&req, s, auth, record)),
         ("/login" | "/logout" | "/session", _) => Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
             "405 Method Not Allowed\n",
@@ -429,15 +437,24 @@ async fn logout(
     s: &Session,
     live: &Live,
     auth: &AuthPolicy,
+    record: &mut RequestRecord,
 ) -> Result<Response<ProxyBody>, Stop> {
     let signed_in = authenticate(req.headers(), s, auth).ok();
     let same_origin = origin_ok(req.headers(), host);
     let form = read_form(req.into_body()).await?;
     let Some(signed_in) = signed_in else {
-        let mut resp = html(StatusCode::OK, pages::logged_out_page());
-        resp.headers_mut()
-            .append(header::SET_COOKIE, cookie_header(&session::clear_cookie()));
-        return Ok(resp);
+        // Nothing to end. A cross-site form carries no session cookie
+        // (SameSite=Strict); clearing it from here would let any page
+        // sign people out, so no cookie is touched.
+        if !same_origin {
+            let d = Denial::with_detail(Reason::CsrfRejected, "logout from another origin");
+            let resp = text(
+                StatusCode::FORBIDDEN,
+                "403 Forbidden\nreason: csrf_rejected\n",
+            );
+            return Err(Stop::DenyWith(d, resp));
+        }
+        return Ok(html(StatusCode::OK, pages::logged_out_page()));
     };
     let binding = session_binding(&signed_in.claims);
     let token = form.get("csrf").map(String::as_str).unwrap_or("");
@@ -450,20 +467,33 @@ async fn logout(
         return Err(Stop::DenyWith(d, resp));
     }
     // This connection's own answer must still go out: it stops watching
-    // the user before their sessions end.
-    live.forget_user();
+    // the user before their sessions end, and ends once the answer is sent.
+    live.logging_out(&signed_in.user.name);
     s.rt.store.end_sessions(&signed_in.user.name);
     session_ended(s, signed_in.user.name.clone(), "logout");
-    let mut resp = html(StatusCode::OK, pages::logged_out_page());
-    resp.headers_mut()
+    record.principal = Some(crate::controls::Principal::user(&signed_in.user.name));
+    let resp = html(StatusCode::OK, pages::logged_out_page());
+    let (mut parts, body) = resp.into_parts();
+    parts
+        .headers
         .append(header::SET_COOKIE, cookie_header(&session::clear_cookie()));
-    Ok(resp)
+    let body = ThenCut {
+        inner: body,
+        cut: Some(live.logged_out.clone()),
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
 }
 
 /// `GET /.moat/session`: who is signed in, with the logout form.
-fn session_page<B>(req: &Request<B>, s: &Session, auth: &AuthPolicy) -> Response<ProxyBody> {
+fn session_page<B>(
+    req: &Request<B>,
+    s: &Session,
+    auth: &AuthPolicy,
+    record: &mut RequestRecord,
+) -> Response<ProxyBody> {
     match authenticate(req.headers(), s, auth) {
         Ok(signed_in) => {
+            record.principal = Some(crate::controls::Principal::user(&signed_in.user.name));
             let c = &signed_in.claims;
             let expires = (c.issued_at + auth.absolute_timeout.as_secs())
                 .min(s.rt.clock.now() + auth.idle_timeout.as_secs());
@@ -575,6 +605,47 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// A response body that ends its connection once it has been sent (or
+/// dropped): the logout answer.
+struct ThenCut {
+    inner: ProxyBody,
+    cut: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl hyper::body::Body for ThenCut {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            if let Some(cut) = self.cut.take() {
+                cut.cancel();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ThenCut {
+    fn drop(&mut self) {
+        if let Some(cut) = self.cut.take() {
+            cut.cancel();
+        }
+    }
 }
 
 fn empty() -> ProxyBody {

@@ -194,17 +194,31 @@ async fn phases(
             }
         }
     };
-    if let Some(SignedIn { user, claims, .. }) = &signed_in {
+    if let Some(SignedIn { user, .. }) = &signed_in {
         record.principal = Some(Principal::user(&user.name));
-        live.saw_user(user, claims.generation);
     }
 
-    // 6. authorize: the one step, now with the user.
+    // 6. authorize: the one step, now with the user; then the connection
+    // watches the user (user_watch), and a logout that came in between
+    // is caught by checking the generation once more.
     let authorized = controls::authorize(
         service,
         s.conn.client.ip(),
         Asking::Request(signed_in.as_ref().map(|u| &*u.user)),
-    );
+    )
+    .and_then(|_| match &signed_in {
+        Some(SignedIn { user, claims, .. }) => {
+            if !live.saw_user(user, claims.generation) {
+                let detail = "too many users on one connection";
+                return Err(Denial::with_detail(Reason::AuthRequired, detail));
+            }
+            if crate::auth::session_generation(&*s.rt.store, user) != claims.generation {
+                return Err(Denial::with_detail(Reason::SessionRevoked, "session ended"));
+            }
+            Ok(())
+        }
+        None => Ok(()),
+    });
     if let Err(d) = authorized {
         drain_small_body(req.into_body()).await;
         return Err(d.into());
@@ -382,12 +396,10 @@ fn upstream_request(
     // The device never sees moat's cookies, on any service: browsers send
     // a host's cookies to every port of it.
     crate::auth::session::strip_cookies(headers, portal::MOAT_COOKIES);
-    if let AccessMode::Mfa(rule) = &current.service.access_mode {
-        // Whatever the client wrote in the user header, in either spelling.
-        if let Some(name) = &rule.user_header {
-            crate::proxy::headers::remove_either_spelling(headers, name);
-        }
-    }
+    // Whatever the client wrote in any service's user header, in any
+    // spelling, on every service: a device that trusts the header because
+    // an mfa service sets it must not hear it from a network service.
+    crate::proxy::headers::remove_any_spelling(headers, &current.identity_headers);
     if let Some((name, user)) = user {
         headers.insert(name.clone(), user);
     }
