@@ -6,6 +6,8 @@ Subcommands:
   wait-port PORT [SECS]        wait until 127.0.0.1:PORT accepts
   cputicks PGID...             utime+stime (clock ticks) of every process in
                                the process groups, plus reaped children
+  cpusplit PGID...             "utime stime" (clock ticks) of every process
+                               in the process groups
   preemptions PGID...          involuntary context switches of every thread
                                in the process groups (times the scheduler
                                took the CPU away to run something else)
@@ -25,8 +27,34 @@ Subcommands:
   echo-server PORT             TCP echo server
   tls-echo-load PORT CA N R    N parallel TLS connections, R echo round
                                trips each; fails on any error or mismatch
+  threadcpu PGID...            JSON {thread name: CPU seconds} over every
+                               live thread of the process groups (schedstat)
+  totp SECRET                  the current RFC 6238 code of a base32 secret
+  mfa-login PORT USER PASSWORD SECRET [SRC]
+                               sign in on an `mfa` service over TLS (login
+                               form, CSRF cookie and token, POST): prints the
+                               session cookie's value
+  login-flood PORT SRC CONNS SECS OUT [USER]
+                               CONNS keep-alive TLS connections from address
+                               SRC POSTing wrong passwords to /.moat/login
+                               for SECS seconds, each with a valid CSRF
+                               cookie and token; JSON counts to OUT
+  metrics-sampler PORT OUT [INTERVAL] [PGID]
+                               until killed: every INTERVAL s (0.05), the
+                               admin /metrics hash gauges, and how many of
+                               moat's blocking-pool threads (tokio-rt-worker)
+                               are runnable (state R): max and counts to OUT
+  metric PORT PREFIX           the lines of the admin /metrics starting
+                               with PREFIX
+  renice-threads PGID PREFIX NICE
+                               until killed: every 0.2 s, sets the nice value
+                               of the threads whose name starts with PREFIX
+                               (an experiment: hashes at a lower priority)
 """
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -34,6 +62,7 @@ import resource
 import socket
 import ssl
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -94,6 +123,11 @@ def group_members(pgids):
 
 def cmd_cputicks(*pgids):
     print(sum(int(f[11]) + int(f[12]) + int(f[13]) + int(f[14]) for _, f in group_members(pgids)))
+
+
+def cmd_cpusplit(*pgids):
+    members = list(group_members(pgids))
+    print(sum(int(f[11]) for _, f in members), sum(int(f[12]) for _, f in members))
 
 
 def cmd_preemptions(*pgids):
@@ -539,10 +573,316 @@ def cmd_tls_echo_load(port, ca, n, rounds):
     return ok_trips
 
 
+def thread_states(pgids):
+    """(comm, state, ns on CPU) of every thread of the process groups."""
+    for pid, _ in group_members(pgids):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    data = f.read()
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    ns = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            comm = data[data.index("(") + 1 : data.rindex(")")]
+            state = data[data.rindex(")") + 2 :].split()[0]
+            yield comm, state, ns
+
+
+def cmd_threadcpu(*pgids):
+    by_name = {}
+    for comm, _, ns in thread_states(pgids):
+        by_name[comm] = by_name.get(comm, 0.0) + ns / 1e9
+    print(json.dumps(by_name, sort_keys=True))
+
+
+# ---------------------------------------------------------------- MFA (issue 11)
+
+
+def totp_code(secret, now=None, step=30, digits=6):
+    """RFC 6238 with SHA-1, 6 digits, 30 s steps: what moat's TOTP uses."""
+    secret = secret.strip().replace(" ", "").upper()
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    counter = int((time.time() if now is None else now) // step)
+    mac = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    off = mac[-1] & 0x0F
+    code = (struct.unpack(">I", mac[off : off + 4])[0] & 0x7FFFFFFF) % 10**digits
+    return f"{code:0{digits}d}"
+
+
+def cmd_totp(secret):
+    print(totp_code(secret))
+
+
+def insecure_tls():
+    """The dev certificate is for localhost; the load tools skip the check too."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def cookie_from(set_cookies, name):
+    for sc in set_cookies:
+        first = sc.split(";", 1)[0]
+        n, _, v = first.partition("=")
+        if n.strip() == name and v.strip():
+            return v.strip()
+    return None
+
+
+def csrf_from(html):
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    return m.group(1) if m else None
+
+
+def form_body(fields):
+    from urllib.parse import urlencode
+
+    return urlencode(fields).encode()
+
+
+def cmd_mfa_login(port, user, password, secret, src="127.0.0.1"):
+    import http.client
+
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", int(port), context=insecure_tls(), timeout=20, source_address=(src, 0)
+    )
+    host = {"Host": f"127.0.0.1:{port}"}
+    conn.request("GET", "/.moat/login", headers=host)
+    r = conn.getresponse()
+    html = r.read().decode("utf-8", "replace")
+    nonce = cookie_from(r.msg.get_all("Set-Cookie") or [], "__Host-moat-csrf")
+    token = csrf_from(html)
+    if r.status != 200 or not nonce or not token:
+        die(f"login form: status {r.status}, csrf cookie {bool(nonce)}, token {bool(token)}")
+    body = form_body(
+        {"username": user, "password": password, "code": totp_code(secret), "csrf": token, "next": "/"}
+    )
+    conn.request(
+        "POST",
+        "/.moat/login",
+        body=body,
+        headers={
+            **host,
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": f"__Host-moat-csrf={nonce}",
+        },
+    )
+    r = conn.getresponse()
+    r.read()
+    session = cookie_from(r.msg.get_all("Set-Cookie") or [], "__Host-moat-session")
+    conn.close()
+    if r.status != 303 or not session:
+        die(f"login as {user}: status {r.status}, no session cookie")
+    print(session)
+
+
+async def read_response(reader):
+    """(status, headers lower-cased, body) of one HTTP/1.1 response."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    cookies = []
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            k = k.strip().lower()
+            headers[k] = v.strip()
+            if k == "set-cookie":
+                cookies.append(v.strip())
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            body += chunk[:-2]
+            if size == 0:
+                # trailers, if any, end with an empty line
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass
+                break
+    else:
+        body = b""
+    return status, headers, cookies, body
+
+
+def cmd_login_flood(port, src, conns, secs, out, user="flood-target"):
+    """Wrong passwords, as fast as moat answers, from address SRC."""
+    import asyncio
+
+    port, conns, secs = int(port), int(conns), float(secs)
+    host = f"127.0.0.1:{port}"
+    statuses = {}
+    latencies = []
+    problems = []
+    reconnects = [0]
+
+    async def one(i):
+        deadline = time.monotonic() + secs
+        ctx = insecure_tls()
+        n = 0
+        while time.monotonic() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=ctx, server_hostname="localhost", local_addr=(src, 0)
+                )
+            except OSError as e:
+                problems.append(f"conn {i}: connect: {e!r}")
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                writer.write(f"GET /.moat/login HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                status, _, cookies, body = await read_response(reader)
+                nonce = cookie_from(cookies, "__Host-moat-csrf")
+                token = csrf_from(body.decode("utf-8", "replace"))
+                if status != 200 or not nonce or not token:
+                    problems.append(f"conn {i}: login form status {status}")
+                    return
+                while time.monotonic() < deadline:
+                    n += 1
+                    body = form_body(
+                        {"username": user, "password": f"wrong-{i}-{n}", "code": "000000",
+                         "csrf": token, "next": "/"}
+                    )
+                    req = (
+                        f"POST /.moat/login HTTP/1.1\r\nHost: {host}\r\n"
+                        f"Content-Type: application/x-www-form-urlencoded\r\n"
+                        f"Cookie: __Host-moat-csrf={nonce}\r\nContent-Length: {len(body)}\r\n\r\n"
+                    ).encode() + body
+                    t0 = time.monotonic()
+                    writer.write(req)
+                    status, headers, _, _ = await asyncio.wait_for(read_response(reader), 30)
+                    latencies.append(time.monotonic() - t0)
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if headers.get("connection", "").lower() == "close":
+                        break
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ssl.SSLError) as e:
+                if time.monotonic() < deadline:
+                    problems.append(f"conn {i}: {e!r}")
+            finally:
+                writer.close()
+            reconnects[0] += 1
+
+    async def main():
+        await asyncio.gather(*(one(i) for i in range(conns)))
+
+    t0 = time.monotonic()
+    cpu0 = time.process_time()
+    asyncio.run(main())
+    wall = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
+    latencies.sort()
+    res = {
+        "posts": sum(statuses.values()),
+        "per_s": sum(statuses.values()) / wall if wall else 0.0,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "p50_ms": (percentile(latencies, 50) or 0) * 1000,
+        "p99_ms": (percentile(latencies, 99) or 0) * 1000,
+        "connections": reconnects[0],
+        "problems": problems[:20],
+        "wall_s": wall,
+        "cpu_s": cpu,
+    }
+    with open(out, "w") as f:
+        json.dump(res, f)
+
+
+def admin_metrics(port):
+    import urllib.request
+
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def metric_values(text, name):
+    """Every sample of metric NAME: [(labels text, value)]."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"):
+            labels = line[len(name) : line.rindex(" ")].strip()
+            out.append((labels, float(line.split()[-1])))
+    return out
+
+
+def cmd_metric(port, prefix):
+    for line in admin_metrics(port).splitlines():
+        if line.startswith(prefix):
+            print(line)
+
+
+def cmd_metrics_sampler(port, out, interval="0.05", pgid=None):
+    """The hash gauges, every INTERVAL s, until killed (SIGTERM writes the file)."""
+    import signal
+
+    interval = float(interval)
+    state = {"samples": 0, "errors": 0, "in_progress_max": 0.0, "waiting_max": 0.0,
+             "in_progress_hist": {}, "runnable_hash_threads_max": 0, "runnable_hist": {}}
+
+    def write(*_):
+        with open(out + ".tmp", "w") as f:
+            json.dump(state, f)
+        os.replace(out + ".tmp", out)
+        if _:
+            sys.exit(0)
+
+    signal.signal(signal.SIGTERM, write)
+    while True:
+        t0 = time.monotonic()
+        try:
+            text = admin_metrics(port)
+            running = sum(v for _, v in metric_values(text, "moat_password_hashes_in_progress"))
+            waiting = sum(v for _, v in metric_values(text, "moat_password_hashes_waiting"))
+            state["samples"] += 1
+            state["in_progress_max"] = max(state["in_progress_max"], running)
+            state["waiting_max"] = max(state["waiting_max"], waiting)
+            h = state["in_progress_hist"]
+            h[str(int(running))] = h.get(str(int(running)), 0) + 1
+            if pgid:
+                n = sum(1 for comm, st, _ in thread_states([pgid])
+                        if comm.startswith("tokio-rt") and st == "R")
+                state["runnable_hash_threads_max"] = max(state["runnable_hash_threads_max"], n)
+                r = state["runnable_hist"]
+                r[str(n)] = r.get(str(n), 0) + 1
+        except Exception:  # noqa: BLE001 - a missed sample is counted, not fatal
+            state["errors"] += 1
+        if state["samples"] % 20 == 0:
+            write()
+        time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+
+
+def cmd_renice_threads(pgid, prefix, nice):
+    nice = int(nice)
+    while True:
+        for pid, _ in group_members([pgid]):
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                        comm = f.read().strip()
+                    if comm.startswith(prefix) and os.getpriority(os.PRIO_PROCESS, int(tid)) != nice:
+                        os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+                except OSError:
+                    continue
+        time.sleep(0.2)
+
+
 COMMANDS = {
     "ports": cmd_ports,
     "wait-port": cmd_wait_port,
     "cputicks": cmd_cputicks,
+    "cpusplit": cmd_cpusplit,
     "preemptions": cmd_preemptions,
     "runcpu": cmd_runcpu,
     "parse-wrk": cmd_parse_wrk,
@@ -555,6 +895,13 @@ COMMANDS = {
     "http-backend": cmd_http_backend,
     "echo-server": cmd_echo_server,
     "tls-echo-load": cmd_tls_echo_load,
+    "threadcpu": cmd_threadcpu,
+    "totp": cmd_totp,
+    "mfa-login": cmd_mfa_login,
+    "login-flood": cmd_login_flood,
+    "metrics-sampler": cmd_metrics_sampler,
+    "metric": cmd_metric,
+    "renice-threads": cmd_renice_threads,
 }
 
 if __name__ == "__main__":
