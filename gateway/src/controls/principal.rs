@@ -20,7 +20,9 @@ pub enum Principal {
 }
 
 impl Principal {
-    pub fn user(name: &str) -> Principal {
+    /// A user; pass the users file's `Arc<str>` to share it (no copy per
+    /// request).
+    pub fn user(name: impl Into<Arc<str>>) -> Principal {
         Principal::User { name: name.into() }
     }
 

@@ -367,7 +367,7 @@ async fn login_submit(
                 conn: s.conn.clone(),
                 user: user.name.clone(),
             });
-            record.principal = Some(crate::controls::Principal::user(&user.name));
+            record.principal = Some(crate::controls::Principal::user(user.name.clone()));
             let claims = SessionClaims {
                 user: user.name.to_string(),
                 issued_at: now,
@@ -471,7 +471,9 @@ async fn logout(
     live.logging_out(&signed_in.user.name);
     s.rt.store.end_sessions(&signed_in.user.name);
     session_ended(s, signed_in.user.name.clone(), "logout");
-    record.principal = Some(crate::controls::Principal::user(&signed_in.user.name));
+    record.principal = Some(crate::controls::Principal::user(
+        signed_in.user.name.clone(),
+    ));
     let resp = html(StatusCode::OK, pages::logged_out_page());
     let (mut parts, body) = resp.into_parts();
     parts
@@ -493,7 +495,9 @@ fn session_page<B>(
 ) -> Response<ProxyBody> {
     match authenticate(req.headers(), s, auth) {
         Ok(signed_in) => {
-            record.principal = Some(crate::controls::Principal::user(&signed_in.user.name));
+            record.principal = Some(crate::controls::Principal::user(
+                signed_in.user.name.clone(),
+            ));
             let c = &signed_in.claims;
             let expires = (c.issued_at + auth.absolute_timeout.as_secs())
                 .min(s.rt.clock.now() + auth.idle_timeout.as_secs());

@@ -195,7 +195,7 @@ async fn phases(
         }
     };
     if let Some(SignedIn { user, .. }) = &signed_in {
-        record.principal = Some(Principal::user(&user.name));
+        record.principal = Some(Principal::user(user.name.clone()));
     }
 
     // 6. authorize: the one step, now with the user; then the connection
