@@ -649,7 +649,10 @@ fn the_login_rate_per_source_answers_429_before_any_password_work() {
     }
     // The third attempt, right as it is, is refused before any check.
     let r = a.login_as("alice", &alice.password, &alice.code(T0), None);
-    assert_login_failed(&r, 429);
+    // A fixed, cheap answer (what a flood gets), never a session.
+    assert_eq!(r.status, 429, "{r:?}");
+    assert!(r.body.contains("Too many sign-in attempts"), "{r:?}");
+    assert!(set_cookie(&r, SESSION_COOKIE).is_none(), "{r:?}");
     assert!(r.header("retry-after").is_some(), "{r:?}");
     assert_portal_headers(&r);
     let e = nth_failure(&moat, 3);
@@ -1570,4 +1573,33 @@ fn every_user_on_a_connection_is_watched_and_a_logout_ends_it() {
     wait_closed(&mut own);
     let ended = moat.wait_for_client("connection_revoked", own_addr);
     assert_eq!(ended["reason"], "session_revoked", "{ended}");
+}
+
+#[test]
+fn visitors_without_a_session_are_held_to_requests_per_client() {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let device = Device::start();
+    let alice = Account::new("alice", &["ops"]);
+    write_users(&ws, &[&alice]);
+    let limited = "\n[device.service.limits]\nrequests_per_client = \"3/min\"";
+    let moat = start_mfa(&ws, &clock, &auth_table(""), &web(&ws, &device, limited));
+    let agent = Agent::new(&ws, moat.addr("web"), "a");
+    // The portal's form and refusals of requests without a session count
+    // like any request: neither is a way round the client's rate.
+    assert_eq!(agent.login_page(None).status, 200);
+    let refused = agent.get_with("/pump", &[]);
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(agent.login_page(None).status, 200);
+    let over = agent.get_with("/.moat/login", &[]);
+    assert_eq!(over.status, 429, "{over:?}");
+    assert_eq!(over.header("x-moat-reason"), Some("rate_limited_client"));
+    let over = agent.get_with("/pump", &[]);
+    assert_eq!(
+        over.header("x-moat-reason"),
+        Some("rate_limited_client"),
+        "{over:?}"
+    );
+    assert_eq!(device.count(), 0);
 }

@@ -92,6 +92,8 @@ type LoginLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultC
 /// hash for unknown users, the per-source login limiter.
 pub struct AuthRuntime {
     hashing: Arc<Semaphore>,
+    /// The threads that compute password hashes, one per slot.
+    workers: HashWorkers,
     /// The dummy hash for unknown users, with the costs it was made for:
     /// made on first use, on the blocking pool, and again when the users
     /// file's hashes change costs.
@@ -108,6 +110,7 @@ impl AuthRuntime {
         let cap = policy.auth.as_ref().map_or(2, |a| a.max_concurrent_hashes) as usize;
         AuthRuntime {
             hashing: Arc::new(Semaphore::new(cap)),
+            workers: HashWorkers::start(cap),
             dummy: Arc::default(),
             limiter: Mutex::new(None),
         }
@@ -303,22 +306,75 @@ async fn verify_off_workers(cx: &LoginContext<'_>, hash: Hashed, password: &str)
     waiting.dec();
     let permit = permit.ok()?.ok()?;
     let running = cx.metrics.password_hashes.clone();
-    running.inc();
     let password = password.to_string();
     let dummies = cx.runtime.dummy.clone();
-    let verified = tokio::task::spawn_blocking(move || {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    cx.runtime.workers.run(Box::new(move || {
+        running.inc();
         let phc = match hash {
             Hashed::User(phc) => phc,
             Hashed::Dummy { like } => dummy_for(&dummies, like.as_deref()),
         };
         let ok = super::password::verify(&phc, &password);
+        running.dec();
         drop(permit);
-        ok
-    })
-    .await
-    .unwrap_or(false);
-    running.dec();
-    Some(verified)
+        let _ = tx.send(ok);
+    }));
+    Some(rx.await.unwrap_or(false))
+}
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// Password hashes run on threads of their own, one per hash slot, at the
+/// lowest CPU priority (nice 19): a login flood then takes the CPU only
+/// when proxied traffic leaves it idle, instead of a share equal to the
+/// proxy's (docs/benchmarks.md, "MFA"). Not tokio's blocking pool, whose
+/// threads serve other work too and could not be given their priority
+/// back.
+struct HashWorkers {
+    jobs: std::sync::mpsc::Sender<HashJob>,
+}
+
+impl HashWorkers {
+    fn start(threads: usize) -> HashWorkers {
+        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads.max(1) {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("moat-hash-{i}"))
+                .spawn(move || {
+                    lowest_priority();
+                    loop {
+                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return, // the runtime is gone
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password-hash thread");
+            }
+        }
+        HashWorkers { jobs }
+    }
+
+    fn run(&self, job: HashJob) {
+        // A send fails only when no worker thread could start: the job is
+        // dropped, and its login fails (its answer channel closes).
+        let _ = self.jobs.send(job);
+    }
+}
+
+/// Nice 19 for the calling thread (Linux: `setpriority` on a thread id
+/// applies to that thread only).
+fn lowest_priority() {
+    // SAFETY: plain system calls on the current thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
 }
 
 #[cfg(test)]

@@ -246,6 +246,14 @@ impl<C: Clock + Clone> Limiters<C> {
         client: IpAddr,
         principal: Option<&Principal>,
     ) -> Result<(), Denial> {
+        self.check_client_request(client)?;
+        self.check_principal_and_device(principal)
+    }
+
+    /// `requests_per_client` alone: on `mfa` services it runs before the
+    /// portal and the session check, so that visitors without a session
+    /// are held to it too.
+    pub fn check_client_request(&self, client: IpAddr) -> Result<(), Denial> {
         if let Some(s) = &self.req_per_client {
             s.limiter.check_key(&client_key(client)).map_err(|n| {
                 self.denied(
@@ -255,6 +263,12 @@ impl<C: Clock + Clone> Limiters<C> {
                 )
             })?;
         }
+        Ok(())
+    }
+
+    /// The rest of [`Self::check_request`]: the principal's rate, then
+    /// the device's.
+    pub fn check_principal_and_device(&self, principal: Option<&Principal>) -> Result<(), Denial> {
         if let (Some(s), Some(id)) = (&self.req_per_identity, principal) {
             s.limiter.check_key(id).map_err(|n| {
                 self.denied(

@@ -65,6 +65,7 @@ fn fixture(login_rate: &str, hashes: u32) -> Fixture {
     Fixture {
         runtime: AuthRuntime {
             hashing: Arc::new(Semaphore::new(hashes as usize)),
+            workers: HashWorkers::start(hashes as usize),
             dummy: Arc::default(),
             limiter: Mutex::new(None),
         },

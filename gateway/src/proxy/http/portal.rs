@@ -412,15 +412,21 @@ async fn login_submit(
             });
             // The same page for every failure; the request's record gets
             // the typed reason (a flood of these is summarised).
-            let mut resp = login_form_to(field("next"), auth, true);
             let detail = format!("login failed: {}", failed.reason.as_str());
+            if let AuthFailure::RateLimited | AuthFailure::Busy = failed.reason {
+                // What a flood gets: a fixed answer, no new form or token
+                // to make (it cost more than a proxied request).
+                let mut resp = text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "429 Too Many Requests\nToo many sign-in attempts: try again in a minute.\n",
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                let denial = Denial::with_detail(Reason::LoginRateLimited, detail);
+                return Err(Stop::DenyWith(denial, resp));
+            }
+            let resp = login_form_to(field("next"), auth, true);
             let denial = match failed.reason {
-                AuthFailure::RateLimited | AuthFailure::Busy => {
-                    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                    resp.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-                    Denial::with_detail(Reason::LoginRateLimited, detail)
-                }
                 AuthFailure::BadCsrf => Denial::with_detail(Reason::CsrfRejected, detail),
                 _ => Denial::with_detail(Reason::AuthRequired, detail),
             };

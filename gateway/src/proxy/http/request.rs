@@ -168,6 +168,9 @@ async fn phases(
     let signed_in = match &service.access_mode {
         AccessMode::Network => None,
         AccessMode::Mfa(rule) => {
+            // The client's request rate first: the portal and the
+            // session check must not be a way round it.
+            current.limiters.check_client_request(s.conn.client.ip())?;
             let auth = current
                 .auth
                 .as_deref()
@@ -238,9 +241,15 @@ async fn phases(
 
     // 8. limits: rates first (cheap, no waiting), then a slot among the
     // requests the device may have in flight, queueing briefly for one.
-    current
-        .limiters
-        .check_request(s.conn.client.ip(), record.principal.as_ref())?;
+    match service.access_mode {
+        // The client's rate was charged before the portal (phase 4).
+        AccessMode::Mfa(_) => current
+            .limiters
+            .check_principal_and_device(record.principal.as_ref())?,
+        AccessMode::Network => current
+            .limiters
+            .check_request(s.conn.client.ip(), record.principal.as_ref())?,
+    }
     let permit = in_flight_slot(&current).await?;
 
     // 9. upstream request
