@@ -30,6 +30,8 @@ const REFRESH_AFTER: u64 = 60;
 /// How far ahead of this gateway's clock a session's times may be (a peer
 /// gateway's clock a little ahead).
 const CLOCK_SKEW: u64 = 60;
+/// How long a login refused by `login_rate` waits for its answer.
+const RATE_LIMITED_DELAY: Duration = Duration::from_secs(1);
 /// A login form body, at most.
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
@@ -415,7 +417,13 @@ async fn login_submit(
             let detail = format!("login failed: {}", failed.reason.as_str());
             if let AuthFailure::RateLimited | AuthFailure::Busy = failed.reason {
                 // What a flood gets: a fixed answer, no new form or token
-                // to make (it cost more than a proxied request).
+                // to make (it cost more than a proxied request), and late:
+                // a client that waits for its answers (every keep-alive
+                // one) is slowed to one attempt per connection and
+                // second, and the connections it may hold are capped.
+                if failed.reason == AuthFailure::RateLimited {
+                    tokio::time::sleep(RATE_LIMITED_DELAY).await;
+                }
                 let mut resp = text(
                     StatusCode::TOO_MANY_REQUESTS,
                     "429 Too Many Requests\nToo many sign-in attempts: try again in a minute.\n",
