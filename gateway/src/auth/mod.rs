@@ -76,8 +76,19 @@ pub fn create_missing_session_key(config: &std::path::Path) -> Result<(), String
 /// session of the user too, on every gateway that shares the key, and
 /// survives a restart.
 pub fn session_generation(store: &dyn crate::runtime::IdentityStore, user: &User) -> u64 {
-    (u64::from(user.credential_stamp()) << 32)
-        | (store.session_generation(&user.name) & 0xffff_ffff)
+    (u64::from(user.credential_stamp()) << 32) | (store.session_generation(&user.name) & ENDED)
+}
+
+/// The low half of a session generation: the store's count of ended
+/// sessions.
+const ENDED: u64 = 0xffff_ffff;
+
+/// Were the sessions of `user` ended in the store (a logout) since a
+/// session with `generation` was found valid? The store's half alone:
+/// for a check made again on the same request, whose credentials were
+/// already judged, without hashing them a second time.
+pub fn ended_since(store: &dyn crate::runtime::IdentityStore, user: &str, generation: u64) -> bool {
+    store.session_generation(user) & ENDED != generation & ENDED
 }
 
 /// How a service decides who may use it, after the network controls.
@@ -131,8 +142,10 @@ mod tests {
         let after_reset = session_generation(&store, &alice);
         assert_ne!(after_reset, issued);
         // Logout: the store's count moves.
+        assert!(!ended_since(&store, "alice", after_reset));
         store.end_sessions("alice");
         assert_ne!(session_generation(&store, &alice), after_reset);
+        assert!(ended_since(&store, "alice", after_reset));
         // Groups and the disabled flag are judged per request, not here.
         let before = session_generation(&store, &alice);
         alice.groups = vec!["biomed".into()];

@@ -215,7 +215,7 @@ async fn phases(
                 let detail = "too many users on one connection";
                 return Err(Denial::with_detail(Reason::AuthRequired, detail));
             }
-            if crate::auth::session_generation(&*s.rt.store, user) != claims.generation {
+            if crate::auth::ended_since(&*s.rt.store, &user.name, claims.generation) {
                 return Err(Denial::with_detail(Reason::SessionRevoked, "session ended"));
             }
             Ok(())
