@@ -13,7 +13,7 @@ use hyper::body::{Bytes, Incoming};
 
 use super::record::RequestRecord;
 use super::request::Stop;
-use super::{BoxError, Live, ProxyBody, Session};
+use super::{value, BoxError, Live, ProxyBody, Session};
 use crate::audit::Event;
 use crate::auth::login::{self, AuthFailure, Credentials, LoginContext};
 use crate::auth::session::{self, SessionClaims, SESSION_COOKIE};
@@ -101,8 +101,8 @@ pub(super) fn authenticate(
     let mut problem = NoSession::Missing;
     // Several values can arrive (h2 crumbs, a stale cookie): the first
     // valid one wins, else the most telling problem is reported.
-    for value in session::cookie_values(headers, SESSION_COOKIE) {
-        let claims = match auth.keys.open(value) {
+    for cookie in session::cookie_values(headers, SESSION_COOKIE) {
+        let claims = match auth.keys.open(cookie) {
             Ok(c) => c,
             Err(_) => {
                 problem = problem.max_by(NoSession::Invalid);
@@ -117,7 +117,7 @@ pub(super) fn authenticate(
                             last_seen: now,
                             ..claims.clone()
                         };
-                        cookie_header(&session::set_cookie(&auth.keys.seal(&renewed), None))
+                        value(&session::set_cookie(&auth.keys.seal(&renewed), None))
                     });
                 return Ok(SignedIn {
                     user,
@@ -191,8 +191,7 @@ pub(super) fn sign_in_first<B>(req: &Request<B>, s: &Session, problem: NoSession
         let next = pages::safe_next(target).unwrap_or_else(|| "/".to_string());
         let location = format!("/.moat/login?next={}", encode_query(&next));
         let mut r = text(StatusCode::FOUND, "Sign in first.\n");
-        r.headers_mut()
-            .insert(header::LOCATION, cookie_header(&location));
+        r.headers_mut().insert(header::LOCATION, value(&location));
         r
     } else {
         let mut r = text(
@@ -205,7 +204,7 @@ pub(super) fn sign_in_first<B>(req: &Request<B>, s: &Session, problem: NoSession
     };
     if problem != NoSession::Missing {
         resp.headers_mut()
-            .append(header::SET_COOKIE, cookie_header(&session::clear_cookie()));
+            .append(header::SET_COOKIE, value(&session::clear_cookie()));
     }
     Stop::DenyWith(denial, resp)
 }
@@ -307,7 +306,7 @@ fn login_form_to(next: &str, auth: &AuthPolicy, failed: bool) -> Response<ProxyB
     let mut resp = html(status, pages::login_page(&csrf, &next, failed));
     resp.headers_mut().append(
         header::SET_COOKIE,
-        cookie_header(&format!(
+        value(&format!(
             "{CSRF_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Strict"
         )),
     );
@@ -379,14 +378,14 @@ async fn login_submit(
             let next = pages::safe_next(field("next")).unwrap_or_else(|| "/".to_string());
             let mut resp = text(StatusCode::SEE_OTHER, "Signed in.\n");
             let h = resp.headers_mut();
-            h.insert(header::LOCATION, cookie_header(&next));
+            h.insert(header::LOCATION, value(&next));
             h.append(
                 header::SET_COOKIE,
-                cookie_header(&session::set_cookie(&auth.keys.seal(&claims), None)),
+                value(&session::set_cookie(&auth.keys.seal(&claims), None)),
             );
             h.append(
                 header::SET_COOKIE,
-                cookie_header(&format!(
+                value(&format!(
                     "{CSRF_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"
                 )),
             );
@@ -492,7 +491,7 @@ async fn logout(
     let (mut parts, body) = resp.into_parts();
     parts
         .headers
-        .append(header::SET_COOKIE, cookie_header(&session::clear_cookie()));
+        .append(header::SET_COOKIE, value(&session::clear_cookie()));
     let body = ThenCut {
         inner: body,
         cut: Some(live.logged_out.clone()),
@@ -591,10 +590,6 @@ fn secure(headers: &mut HeaderMap) {
     for (name, value) in pages::security_headers() {
         headers.insert(name.clone(), value.clone());
     }
-}
-
-fn cookie_header(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 fn html(status: StatusCode, body: String) -> Response<ProxyBody> {
