@@ -32,6 +32,7 @@ fn user(i: usize) -> Arc<User> {
         totp_secret: vec![7; 20],
         groups: vec![Arc::from(["biomed", "nursing"][i & 1])],
         disabled: false,
+        stamp: Default::default(),
     })
 }
 

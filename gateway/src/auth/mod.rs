@@ -128,17 +128,23 @@ mod tests {
     #[test]
     fn a_session_ends_with_logout_and_with_new_credentials() {
         let store = MemoryStore::new();
-        let mut alice = User {
+        let alice = User {
             name: "alice".into(),
             password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into(),
             totp_secret: vec![1; 20],
             groups: vec![],
             disabled: false,
+            stamp: Default::default(),
         };
         let issued = session_generation(&store, &alice);
         assert_eq!(session_generation(&store, &alice), issued);
-        // `moat user passwd` or `reset-totp`: a different stamp.
-        alice.totp_secret = vec![2; 20];
+        // `moat user passwd` or `reset-totp`: the reload makes a new user,
+        // with a different stamp.
+        let mut alice = User {
+            totp_secret: vec![2; 20],
+            stamp: Default::default(),
+            ..alice
+        };
         let after_reset = session_generation(&store, &alice);
         assert_ne!(after_reset, issued);
         // Logout: the store's count moves.

@@ -35,12 +35,19 @@ pub struct User {
     pub totp_secret: Vec<u8>,
     pub groups: Vec<Arc<str>>,
     pub disabled: bool,
+    /// [`User::credential_stamp`], worked out on first use (it is read on
+    /// every request of the user's sessions).
+    pub stamp: std::sync::OnceLock<u32>,
 }
 
 impl User {
     /// 32 bits of SHA-256 over the password hash and the TOTP secret:
     /// changes when either does (see [`super::session_generation`]).
     pub fn credential_stamp(&self) -> u32 {
+        *self.stamp.get_or_init(|| self.compute_stamp())
+    }
+
+    fn compute_stamp(&self) -> u32 {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(b"moat-credential-stamp-v1");
         ctx.update(self.password_hash.as_bytes());
@@ -175,6 +182,7 @@ pub fn parse(path: &Path, text: &str) -> Result<UserDirectory, ConfigErrors> {
                 .expect("parse_entries checked the secret"),
             groups,
             disabled: e.disabled,
+            stamp: Default::default(),
         };
         users.insert(name, Arc::new(user));
     }

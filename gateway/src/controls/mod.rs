@@ -323,6 +323,7 @@ mod tests {
             totp_secret: Vec::new(),
             groups: groups.iter().map(|g| Arc::from(*g)).collect(),
             disabled,
+            stamp: Default::default(),
         }
     }
 

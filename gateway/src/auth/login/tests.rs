@@ -40,6 +40,7 @@ fn user(name: &str, groups: &[&str], disabled: bool) -> (Arc<str>, Arc<User>) {
         totp_secret: SECRET.to_vec(),
         groups: groups.iter().map(|g| Arc::from(*g)).collect(),
         disabled,
+        stamp: Default::default(),
     };
     (u.name.clone(), Arc::new(u))
 }
