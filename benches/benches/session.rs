@@ -101,6 +101,7 @@ fn benches(c: &mut Criterion) {
         users: vec![Arc::from("someone-else")],
         groups: vec![Arc::from("biomed")],
         user_header: None,
+        anyone: false,
     };
 
     // A browser's Cookie header for the device's host: five cookies of the

@@ -281,10 +281,24 @@ fn check(config: &Path) -> ExitCode {
             };
             let access = match &s.access_mode {
                 moat::auth::AccessMode::Network => String::new(),
+                moat::auth::AccessMode::Mfa(rule) if rule.anyone => {
+                    "; portal for every user".to_string()
+                }
                 moat::auth::AccessMode::Mfa(rule) => format!(
                     "; MFA for users [{}] groups [{}]",
                     rule.users.join(", "),
                     rule.groups.join(", ")
+                ),
+                moat::auth::AccessMode::Grant(g) => format!(
+                    "; grants after MFA for users [{}] groups [{}], up to {}, {:?} on end{}",
+                    g.who.users.join(", "),
+                    g.who.groups.join(", "),
+                    humantime::format_duration(g.max_grant),
+                    g.on_end,
+                    g.break_glass.map_or(String::new(), |d| format!(
+                        ", break-glass up to {}",
+                        humantime::format_duration(d)
+                    ))
                 ),
             };
             println!(

@@ -273,6 +273,18 @@ pub struct ClientIdentity {
     pub fingerprint_sha256: String,
 }
 
+/// The SHA-256 of a certificate's SubjectPublicKeyInfo (what certificate
+/// grants bind, and what `openssl x509 -pubkey | openssl pkey -pubin
+/// -outform der | sha256sum` prints).
+pub fn spki_sha256(der: &[u8]) -> Option<crate::auth::grants::Spki> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        cert.tbs_certificate.subject_pki.raw,
+    );
+    digest.as_ref().try_into().ok()
+}
+
 impl ClientIdentity {
     pub fn from_der(der: &[u8]) -> Option<Self> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;

@@ -9,11 +9,15 @@
 //! - [`session`]: the authenticated-encrypted session cookie and its keys.
 //! - [`portal`]: the pages under `/.moat/`, CSRF tokens, the `next` check.
 //! - [`login`]: one login attempt, start to finish, with lockouts.
+//! - [`grants`]: time-boxed grants that open a TCP service to one person.
+//! - [`breakglass`]: sealed one-time emergency codes (`moat breakglass`).
 //! - [`cli`]: `moat user …`.
 //!
 //! Nothing here logs a password, a code, a secret or a cookie.
 
+pub mod breakglass;
 pub mod cli;
+pub mod grants;
 pub mod login;
 pub mod password;
 pub mod portal;
@@ -46,6 +50,9 @@ pub struct AuthPolicy {
     pub login_rate: RateSpec,
     /// Password hashes computed at once, at most.
     pub max_concurrent_hashes: u32,
+    /// `break_glass_file`: the sealed emergency codes' hashes, read at
+    /// each use (never compiled: moat marks codes used in it).
+    pub break_glass_file: Option<std::path::PathBuf>,
 }
 
 /// Creates the session key file named by `[auth] session_key_file` of the
@@ -98,9 +105,40 @@ pub enum AccessMode {
     /// client-certificate controls alone.
     #[default]
     Network,
-    /// A person must sign in with password and TOTP code.
+    /// A person must sign in with password and TOTP code (`http`
+    /// services per request; a `portal`, to sign in at all).
     Mfa(MfaRule),
+    /// A `tcp` service: a connection needs a live grant that a signed-in
+    /// person opened for its address or its certificate's key.
+    Grant(GrantRule),
 }
+
+impl AccessMode {
+    /// Who may use the service, for the services people sign in to.
+    pub fn rule(&self) -> Option<&MfaRule> {
+        match self {
+            AccessMode::Network => None,
+            AccessMode::Mfa(rule) => Some(rule),
+            AccessMode::Grant(g) => Some(&g.who),
+        }
+    }
+}
+
+/// How an `mfa` TCP service hands out grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRule {
+    pub who: MfaRule,
+    /// The longest grant a person may open.
+    pub max_grant: Duration,
+    pub on_end: crate::config::schema::OnGrantEnd,
+    /// The grant a break-glass code opens, if the service takes them.
+    pub break_glass: Option<Duration>,
+}
+
+/// The longest `max_grant` and `break_glass_grant` may be.
+pub const GRANT_CEILING: Duration = Duration::from_secs(12 * 3600);
+pub const DEFAULT_MAX_GRANT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_BREAK_GLASS_GRANT: Duration = Duration::from_secs(15 * 60);
 
 /// Who an `mfa` service admits: the users named, and members of the groups
 /// named.
@@ -111,11 +149,14 @@ pub struct MfaRule {
     /// A header the device receives with the user name (always stripped
     /// from client input first).
     pub user_header: Option<HeaderName>,
+    /// Every user in the users file (a `portal` without `users`/`groups`).
+    pub anyone: bool,
 }
 
 impl MfaRule {
     pub fn admits(&self, user: &User) -> bool {
-        self.users.iter().any(|u| **u == *user.name)
+        self.anyone
+            || self.users.iter().any(|u| **u == *user.name)
             || user.groups.iter().any(|g| self.groups.contains(g))
     }
 }

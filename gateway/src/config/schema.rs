@@ -132,6 +132,10 @@ pub struct AuthSection {
     /// milliseconds of one core).
     #[serde(default = "default_max_concurrent_hashes")]
     pub max_concurrent_hashes: Spanned<u32>,
+    /// Where `moat breakglass issue` keeps the argon2 hashes of sealed
+    /// emergency codes, and where moat marks a code used (mode 0600).
+    /// Needed by services with `break_glass = true`.
+    pub break_glass_file: Option<Spanned<String>>,
 }
 
 fn default_session_idle() -> HumanDuration {
@@ -211,6 +215,21 @@ pub enum Protocol {
     Tcp,
     /// HTTP/1.1 and h2 (L7), for device web UIs.
     Http,
+    /// moat's own portal on a listener of its own (HTTPS): sign in, see
+    /// the devices one may reach, open grants to `mfa` TCP services.
+    /// Never proxies anything.
+    Portal,
+}
+
+/// What happens to live connections when the grant that admitted them ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnGrantEnd {
+    /// Closed within a second (default).
+    #[default]
+    Close,
+    /// Left to finish; new connections are refused.
+    Drain,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,8 +238,9 @@ pub struct ServiceSection {
     pub name: Spanned<String>,
     pub protocol: Protocol,
     pub listen: Spanned<String>,
-    /// `host:port` of the device on its isolated segment.
-    pub upstream: Spanned<String>,
+    /// `host:port` of the device on its isolated segment. Required, except
+    /// on a `portal`, which has none.
+    pub upstream: Option<Spanned<String>>,
     /// Source networks admitted: CIDRs, addresses or network-set names.
     /// Required: admitting everyone must be written out as `0.0.0.0/0`.
     pub allow: Spanned<Vec<Spanned<String>>>,
@@ -254,6 +274,17 @@ pub struct ServiceSection {
     /// `access = "mfa"`: the groups whose members are admitted.
     #[serde(default)]
     pub groups: Vec<Spanned<String>>,
+    /// `mfa` TCP services: the longest grant a person may open (default
+    /// 30 min, at most 12 h).
+    pub max_grant: Option<Spanned<HumanDuration>>,
+    /// `mfa` TCP services: close live connections when their grant ends
+    /// (default), or let them drain.
+    pub on_grant_end: Option<Spanned<OnGrantEnd>>,
+    /// `mfa` TCP services: a one-time break-glass code may stand in for
+    /// the TOTP code (needs `[auth] break_glass_file`).
+    pub break_glass: Option<Spanned<bool>>,
+    /// The grant a break-glass code opens, at most (default 15 min).
+    pub break_glass_grant: Option<Spanned<HumanDuration>>,
 }
 
 /// Rates are written "20/s", "600/min" or "20/s burst 40".

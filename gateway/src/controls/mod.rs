@@ -30,8 +30,9 @@ pub use reason::{Denial, Reason};
 
 use rustls::pki_types::{CertificateDer, UnixTime};
 
+use crate::auth::grants::{GrantBinding, GrantLookup, Spki};
 use crate::auth::{AccessMode, User};
-use crate::config::schema::ClientCertMode;
+use crate::config::schema::{ClientCertMode, OnGrantEnd};
 use crate::policy::{Service, SourceRefusal};
 
 /// A connection that passed the connection-level chain. Holding it holds
@@ -49,8 +50,9 @@ pub async fn admit_connection_queued(
     service: &Service,
     state: &Arc<ServiceState>,
     client: IpAddr,
+    grants: Grants<'_>,
 ) -> Result<Admitted, Denial> {
-    let matched = check_before_cap(service, state, client)?;
+    let matched = check_before_cap(service, state, client, grants)?;
     let slot = match state.try_acquire(service.max_connections) {
         Some(slot) => slot,
         None if !service.limits.queue_timeout.is_zero() => state
@@ -71,8 +73,9 @@ pub fn admit_connection(
     service: &Service,
     state: &Arc<ServiceState>,
     client: IpAddr,
+    grants: Grants<'_>,
 ) -> Result<Admitted, Denial> {
-    let matched = check_before_cap(service, state, client)?;
+    let matched = check_before_cap(service, state, client, grants)?;
     let slot = state
         .try_acquire(service.max_connections)
         .ok_or_else(|| cap_reached(service))?;
@@ -82,34 +85,117 @@ pub fn admit_connection(
     })
 }
 
+/// The grants in force, as the accept path reads them: the store's
+/// lookup and the time to judge expiry by.
+#[derive(Clone, Copy)]
+pub struct Grants<'a> {
+    pub lookup: &'a dyn GrantLookup,
+    pub now: u64,
+}
+
 /// Who is asking, as far as the step that asks knows.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum Asking<'a> {
-    /// A connection, new or live: no user is known at this level (an
-    /// `mfa` web service signs people in per request).
-    Connection,
+    /// A new connection, before any TLS work: only its address is known.
+    /// On a grant service it needs an address grant, unless the service
+    /// requires client certificates and holds certificate grants, which
+    /// the handshake may still show ([`Asking::Established`] decides).
+    Connection(Grants<'a>),
+    /// A connection whose handshake (if any) is done, at accept and on
+    /// every re-check: with its client certificate's key, if it showed one.
+    Established(Grants<'a>, Option<&'a Spki>),
+    /// A live connection of a `drain` grant service that a grant
+    /// admitted: when its grant ends it is left to finish.
+    Draining,
     /// An HTTP request, with the user of its session if it has a valid one.
     Request(Option<&'a User>),
 }
 
+impl std::fmt::Debug for Asking<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Asking::Connection(_) => f.write_str("Connection"),
+            Asking::Established(_, key) => write!(f, "Established(key: {})", key.is_some()),
+            Asking::Draining => f.write_str("Draining"),
+            Asking::Request(user) => write!(f, "Request({:?})", user.map(|u| &u.name)),
+        }
+    }
+}
+
 /// The one authorization step (see the module comment): the network
-/// controls first, never replaced by identity, then who the user is.
-/// Returns the allow entry that matched the source.
+/// controls first, never replaced by identity, then who the user is or
+/// (TCP) which grant admits the connection. Returns the allow entry that
+/// matched the source.
 #[inline]
 pub fn authorize(service: &Service, client: IpAddr, asking: Asking<'_>) -> Result<IpNet, Denial> {
     let matched = check_source(service, client)?;
-    if let (AccessMode::Mfa(rule), Asking::Request(user)) = (&service.access_mode, asking) {
-        let user = user.ok_or_else(|| Denial::new(Reason::AuthRequired))?;
-        if user.disabled {
-            let detail = format!("user {}", user.name);
-            return Err(Denial::with_detail(Reason::UserDisabled, detail));
+    match (&service.access_mode, asking) {
+        (AccessMode::Mfa(rule), Asking::Request(user)) => {
+            let user = user.ok_or_else(|| Denial::new(Reason::AuthRequired))?;
+            if user.disabled {
+                let detail = format!("user {}", user.name);
+                return Err(Denial::with_detail(Reason::UserDisabled, detail));
+            }
+            if !rule.admits(user) {
+                let detail = format!("user {}", user.name);
+                return Err(Denial::with_detail(Reason::UserNotAuthorized, detail));
+            }
         }
-        if !rule.admits(user) {
-            let detail = format!("user {}", user.name);
-            return Err(Denial::with_detail(Reason::UserNotAuthorized, detail));
+        (AccessMode::Grant(_), Asking::Connection(grants)) => {
+            check_grant(service, client, None, grants, true)?;
         }
+        (AccessMode::Grant(_), Asking::Established(grants, key)) => {
+            check_grant(service, client, key, grants, false)?;
+        }
+        _ => {}
     }
     Ok(matched)
+}
+
+/// A live grant for this service, by address (one lookup, no
+/// allocation), else by the client certificate's key. Before the
+/// handshake (`before_tls`), a service that requires certificates and
+/// holds certificate grants lets the connection on to show one.
+#[inline]
+fn check_grant(
+    service: &Service,
+    client: IpAddr,
+    key: Option<&Spki>,
+    grants: Grants<'_>,
+    before_tls: bool,
+) -> Result<(), Denial> {
+    let (device, name) = (&*service.device.id, &*service.name);
+    let by_address = GrantBinding::Address(client);
+    if grants
+        .lookup
+        .grant_for(device, name, &by_address, grants.now)
+        .is_some()
+    {
+        return Ok(());
+    }
+    let certificates_required = service.tls.as_ref().is_some_and(|t| {
+        t.client_verifier.is_some() && t.client_cert == Some(ClientCertMode::Required)
+    });
+    if certificates_required {
+        if before_tls
+            && grants
+                .lookup
+                .has_certificate_grants(device, name, grants.now)
+        {
+            return Ok(());
+        }
+        if let Some(key) = key {
+            let by_key = GrantBinding::Certificate(*key);
+            if grants
+                .lookup
+                .grant_for(device, name, &by_key, grants.now)
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+    }
+    Err(Denial::new(Reason::NoGrant))
 }
 
 /// Authorization, then rates: everything before the connection cap.
@@ -117,8 +203,9 @@ fn check_before_cap(
     service: &Service,
     state: &Arc<ServiceState>,
     client: IpAddr,
+    grants: Grants<'_>,
 ) -> Result<IpNet, Denial> {
-    let matched = authorize(service, client, Asking::Connection)?;
+    let matched = authorize(service, client, Asking::Connection(grants))?;
     let limiters = state.limiters(&service.limits);
     limiters.check_connection(client)?;
     if service.protocol == crate::config::schema::Protocol::Tcp {
@@ -186,6 +273,11 @@ pub struct ConnFacts {
     pub tls_version: Option<rustls::ProtocolVersion>,
     /// The client's certificate chain, leaf first, if it presented one.
     pub peer_chain: Option<Vec<CertificateDer<'static>>>,
+    /// The SHA-256 of the leaf's public key: what certificate grants bind.
+    pub peer_key: Option<Spki>,
+    /// A grant admitted it (an `mfa` TCP service): `drain` leaves it be
+    /// when the grant ends.
+    pub by_grant: bool,
 }
 
 impl ConnFacts {
@@ -208,6 +300,11 @@ impl ConnFacts {
                 t.peer_certificates()
                     .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
             }),
+            peer_key: tls
+                .and_then(|t| t.peer_certificates())
+                .and_then(|c| c.first())
+                .and_then(|leaf| crate::tls::spki_sha256(leaf)),
+            by_grant: matches!(service.access_mode, AccessMode::Grant(_)),
         }
     }
 }
@@ -216,7 +313,11 @@ impl ConnFacts {
 /// policy's version of its service, `None` if it is gone)? The same
 /// controls as at accept time, minus the connection cap: a shrunken cap
 /// refuses new connections but does not cut established ones.
-pub fn recheck(service: Option<&Service>, facts: &ConnFacts) -> Result<(), Denial> {
+pub fn recheck(
+    service: Option<&Service>,
+    facts: &ConnFacts,
+    grants: Grants<'_>,
+) -> Result<(), Denial> {
     let Some(service) = service else {
         return Err(Denial::new(Reason::ServiceRemoved));
     };
@@ -233,7 +334,17 @@ pub fn recheck(service: Option<&Service>, facts: &ConnFacts) -> Result<(), Denia
         );
         return Err(Denial::with_detail(Reason::ServiceChanged, detail));
     }
-    authorize(service, facts.client, Asking::Connection)?;
+    let asking = match &service.access_mode {
+        AccessMode::Grant(rule) if facts.by_grant && rule.on_end == OnGrantEnd::Drain => {
+            Asking::Draining
+        }
+        _ => Asking::Established(grants, facts.peer_key.as_ref()),
+    };
+    authorize(service, facts.client, asking).map_err(|d| match d.reason {
+        // It was in on a grant, which has ended.
+        Reason::NoGrant if facts.by_grant => Denial::new(Reason::GrantEnded),
+        _ => d,
+    })?;
     if service.tls.is_some() != facts.tls {
         return Err(Denial::new(Reason::TlsPolicyChanged));
     }
@@ -279,6 +390,27 @@ mod tests {
         crate::policy::compile(&cfg, 1).unwrap()
     }
 
+    const NO_GRANTS: Grants<'static> = Grants {
+        lookup: &NoGrants,
+        now: 0,
+    };
+
+    struct NoGrants;
+    impl GrantLookup for NoGrants {
+        fn grant_for(
+            &self,
+            _: &str,
+            _: &str,
+            _: &GrantBinding,
+            _: u64,
+        ) -> Option<crate::auth::grants::GrantId> {
+            None
+        }
+        fn has_certificate_grants(&self, _: &str, _: &str, _: u64) -> bool {
+            false
+        }
+    }
+
     fn facts(p: &Policy) -> ConnFacts {
         ConnFacts::new("10.0.0.7".parse().unwrap(), &p.services[0], None)
     }
@@ -290,13 +422,15 @@ mod tests {
         // Still admitted: a wider allow list.
         assert!(recheck(
             Some(&policy("ct", "10.1.0.5:104", "0.0.0.0/0").services[0]),
-            &f
+            &f,
+            NO_GRANTS
         )
         .is_ok());
         // Source no longer allowed.
         let d = recheck(
             Some(&policy("ct", "10.1.0.5:104", "192.168.0.0/16").services[0]),
             &f,
+            NO_GRANTS,
         )
         .unwrap_err();
         assert_eq!(d.reason, Reason::NotAllowlisted);
@@ -306,12 +440,14 @@ mod tests {
             policy("ct", "10.1.0.6:104", "10.0.0.0/8"),
         ] {
             assert_eq!(
-                recheck(Some(&p.services[0]), &f).unwrap_err().reason,
+                recheck(Some(&p.services[0]), &f, NO_GRANTS)
+                    .unwrap_err()
+                    .reason,
                 Reason::ServiceChanged
             );
         }
         assert_eq!(
-            recheck(None, &f).unwrap_err().reason,
+            recheck(None, &f, NO_GRANTS).unwrap_err().reason,
             Reason::ServiceRemoved
         );
     }
@@ -335,6 +471,7 @@ mod tests {
             users: vec!["alice".into()],
             groups: vec!["biomed".into()],
             user_header: None,
+            anyone: false,
         });
         let inside: IpAddr = "10.0.0.7".parse().unwrap();
         let outside: IpAddr = "192.168.1.1".parse().unwrap();
@@ -343,7 +480,12 @@ mod tests {
         let eve = user("eve", &["radiology"], false);
         let carol = user("carol", &["biomed"], true);
         // A connection needs no user yet; a request does.
-        assert!(authorize(&service, inside, Asking::Connection).is_ok());
+        let none = crate::auth::grants::GrantIndex::default();
+        let grants = Grants {
+            lookup: &none,
+            now: 0,
+        };
+        assert!(authorize(&service, inside, Asking::Connection(grants)).is_ok());
         let reason = |r: Result<IpNet, Denial>| r.unwrap_err().reason;
         assert_eq!(
             reason(authorize(&service, inside, Asking::Request(None))),
@@ -360,7 +502,7 @@ mod tests {
             Reason::UserDisabled
         );
         // The right user from the wrong network is still refused, first.
-        for asking in [Asking::Connection, Asking::Request(Some(&alice))] {
+        for asking in [Asking::Connection(grants), Asking::Request(Some(&alice))] {
             assert_eq!(
                 reason(authorize(&service, outside, asking)),
                 Reason::NotAllowlisted

@@ -86,10 +86,16 @@ pub enum Reason {
     LoginRateLimited,
     /// A portal form came without its CSRF token, or from another origin.
     CsrfRejected,
+    /// An `mfa` TCP service: no live grant for this address or this
+    /// client certificate's key.
+    NoGrant,
+    /// The grant that admitted a live connection ended (expired, revoked,
+    /// the user disabled, the policy changed).
+    GrantEnded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 36] = [
         Reason::NotAllowlisted,
         Reason::Denylisted,
         Reason::MaxConnections,
@@ -124,6 +130,8 @@ impl Reason {
         Reason::SessionRevoked,
         Reason::LoginRateLimited,
         Reason::CsrfRejected,
+        Reason::NoGrant,
+        Reason::GrantEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -162,6 +170,8 @@ impl Reason {
             Reason::SessionRevoked => "session_revoked",
             Reason::LoginRateLimited => "login_rate_limited",
             Reason::CsrfRejected => "csrf_rejected",
+            Reason::NoGrant => "no_grant",
+            Reason::GrantEnded => "grant_ended",
         }
     }
 
@@ -189,6 +199,7 @@ impl Reason {
                 | Reason::AuthRequired
                 | Reason::LoginRateLimited
                 | Reason::CsrfRejected
+                | Reason::NoGrant
         )
     }
 

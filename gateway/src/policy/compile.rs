@@ -15,8 +15,8 @@ use crate::auth::{AccessMode, AuthPolicy, MfaRule};
 use crate::config::schema::LimitsSection;
 use crate::config::schema::RuleAction;
 use crate::config::schema::{
-    AccessKind, AuthSection, ClientCertMode, FileConfig, HttpSection, Protocol, ServiceSection,
-    TlsSection,
+    AccessKind, AuthSection, ClientCertMode, FileConfig, HttpSection, HumanDuration, Protocol,
+    ServiceSection, TlsSection,
 };
 use crate::config::{self, did_you_mean, netfile, ConfigError, ConfigErrors, LoadedConfig};
 use crate::controls::rate::{LimitsPolicy, RateSpec};
@@ -211,7 +211,7 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
         .iter()
         .filter_map(|s| match &s.access_mode {
             AccessMode::Mfa(rule) => rule.user_header.clone(),
-            AccessMode::Network => None,
+            AccessMode::Network | AccessMode::Grant(_) => None,
         })
         .collect();
     let policy = Policy {
@@ -362,14 +362,30 @@ impl Compiler<'_> {
         auth: Option<&AuthPolicy>,
     ) -> Option<Service> {
         let before = self.errors.len();
-        let upstream = Upstream::parse(s.upstream.get_ref());
-        if upstream.is_none() {
-            let msg = format!(
-                "{:?} is not host:port (e.g. \"10.20.0.5:104\")",
-                s.upstream.get_ref()
-            );
-            self.err(s.upstream.span(), &format!("{field}.upstream"), msg);
-        }
+        let upstream = match (s.protocol, &s.upstream) {
+            (Protocol::Portal, None) => Some(Upstream::none()),
+            (Protocol::Portal, Some(u)) => {
+                let msg = "a portal serves moat's own pages and proxies nothing: remove `upstream`";
+                self.err(u.span(), &format!("{field}.upstream"), msg.into());
+                None
+            }
+            (_, None) => {
+                let msg = "`upstream` is required: the device's host:port (e.g. \"10.20.0.5:104\")";
+                self.err(s.name.span(), &format!("{field}.upstream"), msg.into());
+                None
+            }
+            (_, Some(u)) => {
+                let parsed = Upstream::parse(u.get_ref());
+                if parsed.is_none() {
+                    let msg = format!(
+                        "{:?} is not host:port (e.g. \"10.20.0.5:104\")",
+                        u.get_ref()
+                    );
+                    self.err(u.span(), &format!("{field}.upstream"), msg);
+                }
+                parsed
+            }
+        };
         if s.allow.get_ref().is_empty() {
             let msg = "an empty allow list admits no one; list source networks (write \"0.0.0.0/0\" and \"::/0\" to admit everyone)";
             self.err(s.allow.span(), &format!("{field}.allow"), msg.into());
@@ -391,7 +407,7 @@ impl Compiler<'_> {
             );
         }
         let default_alpn: &[&str] = match s.protocol {
-            Protocol::Http => &["h2", "http/1.1"],
+            Protocol::Http | Protocol::Portal => &["h2", "http/1.1"],
             Protocol::Tcp => &[],
         };
         let tls = match (&s.tls, s.plaintext) {
@@ -412,8 +428,10 @@ impl Compiler<'_> {
             }
         };
         let http = match (s.protocol, &s.http) {
-            (Protocol::Http, Some(h)) => self.http(h, &format!("{field}.http"), upstream.as_ref()),
-            (Protocol::Http, None) => {
+            (Protocol::Http | Protocol::Portal, Some(h)) => {
+                self.http(h, &format!("{field}.http"), upstream.as_ref())
+            }
+            (Protocol::Http | Protocol::Portal, None) => {
                 self.http(&default_http(), &format!("{field}.http"), upstream.as_ref())
             }
             (Protocol::Tcp, Some(_)) => {
@@ -553,6 +571,10 @@ impl Compiler<'_> {
             },
             login_rate: login_rate?,
             max_concurrent_hashes: hashes,
+            break_glass_file: a
+                .break_glass_file
+                .as_ref()
+                .map(|f| self.cfg.resolve(f.get_ref())),
         })
     }
 
@@ -586,7 +608,8 @@ impl Compiler<'_> {
         Some(bytes)
     }
 
-    /// `access`, `users`, `groups` and `http.user_header`.
+    /// `access`, `users`, `groups`, `http.user_header` and the grant
+    /// settings of `mfa` TCP services.
     fn access_mode(
         &mut self,
         s: &ServiceSection,
@@ -595,7 +618,9 @@ impl Compiler<'_> {
         tls: bool,
     ) -> AccessMode {
         let user_header = s.http.as_ref().and_then(|h| h.user_header.as_ref());
-        if *s.access.get_ref() == AccessKind::Network {
+        let grant_settings = self.grant_settings(s, field, auth);
+        let portal = s.protocol == Protocol::Portal;
+        if *s.access.get_ref() == AccessKind::Network && !portal {
             for (list, name) in [(&s.users, "users"), (&s.groups, "groups")] {
                 if let Some(first) = list.first() {
                     let msg = format!("`{name}` needs `access = \"mfa\"`");
@@ -608,25 +633,33 @@ impl Compiler<'_> {
             }
             return AccessMode::Network;
         }
-        let span = s.access.span();
-        if s.protocol != Protocol::Http {
-            let msg = "access = \"mfa\" is for http services (time-boxed grants for tcp services are not built yet)";
-            self.err(span.clone(), &format!("{field}.access"), msg.into());
-        }
-        if !tls {
+        // A portal's `access` is implied: people sign in to it.
+        let (span, what) = if portal {
+            (s.name.span(), "a portal")
+        } else {
+            (s.access.span(), "access = \"mfa\"")
+        };
+        let at = if portal {
+            field.to_string()
+        } else {
+            format!("{field}.access")
+        };
+        // A grant is opened on a portal, over HTTPS; the TCP service itself
+        // may be a legacy cleartext protocol (DICOM without TLS).
+        if !tls && s.protocol != Protocol::Tcp {
             // The session cookie is `Secure` and `__Host-`: browsers never
             // send it over cleartext, and a password must not cross it.
-            let msg = "access = \"mfa\" needs a [tls] table: passwords and session cookies never travel in cleartext";
-            self.err(span.clone(), &format!("{field}.access"), msg.into());
+            let msg = format!("{what} needs a [tls] table: passwords and session cookies never travel in cleartext");
+            self.err(span.clone(), &at, msg);
         }
         // (An [auth] section with errors of its own has reported them.)
         if auth.is_none() && self.cfg.file.auth.is_none() {
-            let msg = "access = \"mfa\" needs an [auth] section (users_file, session_key_file)";
-            self.err(span.clone(), &format!("{field}.access"), msg.into());
+            let msg = format!("{what} needs an [auth] section (users_file, session_key_file)");
+            self.err(span.clone(), &at, msg);
         }
-        if s.users.is_empty() && s.groups.is_empty() {
+        if s.users.is_empty() && s.groups.is_empty() && !portal {
             let msg = "access = \"mfa\" admits no one: list `users` or `groups`";
-            self.err(span, &format!("{field}.access"), msg.into());
+            self.err(span, &at, msg.into());
         }
         let names = |list: &[Spanned<String>]| -> Vec<Arc<str>> {
             list.iter()
@@ -640,6 +673,11 @@ impl Compiler<'_> {
                 .as_ref()
                 .is_some_and(crate::proxy::headers::is_reserved);
             match parsed {
+                Some(_) if portal => {
+                    let msg = "a portal proxies nothing: `user_header` has no device to reach";
+                    self.err(h.span(), &format!("{field}.http.user_header"), msg.into());
+                    None
+                }
                 Some(n) if !reserved => Some(n),
                 _ => {
                     let msg = format!("{name:?} is not a header name moat may set (a valid name, not a hop-by-hop, Host, Cookie or forwarding header)");
@@ -648,11 +686,100 @@ impl Compiler<'_> {
                 }
             }
         });
-        AccessMode::Mfa(MfaRule {
+        let who = MfaRule {
             users: names(&s.users),
             groups: names(&s.groups),
             user_header,
-        })
+            anyone: portal && s.users.is_empty() && s.groups.is_empty(),
+        };
+        match (s.protocol, grant_settings) {
+            (Protocol::Tcp, Some((max_grant, on_end, break_glass))) => {
+                AccessMode::Grant(crate::auth::GrantRule {
+                    who,
+                    max_grant,
+                    on_end,
+                    break_glass,
+                })
+            }
+            _ => AccessMode::Mfa(who),
+        }
+    }
+
+    /// `max_grant`, `on_grant_end`, `break_glass`, `break_glass_grant`:
+    /// for `mfa` TCP services only. `None` when they do not apply.
+    fn grant_settings(
+        &mut self,
+        s: &ServiceSection,
+        field: &str,
+        auth: Option<&AuthPolicy>,
+    ) -> Option<(
+        std::time::Duration,
+        crate::config::schema::OnGrantEnd,
+        Option<std::time::Duration>,
+    )> {
+        use crate::auth::{DEFAULT_BREAK_GLASS_GRANT, DEFAULT_MAX_GRANT, GRANT_CEILING};
+        let grants = s.protocol == Protocol::Tcp && *s.access.get_ref() == AccessKind::Mfa;
+        let break_glass = s.break_glass.as_ref().is_some_and(|b| *b.get_ref());
+        if !grants {
+            let set = [
+                ("max_grant", s.max_grant.as_ref().map(|v| v.span())),
+                ("on_grant_end", s.on_grant_end.as_ref().map(|v| v.span())),
+                ("break_glass", s.break_glass.as_ref().map(|v| v.span())),
+                (
+                    "break_glass_grant",
+                    s.break_glass_grant.as_ref().map(|v| v.span()),
+                ),
+            ];
+            for (name, span) in set {
+                if let Some(span) = span {
+                    let msg =
+                        format!("`{name}` is for grants: a `tcp` service with `access = \"mfa\"`");
+                    self.err(span, &format!("{field}.{name}"), msg);
+                }
+            }
+            return None;
+        }
+        let within = |this: &mut Self, v: &Option<Spanned<HumanDuration>>, name: &str, default| {
+            let Some(v) = v else { return default };
+            let d = v.get_ref().0;
+            if d < std::time::Duration::from_secs(60) || d > GRANT_CEILING {
+                let msg = "must be between 1m and 12h".to_string();
+                this.err(v.span(), &format!("{field}.{name}"), msg);
+            }
+            d
+        };
+        let max_grant = within(self, &s.max_grant, "max_grant", DEFAULT_MAX_GRANT);
+        let glass_grant = within(
+            self,
+            &s.break_glass_grant,
+            "break_glass_grant",
+            DEFAULT_BREAK_GLASS_GRANT,
+        );
+        if let (false, Some(g)) = (break_glass, &s.break_glass_grant) {
+            let msg = "`break_glass_grant` needs `break_glass = true`".to_string();
+            self.err(g.span(), &format!("{field}.break_glass_grant"), msg);
+        }
+        if break_glass {
+            let has_file = auth.map_or(
+                self.cfg
+                    .file
+                    .auth
+                    .as_ref()
+                    .is_some_and(|a| a.break_glass_file.is_some()),
+                |a| a.break_glass_file.is_some(),
+            );
+            if !has_file {
+                let span = s.break_glass.as_ref().map(|b| b.span()).unwrap_or_default();
+                let msg = "`break_glass = true` needs `[auth] break_glass_file` (where `moat breakglass issue` keeps the codes' hashes)".to_string();
+                self.err(span, &format!("{field}.break_glass"), msg);
+            }
+        }
+        let on_end = s
+            .on_grant_end
+            .as_ref()
+            .map(|o| *o.get_ref())
+            .unwrap_or_default();
+        Some((max_grant, on_end, break_glass.then_some(glass_grant)))
     }
 
     fn tls(
@@ -796,7 +923,7 @@ impl Compiler<'_> {
                 .map_or_else(|| default_per_client(max_connections), |m| *m.get_ref()),
             queue_timeout: match (l.queue_timeout, protocol) {
                 (Some(t), _) => t.0,
-                (None, Protocol::Http) => std::time::Duration::from_millis(100),
+                (None, Protocol::Http | Protocol::Portal) => std::time::Duration::from_millis(100),
                 (None, Protocol::Tcp) => std::time::Duration::ZERO,
             },
         };

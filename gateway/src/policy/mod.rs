@@ -145,7 +145,9 @@ pub struct Upstream {
 
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
+        if self.is_none() {
+            f.write_str("none (portal)")
+        } else if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
             write!(f, "{}:{}", self.host, self.port)
@@ -154,6 +156,18 @@ impl std::fmt::Display for Upstream {
 }
 
 impl Upstream {
+    /// A `portal`'s: it proxies nothing (never connected to).
+    pub fn none() -> Upstream {
+        Upstream {
+            host: String::new(),
+            port: 0,
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.port == 0
+    }
+
     pub fn parse(s: &str) -> Option<Upstream> {
         let (host, port) = s.rsplit_once(':')?;
         let host = host

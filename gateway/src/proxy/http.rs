@@ -281,7 +281,7 @@ impl Live {
         let authority: http::uri::Authority = service.upstream.to_string().parse().ok()?;
         let resolved = Arc::new(Resolved {
             version: policy.version,
-            verdict: controls::recheck(Some(&service), &s.facts),
+            verdict: controls::recheck(Some(&service), &s.facts, s.rt.grants()),
             limiters: s
                 .rt
                 .state(&ServiceKey::of(&service))

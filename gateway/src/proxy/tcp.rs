@@ -17,7 +17,7 @@ use super::relay::relay;
 use crate::audit::{ClosedBy, ConnMeta, Event, TlsInfo};
 use crate::config::schema::Protocol;
 use crate::controls::Principal;
-use crate::controls::{self, ConnFacts, Denial, Reason};
+use crate::controls::{self, Asking, ConnFacts, Denial, Reason};
 use crate::metrics::{ByteLabels, ServiceLabels};
 use crate::policy::{ListenerId, Policy, Service};
 use crate::runtime::{Runtime, ServiceKey};
@@ -69,11 +69,17 @@ pub async fn accept_loop(
         let id = id.clone();
         rt.connections.spawn(async move {
             // Cheapest checks first, before the TLS handshake costs anything.
-            let admitted =
-                match controls::admit_connection_queued(&service, &state, client.ip()).await {
-                    Ok(a) => a,
-                    Err(denial) => return deny(&rt2, conn, denial, None, None),
-                };
+            let admitted = match controls::admit_connection_queued(
+                &service,
+                &state,
+                client.ip(),
+                rt2.grants(),
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(denial) => return deny(&rt2, conn, denial, None, None),
+            };
             let _slot = admitted.slot;
             let matched = admitted.matched.to_string();
             handle(socket, service, id, conn, matched, rt2).await;
@@ -132,6 +138,14 @@ async fn handle(
     }
     let (info, identity) = describe_tls(&stream);
     let facts = ConnFacts::new(conn.client.ip(), &service, Some(stream.get_ref().1));
+    if let crate::auth::AccessMode::Grant(_) = service.access_mode {
+        // Now the certificate is known: a certificate grant, or the
+        // address grant that let it this far.
+        let asking = Asking::Established(rt.grants(), facts.peer_key.as_ref());
+        if let Err(denial) = controls::authorize(&service, facts.client, asking) {
+            return deny(&rt, conn, denial, Some(info), identity);
+        }
+    }
     let admitted = Admitted {
         id,
         facts,
@@ -162,7 +176,7 @@ pub(crate) async fn revoked_by_policy(
     facts: ConnFacts,
 ) -> (Denial, u64) {
     refused_by_change(rt, move |current| {
-        controls::recheck(current.service_for(&id).map(|s| &**s), &facts)
+        controls::recheck(current.service_for(&id).map(|s| &**s), &facts, rt.grants())
     })
     .await
 }
@@ -259,7 +273,7 @@ async fn serve_protocol<C>(
                 None => return,
             }
         }
-        Protocol::Http => None,
+        Protocol::Http | Protocol::Portal => None,
     };
     let started = Instant::now();
     rt.metrics.outcome(&conn.device, &conn.service, Ok(()));

@@ -91,6 +91,15 @@ impl Runtime {
         }
     }
 
+    /// The grants in force now, for [`crate::controls::authorize`].
+    #[inline]
+    pub fn grants(&self) -> crate::controls::Grants<'_> {
+        crate::controls::Grants {
+            lookup: &*self.store,
+            now: self.clock.now(),
+        }
+    }
+
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }

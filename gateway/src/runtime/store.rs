@@ -12,9 +12,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::watch;
+
+use crate::auth::grants::{Grant, GrantBinding, GrantEnd, GrantId, GrantIndex, GrantLookup};
 
 /// What failed logins are counted against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,7 +60,17 @@ pub enum FailureOutcome {
     LockedNow(u64),
 }
 
-pub trait IdentityStore: Send + Sync {
+/// Why a grant could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantRefused {
+    /// The user holds as many open grants as one person may.
+    TooManyGrants(usize),
+}
+
+/// Open grants one user may hold at once.
+pub const MAX_GRANTS_PER_USER: usize = 32;
+
+pub trait IdentityStore: GrantLookup + Send + Sync {
     /// Moves on with every change that can end someone's access (their
     /// sessions ended). Live connections re-check when it moves.
     fn changes(&self) -> watch::Receiver<u64>;
@@ -85,12 +97,28 @@ pub trait IdentityStore: Send + Sync {
 
     /// Forgets what can no longer matter at `now`.
     fn collect_garbage(&self, now: u64);
+
+    /// Opens a grant (signals the change).
+    fn open_grant(&self, grant: Grant) -> Result<(), GrantRefused>;
+
+    /// Ends the grants `ends` picks, with the reason it gives, and
+    /// signals the change if any ended; returns them. Expiry, revocation
+    /// and the reconciliation after a reload all come through here.
+    fn end_grants(
+        &self,
+        ends: &mut dyn FnMut(&Grant) -> Option<GrantEnd>,
+    ) -> Vec<(Grant, GrantEnd)>;
+
+    /// Every open grant (expired ones until they are ended).
+    fn grants(&self) -> Vec<Grant>;
 }
 
 /// The in-memory store: lost on restart (docs/security.md says what that
 /// means for logged-out sessions), shared by nothing but this process.
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Apart from the rest: the accept path reads it, in parallel.
+    grants: RwLock<GrantIndex>,
     changed: watch::Sender<u64>,
 }
 
@@ -117,12 +145,37 @@ impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
+            grants: RwLock::new(GrantIndex::default()),
             changed: watch::Sender::new(0),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl GrantLookup for MemoryStore {
+    #[inline]
+    fn grant_for(
+        &self,
+        device: &str,
+        service: &str,
+        binding: &GrantBinding,
+        now: u64,
+    ) -> Option<GrantId> {
+        self.grants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .grant_for(device, service, binding, now)
+    }
+
+    fn has_certificate_grants(&self, device: &str, service: &str, now: u64) -> bool {
+        let _ = now; // expired ones are ended within a second
+        self.grants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .has_certificate_grants(device, service)
     }
 }
 
@@ -204,6 +257,47 @@ impl IdentityStore for MemoryStore {
                     .iter()
                     .any(|&t| now.saturating_sub(t) < 7 * 24 * 3600)
         });
+    }
+
+    fn open_grant(&self, grant: Grant) -> Result<(), GrantRefused> {
+        {
+            let mut grants = self.grants.write().unwrap_or_else(PoisonError::into_inner);
+            let held = grants.iter().filter(|g| g.user == grant.user).count();
+            if held >= MAX_GRANTS_PER_USER {
+                return Err(GrantRefused::TooManyGrants(MAX_GRANTS_PER_USER));
+            }
+            grants.insert(grant);
+        }
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    fn end_grants(
+        &self,
+        ends: &mut dyn FnMut(&Grant) -> Option<GrantEnd>,
+    ) -> Vec<(Grant, GrantEnd)> {
+        let ended: Vec<(Grant, GrantEnd)> = {
+            let mut grants = self.grants.write().unwrap_or_else(PoisonError::into_inner);
+            let picked: Vec<(GrantId, GrantEnd)> = grants
+                .iter()
+                .filter_map(|g| ends(g).map(|why| (g.id, why)))
+                .collect();
+            picked
+                .into_iter()
+                .filter_map(|(id, why)| grants.remove(id).map(|g| (g, why)))
+                .collect()
+        };
+        if !ended.is_empty() {
+            self.changed.send_modify(|v| *v += 1);
+        }
+        ended
+    }
+
+    fn grants(&self) -> Vec<Grant> {
+        let grants = self.grants.read().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<Grant> = grants.iter().cloned().collect();
+        all.sort_by_key(|g| (g.opened_at, g.id));
+        all
     }
 }
 

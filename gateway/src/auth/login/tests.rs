@@ -97,6 +97,7 @@ impl Fixture {
             users: vec![],
             groups: vec!["biomed".into()],
             user_header: None,
+            anyone: false,
         };
         let creds = Credentials {
             username: user,

@@ -166,7 +166,8 @@ async fn phases(
 
     // 4. portal and 5. authenticate, on `mfa` services only.
     let signed_in = match &service.access_mode {
-        AccessMode::Network => None,
+        // (Grants are for tcp services: never an http one.)
+        AccessMode::Network | AccessMode::Grant(_) => None,
         AccessMode::Mfa(rule) => {
             // The client's request rate first: the portal and the
             // session check must not be a way round it.
@@ -246,7 +247,7 @@ async fn phases(
         AccessMode::Mfa(_) => current
             .limiters
             .check_principal_and_device(record.principal.as_ref())?,
-        AccessMode::Network => current
+        AccessMode::Network | AccessMode::Grant(_) => current
             .limiters
             .check_request(s.conn.client.ip(), record.principal.as_ref())?,
     }
