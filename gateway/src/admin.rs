@@ -34,10 +34,10 @@ pub async fn serve(
 ) {
     let mut acceptor = Acceptor::new(listener);
     loop {
-        let socket = tokio::select! {
+        let (socket, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             a = acceptor.accept() => match a {
-                Accepted::Conn(socket, _) => socket,
+                Accepted::Conn(socket, peer) => (socket, peer),
                 // Out of descriptors: closed at once (and logged, limited).
                 Accepted::Shed { .. } => continue,
             },
@@ -53,6 +53,9 @@ pub async fn serve(
                     if req.method() == Method::POST && req.uri().path() == "/reload" {
                         return Ok::<_, Infallible>(reload(&*reloader).await);
                     }
+                    if req.method() == Method::DELETE {
+                        return Ok(end_grant(&rt, req.uri().path(), peer));
+                    }
                     Ok(route(&rt, req))
                 }
             });
@@ -63,6 +66,28 @@ pub async fn serve(
                 _ = stop.cancelled() => {}
             }
         });
+    }
+}
+
+/// `DELETE /grants/ID`: ops end one grant (`moat grants revoke ID`).
+fn end_grant(rt: &Runtime, path: &str, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+    let Some(id) = path.strip_prefix("/grants/") else {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    };
+    let Some(id) = crate::auth::grants::GrantId::parse(id) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "a grant id is 16 hex digits (GET /grants lists them)\n",
+        );
+    };
+    let by = format!("admin {peer}");
+    let ended = rt.end_grants(
+        &mut |g| (g.id == id).then_some(crate::auth::grants::GrantEnd::RevokedByOps),
+        Some(&by),
+    );
+    match ended.into_iter().next() {
+        Some((grant, _)) => json(&serde_json::json!({ "ended": grant })),
+        None => text(StatusCode::NOT_FOUND, "no such grant\n"),
     }
 }
 
@@ -95,6 +120,16 @@ fn route(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 hyper::header::HeaderValue::from_static("accept"),
             );
             r
+        }
+        "/grants" => {
+            let now = rt.clock.now();
+            let grants: Vec<_> = rt
+                .store
+                .grants()
+                .into_iter()
+                .filter(|g| g.until > now)
+                .collect();
+            json(&serde_json::json!({ "now": now, "grants": grants }))
         }
         "/policy" => {
             let p = rt.policy.borrow().clone();

@@ -171,6 +171,47 @@ pub enum Event {
         user: Arc<str>,
         reason: &'static str,
     },
+    /// A person opened a grant on a portal (password and TOTP code, or a
+    /// break-glass code).
+    GrantOpened {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        grant_id: crate::auth::grants::GrantId,
+        user: Arc<str>,
+        /// The grant's TCP service (`conn` is the portal's request).
+        granted_device: Arc<str>,
+        granted_service: Arc<str>,
+        binding: crate::auth::grants::GrantBinding,
+        until: u64,
+        break_glass: bool,
+    },
+    /// A grant ended; new connections are refused from now on and live
+    /// ones are cut (`connection_revoked`, `grant_ended`) or drain.
+    GrantEnded {
+        grant_id: crate::auth::grants::GrantId,
+        user: Arc<str>,
+        device: Arc<str>,
+        service: Arc<str>,
+        binding: crate::auth::grants::GrantBinding,
+        reason: crate::auth::grants::GrantEnd,
+        /// Who ended it, for `revoked_by_ops` (the admin client's address).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// A sealed emergency code stood in for a TOTP code. Always `high`
+    /// severity: every use is an incident to review.
+    BreakGlassUsed {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        severity: &'static str,
+        user: Arc<str>,
+        granted_device: Arc<str>,
+        granted_service: Arc<str>,
+        /// The public id of the code used (printed on it), never the code.
+        code_id: String,
+        grant_id: crate::auth::grants::GrantId,
+        until: u64,
+    },
     ListenerStopped {
         device: Arc<str>,
         service: Arc<str>,

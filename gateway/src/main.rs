@@ -40,6 +40,14 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
         admin: std::net::SocketAddr,
     },
+    /// List or end the time-boxed grants of a running gateway, through its
+    /// admin API (`GET /grants`, `DELETE /grants/ID`).
+    Grants {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090", global = true)]
+        admin: std::net::SocketAddr,
+        #[command(subcommand)]
+        command: GrantsCommand,
+    },
     /// Certificate tooling.
     Certs {
         #[command(subcommand)]
@@ -55,6 +63,14 @@ enum Command {
         #[arg(long, default_value_t = 8443)]
         port: u16,
     },
+}
+
+#[derive(Subcommand)]
+enum GrantsCommand {
+    /// The open grants: id, user, service, what each is bound to, until when.
+    List,
+    /// Ends a grant now (its live connections are cut, or drain).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +94,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Health { admin } => health(admin),
+        Command::Grants { admin, command } => grants(admin, command),
         Command::Certs {
             command: CertsCommand::Dev { dir },
         } => match moat::certs::write_dev_set(&dir) {
@@ -206,24 +223,42 @@ async fn run(config: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn health(admin: std::net::SocketAddr) -> ExitCode {
+/// One request to the admin API: the status code and the body.
+fn admin_request(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let probe = || -> std::io::Result<String> {
-        let timeout = std::time::Duration::from_secs(2);
-        let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n")?;
-        let mut response = String::new();
-        s.read_to_string(&mut response)?;
-        Ok(response)
-    };
-    match probe() {
-        Ok(r) if r.starts_with("HTTP/1.1 200") => {
+    let timeout = std::time::Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let status = response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP/1.1 answer"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn health(admin: std::net::SocketAddr) -> ExitCode {
+    match admin_request(admin, "GET", "/healthz") {
+        Ok((200, _)) => {
             println!("healthy");
             ExitCode::SUCCESS
         }
-        Ok(r) => {
-            eprintln!("unhealthy: {}", r.lines().next().unwrap_or(""));
+        Ok((status, _)) => {
+            eprintln!("unhealthy: status {status}");
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -231,6 +266,79 @@ fn health(admin: std::net::SocketAddr) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn grants(admin: std::net::SocketAddr, command: GrantsCommand) -> ExitCode {
+    let (method, path) = match &command {
+        GrantsCommand::List => ("GET", "/grants".to_string()),
+        GrantsCommand::Revoke { id } => ("DELETE", format!("/grants/{id}")),
+    };
+    let (status, body) = match admin_request(admin, method, &path) {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("error: admin API at {admin}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if status != 200 {
+        eprintln!("error: {method} {path}: {status} {}", body.trim());
+        return ExitCode::FAILURE;
+    }
+    let Ok(answer) = serde_json::from_str::<serde_json::Value>(&body) else {
+        eprintln!("error: {method} {path}: not JSON");
+        return ExitCode::FAILURE;
+    };
+    let line = |g: &serde_json::Value| {
+        let s = |k: &str| g[k].as_str().unwrap_or("").to_string();
+        let binding = match &g["binding"] {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(""),
+            _ => String::new(),
+        };
+        let until = g["until"].as_u64().unwrap_or(0);
+        let left = until.saturating_sub(answer["now"].as_u64().unwrap_or(until));
+        format!(
+            "{}  {:<12} {}/{}  {}  until {} ({}m{}s left){}",
+            s("id"),
+            s("user"),
+            s("device"),
+            s("service"),
+            binding,
+            until,
+            left / 60,
+            left % 60,
+            if g["break_glass"].as_bool() == Some(true) {
+                "  BREAK-GLASS"
+            } else {
+                ""
+            }
+        )
+    };
+    match command {
+        GrantsCommand::List => {
+            let grants = answer["grants"].as_array().cloned().unwrap_or_default();
+            if grants.is_empty() {
+                println!("no open grants");
+            }
+            for g in &grants {
+                println!("{}", line(g));
+            }
+        }
+        GrantsCommand::Revoke { .. } => {
+            let g = &answer["ended"];
+            println!(
+                "ended grant {} of {} on {}/{}",
+                g["id"].as_str().unwrap_or(""),
+                g["user"].as_str().unwrap_or(""),
+                g["device"].as_str().unwrap_or(""),
+                g["service"].as_str().unwrap_or("")
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn check(config: &Path) -> ExitCode {

@@ -50,6 +50,21 @@ pub struct Metrics {
     /// Password hashes being computed, and logins waiting for a hash slot.
     pub password_hashes: Gauge,
     pub password_hash_waiting: Gauge,
+    /// Grants opened (`break_glass` "true"/"false") and ended (by reason).
+    pub grants_opened: Family<GrantLabels, Counter>,
+    pub grants_ended: Family<OutcomeLabels, Counter>,
+    /// Grants open now, per service.
+    pub grants_open: Family<ServiceLabels, Gauge>,
+    /// Break-glass codes used: meant for an alert (any increase).
+    pub break_glass_used: Family<ServiceLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrantLabels {
+    pub device: String,
+    pub service: String,
+    /// "true" when a break-glass code opened it.
+    pub break_glass: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,7 +152,35 @@ impl Metrics {
             "Logins waiting for a password-hash slot",
             password_hash_waiting.clone(),
         );
+        let grants_opened = Family::<GrantLabels, Counter>::default();
+        let grants_ended = Family::<OutcomeLabels, Counter>::default();
+        let grants_open = Family::<ServiceLabels, Gauge>::default();
+        let break_glass_used = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "grants_opened",
+            "Grants opened to mfa TCP services (break_glass: opened with an emergency code)",
+            grants_opened.clone(),
+        );
+        registry.register(
+            "grants_ended",
+            "Grants ended, by reason (outcome: expired, revoked_by_user, revoked_by_ops, user_disabled, ...)",
+            grants_ended.clone(),
+        );
+        registry.register(
+            "grants_open",
+            "Grants open now, per service",
+            grants_open.clone(),
+        );
+        registry.register(
+            "break_glass_used",
+            "Break-glass codes used (alert on any increase)",
+            break_glass_used.clone(),
+        );
         Metrics {
+            grants_opened,
+            grants_ended,
+            grants_open,
+            break_glass_used,
             logins,
             sessions_ended,
             lockouts,

@@ -102,6 +102,10 @@ impl Gateway {
                 }
             });
         }
+        // Grants end on time and when a policy no longer holds them, also
+        // during the shutdown grace (so not among the listeners, which
+        // shutdown waits for); it ends with the hard stop or the policy.
+        tokio::spawn(crate::runtime::grants::keep(runtime.clone()));
         let admin_addr = match admin {
             Some(l) => {
                 let addr = l.local_addr()?;

@@ -6,6 +6,7 @@
 //! neither depends on `gateway`, which only builds and drives it.
 
 pub mod clock;
+pub mod grants;
 pub mod store;
 
 use std::collections::HashMap;
