@@ -53,6 +53,13 @@ pub enum AuthFailure {
     BadCsrf,
     /// Every password-hash slot stayed busy (a login flood elsewhere).
     Busy,
+    /// Break-glass: no unused code of this user matches.
+    BadBreakGlassCode,
+    /// Break-glass: the code was used before.
+    UsedBreakGlassCode,
+    /// Break-glass: the codes file could not be read or rewritten (the
+    /// code is not accepted; the operational log says why).
+    BreakGlassUnavailable,
 }
 
 impl AuthFailure {
@@ -68,6 +75,9 @@ impl AuthFailure {
             AuthFailure::RateLimited => "rate_limited",
             AuthFailure::BadCsrf => "bad_csrf",
             AuthFailure::Busy => "busy",
+            AuthFailure::BadBreakGlassCode => "bad_break_glass_code",
+            AuthFailure::UsedBreakGlassCode => "used_break_glass_code",
+            AuthFailure::BreakGlassUnavailable => "break_glass_unavailable",
         }
     }
 
@@ -79,6 +89,8 @@ impl AuthFailure {
                 | AuthFailure::BadPassword
                 | AuthFailure::BadCode
                 | AuthFailure::ReplayedCode
+                | AuthFailure::BadBreakGlassCode
+                | AuthFailure::UsedBreakGlassCode
         )
     }
 }
@@ -144,6 +156,25 @@ pub struct Credentials<'a> {
     pub code: &'a str,
 }
 
+/// A break-glass form: the password and a sealed one-time code, for a
+/// service that takes them.
+pub struct BreakGlassCredentials<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+    pub code: &'a str,
+    /// `[auth] break_glass_file`.
+    pub file: &'a std::path::Path,
+}
+
+/// The second factor checked after the password.
+enum SecondFactor<'a> {
+    Totp(&'a str),
+    BreakGlass {
+        code: &'a str,
+        file: &'a std::path::Path,
+    },
+}
+
 /// What a failed login leaves for the audit trail.
 #[derive(Debug)]
 pub struct Failed {
@@ -170,6 +201,36 @@ pub async fn attempt(
     rule: &MfaRule,
     creds: &Credentials<'_>,
 ) -> Result<Arc<User>, Failed> {
+    let second = SecondFactor::Totp(creds.code);
+    attempt_with(cx, rule, creds.username, creds.password, second)
+        .await
+        .map(|(user, _)| user)
+}
+
+/// A break-glass attempt against `rule` (the service the grant is for):
+/// the same rate limit, lockouts and password check as a login, then the
+/// code, which is used up if it matches. Returns the user and the code's
+/// public id.
+pub async fn attempt_break_glass(
+    cx: &LoginContext<'_>,
+    rule: &MfaRule,
+    creds: &BreakGlassCredentials<'_>,
+) -> Result<(Arc<User>, String), Failed> {
+    let second = SecondFactor::BreakGlass {
+        code: creds.code,
+        file: creds.file,
+    };
+    let (user, id) = attempt_with(cx, rule, creds.username, creds.password, second).await?;
+    Ok((user, id.expect("a break-glass attempt names its code")))
+}
+
+async fn attempt_with(
+    cx: &LoginContext<'_>,
+    rule: &MfaRule,
+    username: &str,
+    password: &str,
+    second: SecondFactor<'_>,
+) -> Result<(Arc<User>, Option<String>), Failed> {
     let fail = |reason, user: Option<&Arc<User>>| Failed {
         reason,
         user: user.map(|u| u.name.clone()),
@@ -184,7 +245,7 @@ pub async fn attempt(
         return Err(fail(AuthFailure::RateLimited, None));
     }
     let source = LockKey::source(cx.client);
-    let user = cx.auth.users.get(creds.username).cloned();
+    let user = cx.auth.users.get(username).cloned();
     if cx.store.locked_until(&source, cx.now).is_some() {
         return Err(fail(AuthFailure::LockedOut, user.as_ref()));
     }
@@ -203,17 +264,27 @@ pub async fn attempt(
                 .map(|u| Arc::from(u.password_hash.as_str())),
         },
     };
-    let password_ok = match verify_off_workers(cx, hash, creds.password).await {
+    let password_ok = match verify_off_workers(cx, hash, password).await {
         Some(ok) => ok,
         None => return Err(fail(AuthFailure::Busy, user.as_ref())),
     };
 
-    let outcome = check_after_hash(cx, rule, user.as_ref(), password_ok, creds.code);
+    let outcome = match second {
+        SecondFactor::Totp(code) => {
+            check_after_hash(cx, rule, user.as_ref(), password_ok, code).map(|()| None)
+        }
+        SecondFactor::BreakGlass { code, file } => {
+            match check_before_code(cx, rule, user.as_ref(), password_ok) {
+                Err(reason) => Err(reason),
+                Ok(u) => redeem_off_workers(cx, file, &u.name, code).await.map(Some),
+            }
+        }
+    };
     match outcome {
-        Ok(()) => {
+        Ok(code_id) => {
             let user = user.expect("a login succeeds only for a known user");
             cx.store.clear_failures(&LockKey::User(user.name.clone()));
-            Ok(user)
+            Ok((user, code_id))
         }
         Err(reason) => {
             let mut failed = fail(reason, user.as_ref());
@@ -235,17 +306,13 @@ pub async fn attempt(
     }
 }
 
-/// Steps 4 to 6 of the module comment, once the password was checked.
-fn check_after_hash(
+/// The user exists, is not locked out, and gave the right password.
+fn known_unlocked_with_password<'u>(
     cx: &LoginContext<'_>,
-    rule: &MfaRule,
-    user: Option<&Arc<User>>,
+    user: Option<&'u Arc<User>>,
     password_ok: bool,
-    code: &str,
-) -> Result<(), AuthFailure> {
-    let Some(user) = user else {
-        return Err(AuthFailure::UnknownUser);
-    };
+) -> Result<&'u Arc<User>, AuthFailure> {
+    let user = user.ok_or(AuthFailure::UnknownUser)?;
     if cx
         .store
         .locked_until(&LockKey::User(user.name.clone()), cx.now)
@@ -256,6 +323,18 @@ fn check_after_hash(
     if !password_ok {
         return Err(AuthFailure::BadPassword);
     }
+    Ok(user)
+}
+
+/// Steps 4 to 6 of the module comment, once the password was checked.
+fn check_after_hash(
+    cx: &LoginContext<'_>,
+    rule: &MfaRule,
+    user: Option<&Arc<User>>,
+    password_ok: bool,
+    code: &str,
+) -> Result<(), AuthFailure> {
+    let user = known_unlocked_with_password(cx, user, password_ok)?;
     let step = super::totp::matching_step(&user.totp_secret, code, cx.now, cx.auth.totp_skew)
         .ok_or(AuthFailure::BadCode)?;
     if !cx.store.claim_totp_step(&user.name, step, cx.now) {
@@ -268,6 +347,48 @@ fn check_after_hash(
         return Err(AuthFailure::NotAuthorized);
     }
     Ok(())
+}
+
+/// Break-glass, once the password was checked: everything but the code,
+/// so that a code is never used up by an attempt that fails anyway.
+fn check_before_code<'u>(
+    cx: &LoginContext<'_>,
+    rule: &MfaRule,
+    user: Option<&'u Arc<User>>,
+    password_ok: bool,
+) -> Result<&'u Arc<User>, AuthFailure> {
+    let user = known_unlocked_with_password(cx, user, password_ok)?;
+    if user.disabled {
+        return Err(AuthFailure::Disabled);
+    }
+    if !rule.admits(user) {
+        return Err(AuthFailure::NotAuthorized);
+    }
+    Ok(user)
+}
+
+/// Checks and uses up a break-glass code on a hash worker (argon2 and
+/// file I/O), under the same cap as password hashes.
+async fn redeem_off_workers(
+    cx: &LoginContext<'_>,
+    file: &std::path::Path,
+    user: &str,
+    code: &str,
+) -> Result<String, AuthFailure> {
+    let (file, user, code, now) = (file.to_path_buf(), user.to_string(), code.to_string(), cx.now);
+    let redeemed = off_workers(cx, move |_| {
+        super::breakglass::redeem(&file, &user, &code, now)
+    })
+    .await
+    .ok_or(AuthFailure::Busy)?;
+    redeemed.map_err(|e| match e {
+        super::breakglass::RedeemError::NoSuchCode => AuthFailure::BadBreakGlassCode,
+        super::breakglass::RedeemError::AlreadyUsed => AuthFailure::UsedBreakGlassCode,
+        super::breakglass::RedeemError::File(msg) => {
+            tracing::error!(error = %msg, "break-glass codes file");
+            AuthFailure::BreakGlassUnavailable
+        }
+    })
 }
 
 /// The dummy hash for the costs of `like`, made (on this blocking thread,
@@ -293,9 +414,26 @@ enum Hashed {
     },
 }
 
-/// Verifies a password on the blocking pool, at most
+/// Verifies a password on a hash worker, at most
 /// `max_concurrent_hashes` at once; `None` if no slot came free in time.
 async fn verify_off_workers(cx: &LoginContext<'_>, hash: Hashed, password: &str) -> Option<bool> {
+    let password = password.to_string();
+    off_workers(cx, move |dummies| {
+        let phc = match hash {
+            Hashed::User(phc) => phc,
+            Hashed::Dummy { like } => dummy_for(dummies, like.as_deref()),
+        };
+        super::password::verify(&phc, &password)
+    })
+    .await
+}
+
+/// Runs `job` (argon2 work) on a hash worker under the hash cap; `None`
+/// if no slot came free in time or the job was lost.
+async fn off_workers<T: Send + 'static>(
+    cx: &LoginContext<'_>,
+    job: impl FnOnce(&Mutex<Option<Dummy>>) -> T + Send + 'static,
+) -> Option<T> {
     let waiting = &cx.metrics.password_hash_waiting;
     waiting.inc();
     let permit = tokio::time::timeout(
@@ -306,21 +444,16 @@ async fn verify_off_workers(cx: &LoginContext<'_>, hash: Hashed, password: &str)
     waiting.dec();
     let permit = permit.ok()?.ok()?;
     let running = cx.metrics.password_hashes.clone();
-    let password = password.to_string();
     let dummies = cx.runtime.dummy.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
     cx.runtime.workers.run(Box::new(move || {
         running.inc();
-        let phc = match hash {
-            Hashed::User(phc) => phc,
-            Hashed::Dummy { like } => dummy_for(&dummies, like.as_deref()),
-        };
-        let ok = super::password::verify(&phc, &password);
+        let out = job(&dummies);
         running.dec();
         drop(permit);
-        let _ = tx.send(ok);
+        let _ = tx.send(out);
     }));
-    Some(rx.await.unwrap_or(false))
+    rx.await.ok()
 }
 
 type HashJob = Box<dyn FnOnce() + Send>;
