@@ -180,7 +180,14 @@ aria-describedby=\"code-hint\">\n\
 /// The session page: who is signed in, since when, until when, with a
 /// logout form.
 pub fn session_page(user: &str, issued_at: u64, expires_at: u64, csrf: &str) -> String {
-    let body = format!(
+    page(
+        "moat — session",
+        &session_section(user, issued_at, expires_at, csrf),
+    )
+}
+
+fn session_section(user: &str, issued_at: u64, expires_at: u64, csrf: &str) -> String {
+    format!(
         "<h1>Signed in</h1>\n\
 <dl>\n\
 <dt>User</dt>\n<dd>{user}</dd>\n\
@@ -198,8 +205,228 @@ pub fn session_page(user: &str, issued_at: u64, expires_at: u64, csrf: &str) -> 
         until = utc_time(expires_at),
         until_iso = iso_time(expires_at),
         csrf = escape_html(csrf),
+    )
+}
+
+/// What a signed-in person may reach, for the portal's home page.
+#[derive(Debug, Default)]
+pub struct AccessView {
+    /// The address this request came from: what an address grant binds.
+    pub address: String,
+    /// This connection showed a client certificate.
+    pub certificate: bool,
+    pub devices: Vec<DeviceAccess>,
+    /// The person's own open grants.
+    pub grants: Vec<GrantLine>,
+    /// Some service takes break-glass codes: link the form.
+    pub break_glass: bool,
+}
+
+#[derive(Debug)]
+pub struct DeviceAccess {
+    pub name: String,
+    pub location: String,
+    /// "supported", "ending soon", "past end of support" or "unknown".
+    pub support: &'static str,
+    pub end_of_support: Option<String>,
+    pub services: Vec<ServiceAccess>,
+}
+
+#[derive(Debug)]
+pub struct ServiceAccess {
+    pub name: String,
+    /// `device/service`: what the grant form names.
+    pub key: String,
+    pub kind: ServiceKind,
+}
+
+#[derive(Debug)]
+pub enum ServiceKind {
+    /// A web UI behind `access = "mfa"`: reached with this session.
+    Web { listen: String },
+    /// A TCP service: opened with a grant.
+    Tcp {
+        max_minutes: u64,
+        /// The service requires client certificates and this connection
+        /// showed one: "my certificate" is offered.
+        certificate: bool,
+        /// This address is in the service's allow list.
+        address_allowed: bool,
+    },
+}
+
+#[derive(Debug)]
+pub struct GrantLine {
+    pub id: String,
+    pub device: String,
+    pub service: String,
+    pub binding: String,
+    pub until: u64,
+    pub break_glass: bool,
+}
+
+/// The portal's home page: the session, the devices this person may reach
+/// (location, end of support), a grant form per TCP service, their grants.
+pub fn home_page(
+    user: &str,
+    issued_at: u64,
+    expires_at: u64,
+    csrf: &str,
+    view: &AccessView,
+) -> String {
+    let mut body = session_section(user, issued_at, expires_at, csrf);
+    body.push_str(&access_section(csrf, view));
+    page("moat — devices", &body)
+}
+
+fn access_section(csrf: &str, view: &AccessView) -> String {
+    let csrf = escape_html(csrf);
+    let mut out = String::from("<h2>Devices you may reach</h2>\n");
+    if view.devices.is_empty() {
+        out.push_str("<p>No device admits you. Ask the biomed or security team.</p>\n");
+    }
+    for d in &view.devices {
+        out.push_str(&format!(
+            "<section class=\"device\">\n<h3>{name}</h3>\n<p>Location: {location}. Support: <strong>{support}</strong>{eos}.</p>\n<ul>\n",
+            name = escape_html(&d.name),
+            location = escape_html(if d.location.is_empty() { "not recorded" } else { &d.location }),
+            support = d.support,
+            eos = d.end_of_support.as_deref().map_or(String::new(), |e| format!(" (end of support {})", escape_html(e))),
+        ));
+        for svc in &d.services {
+            match &svc.kind {
+                ServiceKind::Web { listen } => out.push_str(&format!(
+                    "<li>{name}: web interface at {listen}, with this sign-in.</li>\n",
+                    name = escape_html(&svc.name),
+                    listen = escape_html(listen),
+                )),
+                ServiceKind::Tcp {
+                    max_minutes,
+                    certificate,
+                    address_allowed,
+                } => {
+                    let mut bind = String::new();
+                    if *address_allowed {
+                        bind.push_str(&format!(
+                            "<label><input type=\"radio\" name=\"bind\" value=\"address\" checked> this address ({address})</label>\n",
+                            address = escape_html(&view.address)
+                        ));
+                    }
+                    if *certificate {
+                        bind.push_str(&format!(
+                            "<label><input type=\"radio\" name=\"bind\" value=\"certificate\"{checked}> my certificate</label>\n",
+                            checked = if *address_allowed { "" } else { " checked" }
+                        ));
+                    }
+                    if bind.is_empty() {
+                        out.push_str(&format!(
+                            "<li>{name}: your address {address} is not allowed on this service, and this connection shows no client certificate.</li>\n",
+                            name = escape_html(&svc.name),
+                            address = escape_html(&view.address),
+                        ));
+                        continue;
+                    }
+                    out.push_str(&format!(
+                        "<li>{name}\n<form method=\"post\" action=\"/.moat/grants\">\n\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+<input type=\"hidden\" name=\"service\" value=\"{key}\">\n\
+<label>Open for <input name=\"minutes\" type=\"number\" min=\"1\" max=\"{max}\" value=\"{default}\" required> minutes (at most {max})</label>\n\
+{bind}<button type=\"submit\">Open access</button>\n</form>\n</li>\n",
+                        name = escape_html(&svc.name),
+                        key = escape_html(&svc.key),
+                        max = max_minutes,
+                        default = (*max_minutes).min(30),
+                    ));
+                }
+            }
+        }
+        out.push_str("</ul>\n</section>\n");
+    }
+    out.push_str(&format!(
+        "<p class=\"hint\">Your address as moat sees it: {address}. A grant bound to this address admits everyone who shares it: everyone behind the same NAT or proxy. Bind to your certificate where you can.</p>\n",
+        address = escape_html(&view.address)
+    ));
+    out.push_str("<h2>Your open grants</h2>\n");
+    if view.grants.is_empty() {
+        out.push_str("<p>None.</p>\n");
+    } else {
+        out.push_str("<ul>\n");
+        for g in &view.grants {
+            out.push_str(&format!(
+                "<li>{device} / {service}, {binding}, until <time datetime=\"{until_iso}\">{until}</time>{glass}\n\
+<form method=\"post\" action=\"/.moat/grants/end\">\n\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+<input type=\"hidden\" name=\"id\" value=\"{id}\">\n\
+<button type=\"submit\">End now</button>\n</form>\n</li>\n",
+                device = escape_html(&g.device),
+                service = escape_html(&g.service),
+                binding = escape_html(&g.binding),
+                until = utc_time(g.until),
+                until_iso = iso_time(g.until),
+                glass = if g.break_glass { " (break-glass)" } else { "" },
+                id = escape_html(&g.id),
+            ));
+        }
+        out.push_str("</ul>\n");
+    }
+    if view.break_glass {
+        out.push_str("<p><a href=\"/.moat/break-glass\">Emergency access (break-glass)</a></p>\n");
+    }
+    out
+}
+
+/// The break-glass form: password and a sealed one-time code instead of
+/// the TOTP code, for one service. Every use is audited at high severity.
+pub fn break_glass_page(csrf: &str, services: &[(String, String)], error: bool) -> String {
+    let error = if error {
+        "<p class=\"error\" role=\"alert\">Wrong username, password or emergency code, or the code was used before.</p>\n"
+    } else {
+        ""
+    };
+    let options: String = services
+        .iter()
+        .map(|(key, label)| {
+            format!(
+                "<option value=\"{}\">{}</option>\n",
+                escape_html(key),
+                escape_html(label)
+            )
+        })
+        .collect();
+    let body = format!(
+        "<h1>Emergency access</h1>\n\
+<p>For a clinical emergency when your authenticator is not at hand. Each code from the sealed envelope works once, opens one device for a short time, and alerts the security team.</p>\n\
+{error}\
+<form method=\"post\" action=\"/.moat/break-glass\">\n\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+<input type=\"hidden\" name=\"bind\" value=\"address\">\n\
+<label for=\"username\">Username</label>\n\
+<input id=\"username\" name=\"username\" type=\"text\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" required>\n\
+<label for=\"password\">Password</label>\n\
+<input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\n\
+<label for=\"code\">Emergency code</label>\n\
+<input id=\"code\" name=\"code\" type=\"text\" autocomplete=\"off\" autocapitalize=\"characters\" spellcheck=\"false\" required>\n\
+<label for=\"service\">Device</label>\n\
+<select id=\"service\" name=\"service\" required>\n{options}</select>\n\
+<button type=\"submit\">Open emergency access</button>\n\
+</form>\n",
+        csrf = escape_html(csrf),
     );
-    page("moat — session", &body)
+    page("moat — emergency access", &body)
+}
+
+/// After a break-glass code opened a grant.
+pub fn break_glass_opened_page(device: &str, service: &str, address: &str, until: u64) -> String {
+    let body = format!(
+        "<h1>Emergency access open</h1>\n\
+<p>{device} / {service} is open to {address} until <time datetime=\"{until_iso}\">{until}</time>. The code you used is spent; the security team has been alerted.</p>\n",
+        device = escape_html(device),
+        service = escape_html(service),
+        address = escape_html(address),
+        until = utc_time(until),
+        until_iso = iso_time(until),
+    );
+    page("moat — emergency access open", &body)
 }
 
 /// The page after logout.

@@ -114,6 +114,47 @@ pub struct Device {
     pub end_of_support: Option<String>,
 }
 
+/// How far ahead of its end of support a device counts as "ending soon".
+pub const SUPPORT_WARNING_DAYS: i64 = 730;
+
+impl Device {
+    /// "supported", "ending soon" (within [`SUPPORT_WARNING_DAYS`]), "past
+    /// end of support", or "unknown" (no date recorded), at `now` (Unix
+    /// seconds).
+    pub fn support_status(&self, now: u64) -> &'static str {
+        let Some(end) = self.end_of_support.as_deref().and_then(days_from_date) else {
+            return "unknown";
+        };
+        let today = (now / 86_400) as i64;
+        if today >= end {
+            "past end of support"
+        } else if end - today <= SUPPORT_WARNING_DAYS {
+            "ending soon"
+        } else {
+            "supported"
+        }
+    }
+}
+
+/// `YYYY-MM-DD` as days since 1970-01-01 (proleptic Gregorian).
+fn days_from_date(date: &str) -> Option<i64> {
+    let mut parts = date.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.get(..2)?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
 /// One listening port in front of one device port.
 #[derive(Debug)]
 pub struct Service {

@@ -278,7 +278,12 @@ impl Live {
         }
         let service = policy.service_for(&s.id)?.clone();
         let http = service.http.as_ref()?;
-        let authority: http::uri::Authority = service.upstream.to_string().parse().ok()?;
+        let authority: http::uri::Authority = if service.upstream.is_none() {
+            // A portal: nothing is ever sent upstream (phase 4 answers all).
+            http::uri::Authority::from_static("portal.moat.invalid")
+        } else {
+            service.upstream.to_string().parse().ok()?
+        };
         let resolved = Arc::new(Resolved {
             version: policy.version,
             verdict: controls::recheck(Some(&service), &s.facts, s.rt.grants()),

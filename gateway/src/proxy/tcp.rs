@@ -131,7 +131,7 @@ async fn handle(
             );
         }
     };
-    if service.protocol == Protocol::Http {
+    if service.protocol != Protocol::Tcp {
         // Encrypted records waiting for a slow HTTP reader (64 KiB by
         // default); the kernel's socket buffer holds the rest.
         stream.get_mut().1.set_buffer_limit(Some(HTTP_TLS_BUFFER));

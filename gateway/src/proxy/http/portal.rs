@@ -20,6 +20,8 @@ use crate::auth::session::{self, SessionClaims, SESSION_COOKIE};
 use crate::auth::{portal as pages, AuthPolicy, MfaRule, User};
 use crate::controls::{Denial, Reason};
 
+mod access;
+
 /// The pre-login cookie the login form's CSRF token is bound to.
 pub const CSRF_COOKIE: &str = "__Host-moat-csrf";
 /// moat's cookies: never passed to any device.
@@ -262,8 +264,17 @@ pub(super) async fn serve(
         ("/session", &Method::GET)
         | ("/session", &Method::HEAD)
         | ("", &Method::GET)
-        | ("/", &Method::GET) => Ok(session_page(&req, s, auth, record)),
-        ("/login" | "/logout" | "/session", _) => Ok(text(
+        | ("/", &Method::GET)
+        | ("/", &Method::HEAD) => Ok(session_page(&req, s, auth, record)),
+        ("/grants", &Method::POST) => access::open_submit(req, host, s, auth, record).await,
+        ("/grants/end", &Method::POST) => access::end_submit(req, host, s, auth, record).await,
+        ("/break-glass", &Method::GET) | ("/break-glass", &Method::HEAD) => {
+            Ok(access::break_glass_form(s, auth, false))
+        }
+        ("/break-glass", &Method::POST) => {
+            access::break_glass_submit(req, host, s, auth, record).await
+        }
+        ("/login" | "/logout" | "/session" | "/grants" | "/grants/end" | "/break-glass", _) => Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
             "405 Method Not Allowed\n",
         )),
@@ -392,45 +403,12 @@ async fn login_submit(
             Ok(resp)
         }
         Err(failed) => {
-            s.rt.metrics.login(device, service, failed.reason.as_str());
-            for (kind, failures, until) in &failed.locked {
-                s.rt.metrics
-                    .lockouts
-                    .get_or_create(&crate::metrics::LockoutLabels { kind })
-                    .inc();
-                s.rt.audit.record(Event::AuthLockout {
-                    conn: s.conn.clone(),
-                    kind,
-                    user: (*kind == "user").then(|| failed.user.clone()).flatten(),
-                    failures: *failures,
-                    until: *until,
-                });
-            }
-            s.rt.audit.record_denial(Event::AuthFailed {
-                conn: s.conn.clone(),
-                user: failed.user.clone(),
-                reason: failed.reason,
-            });
+            record_failed_login(s, &failed);
             // The same page for every failure; the request's record gets
             // the typed reason (a flood of these is summarised).
             let detail = format!("login failed: {}", failed.reason.as_str());
             if let AuthFailure::RateLimited | AuthFailure::Busy = failed.reason {
-                // What a flood gets: a fixed answer, no new form or token
-                // to make (it cost more than a proxied request), and late:
-                // a client that waits for its answers (every keep-alive
-                // one) is slowed to one attempt per connection and
-                // second, and the connections it may hold are capped.
-                if failed.reason == AuthFailure::RateLimited {
-                    tokio::time::sleep(RATE_LIMITED_DELAY).await;
-                }
-                let mut resp = text(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "429 Too Many Requests\nToo many sign-in attempts: try again in a minute.\n",
-                );
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-                let denial = Denial::with_detail(Reason::LoginRateLimited, detail);
-                return Err(Stop::DenyWith(denial, resp));
+                return Err(too_many_attempts(failed.reason, detail).await);
             }
             let resp = login_form_to(field("next"), auth, true);
             let denial = match failed.reason {
@@ -440,6 +418,58 @@ async fn login_submit(
             Err(Stop::DenyWith(denial, resp))
         }
     }
+}
+
+/// The redirect a `portal` service answers every non-portal path with.
+pub(super) fn to_home() -> Response<ProxyBody> {
+    let mut resp = text(StatusCode::FOUND, "See /.moat/session.\n");
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static("/.moat/session"));
+    secure(resp.headers_mut());
+    resp
+}
+
+/// A failed login or break-glass attempt: counted, its lockouts and the
+/// failure audited.
+fn record_failed_login(s: &Session, failed: &login::Failed) {
+    let (device, service) = (&s.conn.device, &s.conn.service);
+    s.rt.metrics.login(device, service, failed.reason.as_str());
+    for (kind, failures, until) in &failed.locked {
+        s.rt.metrics
+            .lockouts
+            .get_or_create(&crate::metrics::LockoutLabels { kind })
+            .inc();
+        s.rt.audit.record(Event::AuthLockout {
+            conn: s.conn.clone(),
+            kind,
+            user: (*kind == "user").then(|| failed.user.clone()).flatten(),
+            failures: *failures,
+            until: *until,
+        });
+    }
+    s.rt.audit.record_denial(Event::AuthFailed {
+        conn: s.conn.clone(),
+        user: failed.user.clone(),
+        reason: failed.reason,
+    });
+}
+
+/// What a flood gets: a fixed answer, no new form or token to make (it
+/// cost more than a proxied request), and late: a client that waits for
+/// its answers (every keep-alive one) is slowed to one attempt per
+/// connection and second, and the connections it may hold are capped.
+async fn too_many_attempts(reason: AuthFailure, detail: String) -> Stop {
+    if reason == AuthFailure::RateLimited {
+        tokio::time::sleep(RATE_LIMITED_DELAY).await;
+    }
+    let mut resp = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        "429 Too Many Requests\nToo many sign-in attempts: try again in a minute.\n",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    let denial = Denial::with_detail(Reason::LoginRateLimited, detail);
+    Stop::DenyWith(denial, resp)
 }
 
 /// `POST /.moat/logout`: ends every session of the user (the generation
@@ -515,9 +545,11 @@ fn session_page<B>(
             let expires = (c.issued_at + auth.absolute_timeout.as_secs())
                 .min(s.rt.clock.now() + auth.idle_timeout.as_secs());
             let csrf = auth.keys.csrf_token(&session_binding(c));
+            let policy = s.rt.policy.borrow().clone();
+            let view = access::access_view(s, &policy, &signed_in.user);
             html(
                 StatusCode::OK,
-                pages::session_page(&c.user, c.issued_at, expires, &csrf),
+                pages::home_page(&c.user, c.issued_at, expires, &csrf, &view),
             )
         }
         Err(_) => {

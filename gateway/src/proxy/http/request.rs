@@ -8,7 +8,8 @@
 //! 2. **host**: `Host` / `:authority` names this service.
 //! 3. **path**: normalised; forms that servers read differently refused.
 //! 4. **portal** (`mfa` services): `/.moat/…` is answered by moat itself
-//!    and never reaches the device.
+//!    and never reaches the device; on a `portal` service every other
+//!    path is sent to `/.moat/session`.
 //! 5. **authenticate** (`mfa` services): the session cookie names the user.
 //! 6. **authorize**: [`controls::authorize`], the step also run at accept
 //!    and on every re-check: the source, then the user.
@@ -186,6 +187,11 @@ async fn phases(
                 };
                 let answer = portal::serve(req, &path, &portal, record).await;
                 return Err(answer);
+            }
+            if service.protocol == crate::config::schema::Protocol::Portal {
+                // A portal proxies nothing: every other path leads home.
+                drain_small_body(req.into_body()).await;
+                return Err(Stop::Answer(portal::to_home()));
             }
             match portal::authenticate(req.headers(), s, auth) {
                 Ok(signed_in) => Some(signed_in),
