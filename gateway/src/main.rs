@@ -43,7 +43,12 @@ enum Command {
     /// List or end the time-boxed grants of a running gateway, through its
     /// admin API (`GET /grants`, `DELETE /grants/ID`).
     Grants {
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090", global = true)]
+        #[arg(
+            long,
+            value_name = "ADDR",
+            default_value = "127.0.0.1:9090",
+            global = true
+        )]
         admin: std::net::SocketAddr,
         #[command(subcommand)]
         command: GrantsCommand,

@@ -375,7 +375,12 @@ async fn redeem_off_workers(
     user: &str,
     code: &str,
 ) -> Result<String, AuthFailure> {
-    let (file, user, code, now) = (file.to_path_buf(), user.to_string(), code.to_string(), cx.now);
+    let (file, user, code, now) = (
+        file.to_path_buf(),
+        user.to_string(),
+        code.to_string(),
+        cx.now,
+    );
     let redeemed = off_workers(cx, move |_| {
         super::breakglass::redeem(&file, &user, &code, now)
     })

@@ -43,8 +43,17 @@ fn support_status_follows_the_end_of_support_date() {
     let day = |d: &str| super::days_from_date(d).unwrap() as u64 * 86_400;
     let now = day("2026-12-02");
     assert_eq!(device(None).support_status(now), "unknown");
-    assert_eq!(device(Some("2026-12-02")).support_status(now), "past end of support");
-    assert_eq!(device(Some("2027-06-30")).support_status(now), "ending soon");
-    assert_eq!(device(Some("2028-12-01")).support_status(now), "ending soon");
+    assert_eq!(
+        device(Some("2026-12-02")).support_status(now),
+        "past end of support"
+    );
+    assert_eq!(
+        device(Some("2027-06-30")).support_status(now),
+        "ending soon"
+    );
+    assert_eq!(
+        device(Some("2028-12-01")).support_status(now),
+        "ending soon"
+    );
     assert_eq!(device(Some("2029-01-01")).support_status(now), "supported");
 }

@@ -51,11 +51,7 @@ pub fn why_it_ends(policy: &Policy, grant: &Grant, now: u64) -> Option<GrantEnd>
             return Some(GrantEnd::PolicyChanged);
         }
     }
-    let Some(user) = policy
-        .auth
-        .as_ref()
-        .and_then(|a| a.users.get(&grant.user))
-    else {
+    let Some(user) = policy.auth.as_ref().and_then(|a| a.users.get(&grant.user)) else {
         return Some(GrantEnd::UserRemoved);
     };
     if user.disabled {
@@ -170,3 +166,5 @@ pub async fn keep(rt: Arc<Runtime>) {
     }
 }
 
+#[cfg(test)]
+mod tests;

@@ -274,10 +274,9 @@ pub(super) async fn serve(
         ("/break-glass", &Method::POST) => {
             access::break_glass_submit(req, host, s, auth, record).await
         }
-        ("/login" | "/logout" | "/session" | "/grants" | "/grants/end" | "/break-glass", _) => Ok(text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "405 Method Not Allowed\n",
-        )),
+        ("/login" | "/logout" | "/session" | "/grants" | "/grants/end" | "/break-glass", _) => Ok(
+            text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n"),
+        ),
         _ => Ok(text(StatusCode::NOT_FOUND, "404 Not Found\n")),
     };
     match stop {

@@ -9,8 +9,8 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::{
-    authenticate, html, origin_ok, random_token, read_form, session_binding, text, value,
-    SignedIn, Stop, CSRF_COOKIE,
+    authenticate, html, origin_ok, random_token, read_form, session_binding, text, value, SignedIn,
+    Stop, CSRF_COOKIE,
 };
 use crate::audit::Event;
 use crate::auth::grants::{hex, Grant, GrantBinding, GrantEnd, GrantId};
@@ -75,29 +75,33 @@ pub(super) fn access_view(s: &Session, policy: &Policy, user: &User) -> AccessVi
             });
         }
     }
-    view.grants = s
-        .rt
-        .store
-        .grants()
-        .into_iter()
-        .filter(|g| g.user == user.name && g.until > now)
-        .map(|g| GrantLine {
-            id: g.id.to_string(),
-            device: g.device.to_string(),
-            service: g.service.to_string(),
-            binding: match g.binding {
-                GrantBinding::Address(ip) => format!("address {ip}"),
-                GrantBinding::Certificate(k) => format!("certificate key {}…", &hex(&k)[..16]),
-            },
-            until: g.until,
-            break_glass: g.break_glass,
-        })
-        .collect();
+    view.grants =
+        s.rt.store
+            .grants()
+            .into_iter()
+            .filter(|g| g.user == user.name && g.until > now)
+            .map(|g| GrantLine {
+                id: g.id.to_string(),
+                device: g.device.to_string(),
+                service: g.service.to_string(),
+                binding: match g.binding {
+                    GrantBinding::Address(ip) => format!("address {ip}"),
+                    GrantBinding::Certificate(k) => format!("certificate key {}…", &hex(&k)[..16]),
+                },
+                until: g.until,
+                break_glass: g.break_glass,
+            })
+            .collect();
     view
 }
 
 /// A refusal with a short text answer (moat's pages are plain).
-fn refuse(reason: Reason, detail: impl Into<String>, status: StatusCode, msg: &'static str) -> Stop {
+fn refuse(
+    reason: Reason,
+    detail: impl Into<String>,
+    status: StatusCode,
+    msg: &'static str,
+) -> Stop {
     Stop::DenyWith(Denial::with_detail(reason, detail), text(status, msg))
 }
 
@@ -131,7 +135,11 @@ async fn signed_in_form(
     };
     record.principal = Some(Principal::user(signed_in.user.name.clone()));
     let token = form.get("csrf").map(String::as_str).unwrap_or("");
-    if !same_origin || !auth.keys.check_csrf(&session_binding(&signed_in.claims), token) {
+    if !same_origin
+        || !auth
+            .keys
+            .check_csrf(&session_binding(&signed_in.claims), token)
+    {
         return Err(refuse(
             Reason::CsrfRejected,
             "grant form without a valid token",
@@ -240,14 +248,12 @@ pub(super) async fn open_submit(
     let max = rule.max_grant.as_secs() / 60;
     let minutes = match field("minutes").trim().parse::<u64>() {
         Ok(m) if (1..=max).contains(&m) => m,
-        _ => {
-            return Err(refuse(
-                Reason::BadRequest,
-                format!("grant of {:?} minutes (max {max})", field("minutes")),
-                StatusCode::BAD_REQUEST,
-                "400 Bad Request\nChoose a number of minutes between 1 and the service's maximum.\n",
-            ))
-        }
+        _ => return Err(refuse(
+            Reason::BadRequest,
+            format!("grant of {:?} minutes (max {max})", field("minutes")),
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request\nChoose a number of minutes between 1 and the service's maximum.\n",
+        )),
     };
     let binding = binding(s, service, field("bind"))?;
     let now = s.rt.clock.now();
@@ -321,7 +327,11 @@ fn break_glass_services(policy: &Policy) -> Vec<(String, String)> {
 }
 
 /// `GET /.moat/break-glass`: the form, with a fresh pre-login CSRF cookie.
-pub(super) fn break_glass_form(s: &Session, auth: &AuthPolicy, failed: bool) -> Response<ProxyBody> {
+pub(super) fn break_glass_form(
+    s: &Session,
+    auth: &AuthPolicy,
+    failed: bool,
+) -> Response<ProxyBody> {
     let policy = s.rt.policy.borrow().clone();
     let services = break_glass_services(&policy);
     if services.is_empty() {
@@ -387,7 +397,10 @@ pub(super) async fn break_glass_submit(
             Reason::CsrfRejected
         };
         return Err(Stop::DenyWith(
-            Denial::with_detail(reason, "break-glass form for no break-glass service, or without a valid token"),
+            Denial::with_detail(
+                reason,
+                "break-glass form for no break-glass service, or without a valid token",
+            ),
             break_glass_form(s, auth, true),
         ));
     };
