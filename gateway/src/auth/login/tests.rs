@@ -62,6 +62,7 @@ fn fixture(login_rate: &str, hashes: u32) -> Fixture {
         lockout: LockoutRule::default(),
         login_rate: RateSpec::parse(login_rate).unwrap(),
         max_concurrent_hashes: hashes,
+        break_glass_file: None,
     };
     Fixture {
         runtime: AuthRuntime {
