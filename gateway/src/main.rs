@@ -61,6 +61,9 @@ enum Command {
     /// Manage the people who sign in to `mfa` services (password and TOTP):
     /// `moat user --users FILE add|passwd|reset-totp|disable|enable|remove|list`.
     User(moat::auth::cli::UserArgs),
+    /// Sealed one-time emergency codes for `break_glass = true` services:
+    /// `moat breakglass --codes FILE issue --user U | list | revoke --user U`.
+    Breakglass(moat::auth::breakglass::BreakGlassArgs),
     /// Run a simulated legacy device behind the gateway, on loopback.
     Demo {
         /// First port to listen on (the demo uses PORT to PORT+3, and PORT+10);
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
             }
         },
         Command::User(args) => moat::auth::cli::run(args),
+        Command::Breakglass(args) => moat::auth::breakglass::run(args),
         Command::Run { config } => runtime().block_on(run(&config)),
         Command::Demo { port } => {
             match runtime().block_on(moat::demo::run(moat::demo::DemoOptions { port })) {
