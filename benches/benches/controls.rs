@@ -63,9 +63,16 @@ fn benches(c: &mut Criterion) {
     let service = policy.services[0].clone();
     let state = ServiceState::new();
     let client: IpAddr = "172.16.0.7".parse().unwrap();
+    // A network service: the grant lookup is never consulted.
+    let no_grants = moat::auth::grants::GrantIndex::default();
+    let grants = controls::Grants {
+        lookup: &no_grants,
+        now: 0,
+    };
     c.bench_function("connection_chain_admit", |b| {
         b.iter(|| {
-            let admitted = controls::admit_connection(&service, &state, black_box(client)).unwrap();
+            let admitted =
+                controls::admit_connection(&service, &state, black_box(client), grants).unwrap();
             black_box(admitted.matched);
         })
     });

@@ -214,20 +214,19 @@ pub fn run(args: BreakGlassArgs) -> ExitCode {
     };
     let now = crate::runtime::Clock::system().now();
     let result = match args.command {
-        BreakGlassCommand::Issue { user, count } if (1..=100).contains(&count) => issue(
-            &path, &user, count, now,
-        )
-        .map(|codes| {
-            println!(
+        BreakGlassCommand::Issue { user, count } if (1..=100).contains(&count) => {
+            issue(&path, &user, count, now).map(|codes| {
+                println!(
                 "Break-glass codes for {user}: print this, seal it in an envelope, and keep it\n\
                      where the emergency will be. Each code works once, with {user}'s password,\n\
                      instead of the authenticator code. Only their hashes are stored; these\n\
                      codes are never shown again. Issuing again voids them.\n"
             );
-            for c in codes {
-                println!("  {c}");
-            }
-        }),
+                for c in codes {
+                    println!("  {c}");
+                }
+            })
+        }
         BreakGlassCommand::Issue { .. } => Err("--count must be between 1 and 100".to_string()),
         BreakGlassCommand::List => read(&path).map(|file| {
             if file.codes.is_empty() {

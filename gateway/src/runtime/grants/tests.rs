@@ -53,7 +53,12 @@ fn grant(policy: &Policy, user: &str) -> Grant {
 fn a_grant_holds_until_it_expires_or_the_policy_no_longer_admits_it() {
     let dir = tempfile::tempdir().unwrap();
     let alice = user("alice", &["biomed"], false);
-    let p = policy(dir.path(), &[alice.clone()], "127.0.0.1:104", MFA);
+    let p = policy(
+        dir.path(),
+        std::slice::from_ref(&alice),
+        "127.0.0.1:104",
+        MFA,
+    );
     let g = grant(&p, "alice");
     assert_eq!(why_it_ends(&p, &g, 150), None);
     assert_eq!(why_it_ends(&p, &g, 200), Some(GrantEnd::Expired));
