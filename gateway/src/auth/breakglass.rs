@@ -64,10 +64,15 @@ struct Code {
 /// one wins.
 static REDEEM: Mutex<()> = Mutex::new(());
 
-fn read(path: &Path) -> Result<CodesFile, String> {
+/// The codes file; a missing one is empty only where `missing_ok` (issue
+/// creates it). When a code is used, a missing file is a setup error, not
+/// a wrong code: it must not count towards the person's lockout.
+fn read(path: &Path, missing_ok: bool) -> Result<CodesFile, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CodesFile::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing_ok => {
+            return Ok(CodesFile::default())
+        }
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     check_secret_file_mode(path)?;
@@ -123,7 +128,7 @@ fn random_chars(n: usize) -> String {
 /// outcome, so the time tells nothing about which ids exist.
 pub fn redeem(path: &Path, user: &str, code: &str, now: u64) -> Result<String, RedeemError> {
     let _one_at_a_time = REDEEM.lock().unwrap_or_else(|e| e.into_inner());
-    let mut file = read(path).map_err(RedeemError::File)?;
+    let mut file = read(path, false).map_err(RedeemError::File)?;
     let parsed = parse(code);
     let found = parsed.as_ref().and_then(|(id, _)| {
         file.codes
@@ -152,7 +157,7 @@ pub fn redeem(path: &Path, user: &str, code: &str, now: u64) -> Result<String, R
 /// outside the envelope.
 pub fn issue(path: &Path, user: &str, count: usize, now: u64) -> Result<Vec<String>, String> {
     let _one_at_a_time = REDEEM.lock().unwrap_or_else(|e| e.into_inner());
-    let mut file = read(path)?;
+    let mut file = read(path, true)?;
     file.codes.retain(|c| c.user != user);
     let mut printed = Vec::with_capacity(count);
     let mut ids: Vec<String> = Vec::new();
@@ -228,7 +233,7 @@ pub fn run(args: BreakGlassArgs) -> ExitCode {
             })
         }
         BreakGlassCommand::Issue { .. } => Err("--count must be between 1 and 100".to_string()),
-        BreakGlassCommand::List => read(&path).map(|file| {
+        BreakGlassCommand::List => read(&path, true).map(|file| {
             if file.codes.is_empty() {
                 println!("no codes");
             }
@@ -247,7 +252,7 @@ pub fn run(args: BreakGlassArgs) -> ExitCode {
                 }
             }
         }),
-        BreakGlassCommand::Revoke { user } => read(&path).and_then(|mut file| {
+        BreakGlassCommand::Revoke { user } => read(&path, false).and_then(|mut file| {
             let before = file.codes.len();
             file.codes.retain(|c| c.user != user);
             if file.codes.len() == before {

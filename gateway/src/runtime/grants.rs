@@ -143,6 +143,20 @@ impl Runtime {
     /// Ends every grant that no longer holds under the policy in force.
     pub fn end_lapsed_grants(&self) -> Vec<(Grant, GrantEnd)> {
         let policy = self.policy.borrow().clone();
+        // Every break-glass service has its counter from the start, at 0:
+        // an alert on its increase then sees the first use too.
+        for s in &policy.services {
+            if let AccessMode::Grant(crate::auth::GrantRule {
+                break_glass: Some(_),
+                ..
+            }) = s.access_mode
+            {
+                let _ = self.metrics.break_glass_used.get_or_create(&ServiceLabels {
+                    device: s.device.id.to_string(),
+                    service: s.name.to_string(),
+                });
+            }
+        }
         let now = self.clock.now();
         self.end_grants(&mut |g| why_it_ends(&policy, g, now), None)
     }

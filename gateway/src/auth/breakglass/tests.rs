@@ -81,3 +81,13 @@ fn one_code_used_from_four_threads_wins_once() {
     });
     assert_eq!(wins, 1);
 }
+
+#[test]
+fn a_missing_file_is_a_setup_error_not_a_wrong_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("breakglass.toml");
+    match redeem(&path, "alice", "AAAA-AAAAA-AAAAA-AAAAA-AAAAA", 1) {
+        Err(RedeemError::File(msg)) => assert!(msg.contains("breakglass.toml"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -427,6 +427,22 @@ pub(super) async fn break_glass_submit(
         code: field("code"),
         file,
     };
+    // A code must never be spent on a grant that cannot open: a person
+    // at the cap of open grants is told so first.
+    let held =
+        s.rt.store
+            .grants()
+            .iter()
+            .filter(|g| &*g.user == field("username"))
+            .count();
+    if held >= crate::runtime::store::MAX_GRANTS_PER_USER {
+        return Err(refuse(
+            Reason::BadRequest,
+            "break-glass at the cap of open grants",
+            StatusCode::TOO_MANY_REQUESTS,
+            "429 Too Many Requests\nYou hold as many open grants as one person may: end one first. Your code was not used.\n",
+        ));
+    }
     let (device, svc) = (&s.conn.device, &s.conn.service);
     match login::attempt_break_glass(&cx, &rule.who, &creds).await {
         Ok((user, code_id)) => {
