@@ -442,11 +442,12 @@ pub fn assert_no_event_for(moat: &Moat, kind: &str, local: SocketAddr) {
     assert!(found.is_empty(), "{kind} for {c}: {found:#?}");
 }
 
-/// The events of `kind` whose client is from `ip` (any port).
-pub fn events_from(moat: &Moat, kind: &str, ip: &str) -> Vec<Value> {
+/// The events of `kind` on `service` whose client is from `ip` (any port).
+pub fn events_from(moat: &Moat, kind: &str, service: &str, ip: &str) -> Vec<Value> {
     let prefix = format!("{ip}:");
     moat.events(kind)
         .into_iter()
+        .filter(|e| e["service"] == service)
         .filter(|e| e["client"].as_str().is_some_and(|c| c.starts_with(&prefix)))
         .collect()
 }
@@ -672,13 +673,16 @@ impl Drop for SClient {
 // ---------------------------------------------------------------------------
 // Break-glass codes
 
-/// Is `s` a code as `moat breakglass issue` prints them
-/// (`K7QF-ABCD-EFGH-JKLM-NPQR`)?
+/// Is `s` a code as `moat breakglass issue` prints them: dash-separated
+/// groups of capitals and digits, 20 to 30 of them in all (`K7QF-ABCD-EFGH-
+/// JKLM-NPQR`; moat prints an id of 4 then four groups of 5).
 pub fn is_break_glass_code(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
+    let chars: usize = groups.iter().map(|g| g.len()).sum();
+    groups.len() >= 4
+        && (20..=30).contains(&chars)
         && groups.iter().all(|g| {
-            g.len() == 4
+            (4..=5).contains(&g.len())
                 && g.bytes()
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
         })
