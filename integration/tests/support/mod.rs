@@ -3,6 +3,7 @@
 //! its audit trail. Every wait has a deadline; nothing sleeps to synchronise.
 #![allow(dead_code)]
 
+pub mod grants;
 pub mod http_device;
 pub mod mfa;
 
