@@ -209,7 +209,10 @@ fn an_address_grant_opened_on_the_portal_admits_that_address_only() {
         "127.0.0.2",
         "NAT",
     ] {
-        assert!(page.contains(shown), "the home page lacks {shown:?}: {page}");
+        assert!(
+            page.contains(shown),
+            "the home page lacks {shown:?}: {page}"
+        );
     }
     assert!(
         !page.contains("Lab analyser"),
@@ -241,7 +244,11 @@ fn an_address_grant_opened_on_the_portal_admits_that_address_only() {
     // request came; the grant's own are `granted_*`.)
     assert_eq!(opened["granted_device"], "ct", "{opened}");
     assert_eq!(opened["granted_service"], "dicom", "{opened}");
-    assert_eq!(opened["binding"], json!({"address": "127.0.0.2"}), "{opened}");
+    assert_eq!(
+        opened["binding"],
+        json!({"address": "127.0.0.2"}),
+        "{opened}"
+    );
     assert_eq!(opened["until"], T0 + 600, "{opened}");
     assert_eq!(opened["break_glass"], false, "{opened}");
 
@@ -307,7 +314,11 @@ fn the_portal_refuses_grants_it_must_not_open_and_a_person_ends_their_own() {
 
     // The X-ray admits only 127.0.0.5: the page offers no form for it.
     let home = alice_at_2.home();
-    assert_eq!(input_values(&home.body, "service"), ["ct/dicom"], "{home:?}");
+    assert_eq!(
+        input_values(&home.body, "service"),
+        ["ct/dicom"],
+        "{home:?}"
+    );
 
     let refusals: [(&str, &str, &str, u16); 7] = [
         ("ct/dicom", "31", "address", 400), // over max_grant = 30m
@@ -358,10 +369,7 @@ fn the_portal_refuses_grants_it_must_not_open_and_a_person_ends_their_own() {
     // carol (ops) is not admitted to the CT: not listed, and refused.
     let carol_at_3 = PortalUser::sign_in(&ws, portal, &carol, "127.0.0.3", T0);
     let page = carol_at_3.home();
-    assert!(
-        input_values(&page.body, "service").is_empty(),
-        "{page:?}"
-    );
+    assert!(input_values(&page.body, "service").is_empty(), "{page:?}");
     let r = carol_at_3.open("ct/dicom", "10", "address");
     assert_eq!(r.status, 403, "{r:?}");
 
@@ -442,8 +450,7 @@ fn an_expired_grant_on_a_drain_service_lets_live_connections_finish() {
 }
 
 #[test]
-fn ops_revoke_grants_with_moat_grants_and_the_admin_api_and_live_connections_end_within_a_second(
-) {
+fn ops_revoke_grants_with_moat_grants_and_the_admin_api_and_live_connections_end_within_a_second() {
     let f = ct("close");
     let a = id_of(&f.grant(&f.alice, "127.0.0.2", 30));
     let b = id_of(&f.grant(&f.bob, "127.0.0.3", 30));
@@ -454,7 +461,14 @@ fn ops_revoke_grants_with_moat_grants_and_the_admin_api_and_live_connections_end
     let out = moat_grants(&f.moat, &["list"]);
     let listed = text(&out);
     assert!(out.status.success(), "{listed}");
-    for shown in [a.as_str(), b.as_str(), "alice", "bob", "ct/dicom", "127.0.0.2"] {
+    for shown in [
+        a.as_str(),
+        b.as_str(),
+        "alice",
+        "bob",
+        "ct/dicom",
+        "127.0.0.2",
+    ] {
         assert!(listed.contains(shown), "{shown:?} not in: {listed}");
     }
 
@@ -470,7 +484,9 @@ fn ops_revoke_grants_with_moat_grants_and_the_admin_api_and_live_connections_end
     let e = ended(&f.moat, &a);
     assert_eq!(e["reason"], "revoked_by_ops", "{e}");
     assert_eq!(e["user"], "alice", "{e}");
-    let revoked = f.moat.wait_for_client("connection_revoked", alice_line.local);
+    let revoked = f
+        .moat
+        .wait_for_client("connection_revoked", alice_line.local);
     assert_eq!(revoked["reason"], "grant_ended", "{revoked}");
     assert_no_grant(&f.moat, "127.0.0.2", f.dicom());
 
@@ -531,7 +547,10 @@ fn a_certificate_grant_admits_that_key_from_any_address_and_no_other_key() {
     let moat = start_grants(&ws, &clock, &text, &["dicom", "portal"]);
     let dicom = moat.addr("dicom");
     let (other_cert, other_key) = other_client_cert(&ws);
-    let mine = (ws.certs.client_cert.as_path(), ws.certs.client_key.as_path());
+    let mine = (
+        ws.certs.client_cert.as_path(),
+        ws.certs.client_key.as_path(),
+    );
 
     // Signed in from 127.0.0.2, without a certificate on the connection:
     // only the address is offered, and a certificate grant is refused.
@@ -554,7 +573,11 @@ fn a_certificate_grant_admits_that_key_from_any_address_and_no_other_key() {
     );
     let id = id_of(&opened);
     let g = admin_grant(&moat, &id).expect("the grant is listed");
-    assert_eq!(g["binding"], json!({ "certificate_spki_sha256": spki }), "{g}");
+    assert_eq!(
+        g["binding"],
+        json!({ "certificate_spki_sha256": spki }),
+        "{g}"
+    );
 
     // That certificate is admitted from 127.0.0.4, an address that never
     // signed in (openssl s_client -bind).
@@ -564,7 +587,11 @@ fn a_certificate_grant_admits_that_key_from_any_address_and_no_other_key() {
     let allowed = wait_for("connection_allowed from 127.0.0.4", || {
         events_from(&moat, "connection_allowed", "dicom", "127.0.0.4").pop()
     });
-    assert_eq!(allowed["principal"]["name"], moat::certs::CLIENT_NAME, "{allowed}");
+    assert_eq!(
+        allowed["principal"]["name"],
+        moat::certs::CLIENT_NAME,
+        "{allowed}"
+    );
 
     // Another certificate from the same CA, from the very address that
     // signed in: the handshake succeeds, the key has no grant, refused.
@@ -648,7 +675,10 @@ fn dicom_store_through_a_certificate_grant_arrives_byte_identical() {
         events_from(&moat, "connection_denied", "dicom", "127.0.0.1").pop()
     });
     assert_eq!(denied["reason"], "no_grant", "{denied}");
-    assert!(denied.get("tls").is_none(), "TLS work before the refusal: {denied}");
+    assert!(
+        denied.get("tls").is_none(),
+        "TLS work before the refusal: {denied}"
+    );
     assert!(scp.received().is_empty());
 
     // alice signs in on the portal with the workstation's certificate and
@@ -680,7 +710,11 @@ fn dicom_store_through_a_certificate_grant_arrives_byte_identical() {
         events_from(&moat, "connection_allowed", "dicom", "127.0.0.1").pop()
     });
     assert_eq!(allowed["principal"]["kind"], "certificate", "{allowed}");
-    assert_eq!(allowed["principal"]["name"], moat::certs::CLIENT_NAME, "{allowed}");
+    assert_eq!(
+        allowed["principal"]["name"],
+        moat::certs::CLIENT_NAME,
+        "{allowed}"
+    );
     assert!(
         allowed["tls"]["version"]
             .as_str()
@@ -827,13 +861,19 @@ fn a_break_glass_code_opens_one_short_grant_once_and_is_audited_high() {
     let g = admin_grant(&moat, &id).expect("listed");
     assert_eq!(g["break_glass"], true, "{g}");
     let lasts = g["until"].as_u64().unwrap() - g["opened_at"].as_u64().unwrap();
-    assert!(lasts > 0 && lasts <= 300, "a break-glass grant of {lasts} s");
+    assert!(
+        lasts > 0 && lasts <= 300,
+        "a break-glass grant of {lasts} s"
+    );
 
     // The same code again: refused with the one generic message.
     let again = use_code(&codes[0]);
     assert_eq!(again.status, 401, "{again:?}");
     assert!(
-        again.body.to_lowercase().contains("wrong username, password or"),
+        again
+            .body
+            .to_lowercase()
+            .contains("wrong username, password or"),
         "{again:?}"
     );
     assert_eq!(moat.events("grant_opened").len(), 1);

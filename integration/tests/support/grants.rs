@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 use serde_json::Value;
 
 use super::mfa::{input, inputs, start_config, Account, Agent, TestClock};
@@ -131,8 +130,8 @@ impl<'a> PortalUser<'a> {
         source: &str,
         at: u64,
     ) -> PortalUser<'a> {
-        let agent = Agent::new(ws, portal, &format!("{}-{source}", account.name))
-            .with_source(source);
+        let agent =
+            Agent::new(ws, portal, &format!("{}-{source}", account.name)).with_source(source);
         agent.sign_in(account, at);
         PortalUser {
             agent,
@@ -179,7 +178,11 @@ impl<'a> PortalUser<'a> {
     pub fn home(&self) -> Reply {
         let extra = self.extra(&["-H", "Accept: text/html"]);
         let page = self.agent.get_with("/.moat/", &extra);
-        assert_eq!(page.status, 200, "home page of {}: {page:?}", self.account.name);
+        assert_eq!(
+            page.status, 200,
+            "home page of {}: {page:?}",
+            self.account.name
+        );
         page
     }
 
@@ -236,7 +239,12 @@ impl<'a> PortalUser<'a> {
         wait_for("grant_opened", || {
             let opened = moat.events("grant_opened");
             (opened.len() > before)
-                .then(|| opened.into_iter().skip(before).find(|e| e["user"] == name.as_str()))
+                .then(|| {
+                    opened
+                        .into_iter()
+                        .skip(before)
+                        .find(|e| e["user"] == name.as_str())
+                })
                 .flatten()
         })
     }
@@ -333,7 +341,10 @@ pub fn text(out: &Output) -> String {
 
 /// Is this a grant id as the API writes them: 16 lower-case hex digits?
 pub fn is_grant_id(id: &str) -> bool {
-    id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 // ---------------------------------------------------------------------------
@@ -370,7 +381,10 @@ impl Line {
 
     pub fn assert_echoes(&mut self, msg: &str) {
         if let Err(e) = self.echo(msg.as_bytes()) {
-            panic!("the connection from {} does not echo {msg:?}: {e}", self.local);
+            panic!(
+                "the connection from {} does not echo {msg:?}: {e}",
+                self.local
+            );
         }
     }
 
@@ -427,7 +441,10 @@ pub fn assert_no_grant(moat: &Moat, source: &str, addr: SocketAddr) -> Value {
     }
     let denied = moat.wait_for_client("connection_denied", line.local);
     assert_eq!(denied["reason"], "no_grant", "{denied}");
-    assert!(denied.get("tls").is_none(), "TLS work before the refusal: {denied}");
+    assert!(
+        denied.get("tls").is_none(),
+        "TLS work before the refusal: {denied}"
+    );
     denied
 }
 
@@ -521,7 +538,10 @@ pub fn other_client_cert(ws: &Workspace) -> (PathBuf, PathBuf) {
             &p(&cert),
         ],
     );
-    run("openssl", &["verify", "-CAfile", &p(&ws.certs.ca), &p(&cert)]);
+    run(
+        "openssl",
+        &["verify", "-CAfile", &p(&ws.certs.ca), &p(&cert)],
+    );
     (cert, key)
 }
 
