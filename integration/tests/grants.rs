@@ -270,7 +270,10 @@ fn an_address_grant_opened_on_the_portal_admits_that_address_only() {
             .is_some_and(|t| t.contains(&ct_echo.addr.to_string())),
         "{g}"
     );
-    assert_eq!(input_values(&alice_at_2.home().body, "id"), [id.clone()]);
+    assert_eq!(
+        input_values(&alice_at_2.home().body, "id"),
+        std::slice::from_ref(&id)
+    );
 
     // 127.0.0.2 now reaches the CT...
     let mut line = line_from("127.0.0.2", dicom);
