@@ -114,6 +114,17 @@ pub enum AccessMode {
 }
 
 impl AccessMode {
+    /// A grant service that takes break-glass codes.
+    pub fn takes_break_glass(&self) -> bool {
+        matches!(
+            self,
+            AccessMode::Grant(GrantRule {
+                break_glass: Some(_),
+                ..
+            })
+        )
+    }
+
     /// Who may use the service, for the services people sign in to.
     pub fn rule(&self) -> Option<&MfaRule> {
         match self {

@@ -146,11 +146,7 @@ impl Runtime {
         // Every break-glass service has its counter from the start, at 0:
         // an alert on its increase then sees the first use too.
         for s in &policy.services {
-            if let AccessMode::Grant(crate::auth::GrantRule {
-                break_glass: Some(_),
-                ..
-            }) = s.access_mode
-            {
+            if s.access_mode.takes_break_glass() {
                 let _ = self.metrics.break_glass_used.get_or_create(&ServiceLabels {
                     device: s.device.id.to_string(),
                     service: s.name.to_string(),

@@ -306,6 +306,17 @@ fn login_form<B>(req: &Request<B>, auth: &AuthPolicy, failed: bool) -> Response<
 /// The login form that goes on to `next` (if it is a safe target).
 fn login_form_to(next: &str, auth: &AuthPolicy, failed: bool) -> Response<ProxyBody> {
     let next = pages::safe_next(next).unwrap_or_else(|| "/".to_string());
+    pre_login_form(auth, failed, |csrf| pages::login_page(csrf, &next, failed))
+}
+
+/// A form posted before anyone is signed in (login, break-glass): a fresh
+/// pre-login cookie and, in the page `page` makes, the CSRF token bound
+/// to it. 401 when it is shown again after a failure.
+fn pre_login_form(
+    auth: &AuthPolicy,
+    failed: bool,
+    page: impl FnOnce(&str) -> String,
+) -> Response<ProxyBody> {
     let nonce = random_token();
     let csrf = auth.keys.csrf_token(&format!("login:{nonce}"));
     let status = if failed {
@@ -313,7 +324,7 @@ fn login_form_to(next: &str, auth: &AuthPolicy, failed: bool) -> Response<ProxyB
     } else {
         StatusCode::OK
     };
-    let mut resp = html(status, pages::login_page(&csrf, &next, failed));
+    let mut resp = html(status, page(&csrf));
     resp.headers_mut().append(
         header::SET_COOKIE,
         value(&format!(

@@ -13,8 +13,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::{
-    authenticate, html, origin_ok, random_token, read_form, session_binding, text, value, SignedIn,
-    Stop, CSRF_COOKIE,
+    authenticate, html, origin_ok, read_form, session_binding, text, SignedIn, Stop, CSRF_COOKIE,
 };
 use crate::audit::Event;
 use crate::auth::grants::{hex, Grant, GrantBinding, GrantEnd, GrantId};
@@ -56,13 +55,7 @@ pub(super) fn access_view(s: &Session, policy: &Policy, user: &User) -> AccessVi
                     listen: svc.listen.to_string(),
                 },
             };
-            view.break_glass |= matches!(
-                &svc.access_mode,
-                AccessMode::Grant(GrantRule {
-                    break_glass: Some(_),
-                    ..
-                })
-            );
+            view.break_glass |= svc.access_mode.takes_break_glass();
             services.push(ServiceAccess {
                 name: svc.name.to_string(),
                 key: format!("{}/{}", svc.device.id, svc.name),
@@ -312,15 +305,7 @@ fn break_glass_services(policy: &Policy) -> Vec<(String, String)> {
     policy
         .services
         .iter()
-        .filter(|s| {
-            matches!(
-                s.access_mode,
-                AccessMode::Grant(GrantRule {
-                    break_glass: Some(_),
-                    ..
-                })
-            )
-        })
+        .filter(|s| s.access_mode.takes_break_glass())
         .map(|s| {
             (
                 format!("{}/{}", s.device.id, s.name),
@@ -341,21 +326,9 @@ pub(super) fn break_glass_form(
     if services.is_empty() {
         return text(StatusCode::NOT_FOUND, "404 Not Found\n");
     }
-    let nonce = random_token();
-    let csrf = auth.keys.csrf_token(&format!("login:{nonce}"));
-    let status = if failed {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
-    };
-    let mut resp = html(status, pages::break_glass_page(&csrf, &services, failed));
-    resp.headers_mut().append(
-        header::SET_COOKIE,
-        value(&format!(
-            "{CSRF_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Strict"
-        )),
-    );
-    resp
+    super::pre_login_form(auth, failed, |csrf| {
+        pages::break_glass_page(csrf, &services, failed)
+    })
 }
 
 /// `POST /.moat/break-glass`: password and a one-time code open one grant
@@ -382,15 +355,7 @@ pub(super) async fn break_glass_submit(
     // The service first (a form names one), then the attempt proper.
     let service = field("service").split_once('/').and_then(|(device, name)| {
         policy.services.iter().find(|s| {
-            &*s.device.id == device
-                && &*s.name == name
-                && matches!(
-                    s.access_mode,
-                    AccessMode::Grant(GrantRule {
-                        break_glass: Some(_),
-                        ..
-                    })
-                )
+            &*s.device.id == device && &*s.name == name && s.access_mode.takes_break_glass()
         })
     });
     let (Some(service), Some(file), true) = (service, auth.break_glass_file.as_deref(), csrf_ok)
