@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::grants::*;
 use support::mfa::{
-    assert_no_secrets, auth_table, wait_reloads, write_atomically, write_users, Account, Agent,
-    TestClock, T0,
+    assert_no_secrets, auth_table, mfa_service, wait_reloads, write_atomically, write_users,
+    Account, Agent, Device, TestClock, T0,
 };
 use support::{echo_upstream, require, wait_for, Echo, Moat, Workspace};
 
@@ -236,6 +236,16 @@ fn an_address_grant_opened_on_the_portal_admits_that_address_only() {
     );
     alice_at_2.csrf(); // one token, the same in every form
 
+    // The portal proxies nothing: any other path leads to its pages.
+    let elsewhere = alice_at_2.agent.get("/pacs/studies?id=1");
+    assert!(
+        (300..400).contains(&elsewhere.status)
+            && elsewhere
+                .header("location")
+                .is_some_and(|l| l.starts_with("/.moat/")),
+        "{elsewhere:?}"
+    );
+
     // She opens the CT for 10 minutes, for her address.
     let opened = alice_at_2.open_grant(&moat, "ct/dicom", 10, "address");
     let id = id_of(&opened);
@@ -287,6 +297,41 @@ fn an_address_grant_opened_on_the_portal_admits_that_address_only() {
     assert_no_grant(&moat, "127.0.0.2", moat.addr("mri-dicom"));
     assert_eq!(ct_echo.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(other_echo.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn the_moat_pages_of_an_mfa_web_service_open_grants_too() {
+    tools();
+    let ws = Workspace::new();
+    let clock = TestClock::new(&ws, T0);
+    let echo = echo_upstream();
+    let web_ui = Device::start();
+    let alice = Account::new("alice", &["biomed"]);
+    write_users(&ws, &[&alice]);
+    // No portal service: the CT's web UI behind `access = "mfa"` is where
+    // alice signs in, and its /.moat/ pages offer the DICOM grant.
+    let services = grant_service("dicom", echo.addr, BIOMED, None)
+        + &mfa_service(&ws, "web", web_ui.addr, BIOMED, "");
+    let devices = device("ct", "CT", "Radiology 2", Some("2027-06-30"), &services);
+    let text = grants_config(&auth_table(""), &devices);
+    let moat = start_grants(&ws, &clock, &text, &["dicom", "web"]);
+    assert_no_grant(&moat, "127.0.0.2", moat.addr("dicom"));
+
+    let person = PortalUser::sign_in(&ws, moat.addr("web"), &alice, "127.0.0.2", T0);
+    let page = person.home().body;
+    assert!(page.contains("Radiology 2"), "{page}");
+    assert_eq!(binds_for(&page, "ct/dicom"), ["address"]);
+    let opened = person.open_grant(&moat, "ct/dicom", 5, "address");
+    assert_eq!(opened["granted_service"], "dicom", "{opened}");
+    assert_eq!(
+        opened["service"], "web",
+        "asked for on the web service: {opened}"
+    );
+    let mut line = line_from("127.0.0.2", moat.addr("dicom"));
+    line.assert_echoes("through a grant from the web UI's pages\n");
+    assert_no_grant(&moat, "127.0.0.3", moat.addr("dicom"));
+    // The web UI itself saw none of it.
+    assert_eq!(web_ui.count(), 0, "{:?}", web_ui.seen());
 }
 
 #[test]
@@ -539,15 +584,13 @@ fn a_certificate_grant_admits_that_key_from_any_address_and_no_other_key() {
     let alice = Account::new("alice", &["biomed"]);
     write_users(&ws, &[&alice]);
     let mtls = mtls_table(&ws);
-    let devices = device(
-        "ct",
-        "CT",
-        "Radiology 2",
-        None,
-        &grant_service("dicom", echo.addr, BIOMED, Some(&mtls)),
-    ) + &portal_device(&ws, true);
+    // "raw" is TLS too, but asks for no client certificate: a
+    // certificate grant would mean nothing there.
+    let services = grant_service("dicom", echo.addr, BIOMED, Some(&mtls))
+        + &grant_service("raw", echo.addr, BIOMED, Some(&ws.tls_table()));
+    let devices = device("ct", "CT", "Radiology 2", None, &services) + &portal_device(&ws, true);
     let text = grants_config(&auth_table(""), &devices);
-    let moat = start_grants(&ws, &clock, &text, &["dicom", "portal"]);
+    let moat = start_grants(&ws, &clock, &text, &["dicom", "raw", "portal"]);
     let dicom = moat.addr("dicom");
     let (other_cert, other_key) = other_client_cert(&ws);
     let mine = (
@@ -558,15 +601,23 @@ fn a_certificate_grant_admits_that_key_from_any_address_and_no_other_key() {
     // Signed in from 127.0.0.2, without a certificate on the connection:
     // only the address is offered, and a certificate grant is refused.
     let bare = PortalUser::sign_in(&ws, moat.addr("portal"), &alice, "127.0.0.2", T0);
-    assert_eq!(input_values(&bare.home().body, "bind"), ["address"]);
+    let page = bare.home().body;
+    assert_eq!(binds_for(&page, "ct/dicom"), ["address"]);
+    assert_eq!(binds_for(&page, "ct/raw"), ["address"]);
     let r = bare.open("ct/dicom", "10", "certificate");
     assert_eq!(r.status, 400, "{r:?}");
     assert!(moat.events("grant_opened").is_empty());
 
     // With the dev client certificate (curl --cert): "my certificate".
     let with_cert = bare.without_cert().with_cert(mine.0, mine.1);
-    let binds = input_values(&with_cert.home().body, "bind");
-    assert!(binds.contains(&"certificate".to_string()), "{binds:?}");
+    let page = with_cert.home().body;
+    assert_eq!(binds_for(&page, "ct/dicom"), ["address", "certificate"]);
+    assert_eq!(binds_for(&page, "ct/raw"), ["address"]);
+    let r = with_cert.open("ct/raw", "10", "certificate");
+    assert_eq!(
+        r.status, 400,
+        "a certificate grant where none is required: {r:?}"
+    );
     let opened = with_cert.open_grant(&moat, "ct/dicom", 10, "certificate");
     let spki = spki_sha256(mine.0);
     assert_eq!(
@@ -801,23 +852,25 @@ fn a_break_glass_code_opens_one_short_grant_once_and_is_audited_high() {
     let clock = TestClock::new(&ws, T0);
     let echo = echo_upstream();
     let alice = Account::new("alice", &["biomed"]);
-    write_users(&ws, &[&alice]);
+    let carol = Account::new("carol", &["ops"]);
+    write_users(&ws, &[&alice, &carol]);
     let codes_file = ws.path("breakglass.toml");
     let codes = issue_codes(&codes_file, "alice", 2);
     assert_ne!(codes[0], codes[1]);
+    let carols = issue_codes(&codes_file, "carol", 1);
     let devices = ct_device(echo.addr, "break_glass = true\nbreak_glass_grant = \"5m\"")
         + &portal_device(&ws, false);
     let auth = auth_table("break_glass_file = \"breakglass.toml\"");
-    let text = grants_config(&auth, &devices);
-    let moat = start_grants(&ws, &clock, &text, &["dicom", "portal"]);
+    let config = grants_config(&auth, &devices);
+    let moat = start_grants(&ws, &clock, &config, &["dicom", "portal"]);
     let portal = moat.addr("portal");
     let dicom = moat.addr("dicom");
     assert_no_grant(&moat, "127.0.0.2", dicom);
 
     // alice's phone is flat: password and a sealed code, no TOTP code.
     let agent = Agent::new(&ws, portal, "glass").with_source("127.0.0.2");
-    let use_code = |code: &str| {
-        let form = break_glass_form(&agent);
+    let use_code_as = |agent: &Agent, who: &Account, password: &str, code: &str| {
+        let form = break_glass_form(agent);
         let services = input_values(&form.body, "service");
         assert!(
             services.is_empty() || services.contains(&"ct/dicom".to_string()),
@@ -828,8 +881,8 @@ fn a_break_glass_code_opens_one_short_grant_once_and_is_audited_high() {
         agent.post_form(
             "/.moat/break-glass",
             &[
-                ("username", "alice"),
-                ("password", &alice.password),
+                ("username", who.name.as_str()),
+                ("password", password),
                 ("code", code),
                 ("service", "ct/dicom"),
                 ("bind", "address"),
@@ -838,6 +891,7 @@ fn a_break_glass_code_opens_one_short_grant_once_and_is_audited_high() {
             &[],
         )
     };
+    let use_code = |code: &str| use_code_as(&agent, &alice, &alice.password, code);
     let r = use_code(&codes[0]);
     assert_eq!(r.status, 200, "{r:?}");
     let page = r.body.to_lowercase();
@@ -879,10 +933,37 @@ fn a_break_glass_code_opens_one_short_grant_once_and_is_audited_high() {
             .contains("wrong username, password or"),
         "{again:?}"
     );
+    // Her other code with a wrong password: refused, and not used up.
+    let r = use_code_as(&agent, &alice, "not-her-password", &codes[1]);
+    assert_eq!(r.status, 401, "{r:?}");
+    // carol has a code of her own, but the CT does not admit her (ops).
+    let carol_agent = Agent::new(&ws, portal, "glass-carol").with_source("127.0.0.3");
+    let r = use_code_as(&carol_agent, &carol, &carol.password, &carols[0]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_no_grant(&moat, "127.0.0.3", dicom);
     assert_eq!(moat.events("grant_opened").len(), 1);
     assert_eq!(moat.events("break_glass_used").len(), 1);
+    // The file records exactly the one use.
+    let out = std::process::Command::new(support::moat_bin())
+        .arg("breakglass")
+        .arg("--codes")
+        .arg(&codes_file)
+        .arg("list")
+        .output()
+        .unwrap();
+    let listed = text(&out);
+    assert!(out.status.success(), "{listed}");
+    let line_of = |user: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(&format!("{user}:")))
+            .unwrap_or_else(|| panic!("no {user} in: {listed}"))
+            .to_string()
+    };
+    assert!(line_of("alice").contains("1 unused"), "{listed}");
+    assert!(line_of("carol").contains("1 unused"), "{listed}");
     // The codes never reach the audit trail or the log.
-    assert_no_secrets(&moat, &[&codes[0], &codes[1], &alice.password]);
+    assert_no_secrets(&moat, &[&codes[0], &codes[1], &carols[0], &alice.password]);
 
     // It is a grant like any other: it expires.
     clock.set(g["until"].as_u64().unwrap() + 1);

@@ -265,6 +265,29 @@ pub fn input_values(html: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The grant forms of a page: for each, the service it names and the
+/// bindings it offers.
+pub fn grant_forms(html: &str) -> Vec<(String, Vec<String>)> {
+    html.split("<form")
+        .skip(1)
+        .map(|f| f.split("</form>").next().unwrap_or(f))
+        .filter_map(|f| {
+            let service = input(f, "service")?;
+            Some((service, input_values(f, "bind")))
+        })
+        .collect()
+}
+
+/// The bindings the page's form for `service` offers (panics if it has no
+/// form for it).
+pub fn binds_for(html: &str, service: &str) -> Vec<String> {
+    grant_forms(html)
+        .into_iter()
+        .find(|(s, _)| s == service)
+        .map(|(_, b)| b)
+        .unwrap_or_else(|| panic!("no grant form for {service}: {html}"))
+}
+
 /// The break-glass form's CSRF token, fetched by `agent` (which keeps the
 /// pre-login cookie that goes with it).
 pub fn break_glass_form(agent: &Agent) -> Reply {
