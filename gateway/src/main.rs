@@ -62,7 +62,7 @@ enum Command {
     /// `moat user --users FILE add|passwd|reset-totp|disable|enable|remove|list`.
     User(moat::auth::cli::UserArgs),
     /// Sealed one-time emergency codes for `break_glass = true` services:
-    /// `moat breakglass --codes FILE issue --user U | list | revoke --user U`.
+    /// `moat breakglass --codes FILE issue --user U [--count N] | list | revoke --user U`.
     Breakglass(moat::auth::breakglass::BreakGlassArgs),
     /// Run a simulated legacy device behind the gateway, on loopback.
     Demo {
