@@ -345,29 +345,11 @@ async fn login_submit(
     rule: &MfaRule,
     record: &mut RequestRecord,
 ) -> Result<Response<ProxyBody>, Stop> {
-    let same_origin = origin_ok(req.headers(), host);
-    let nonce = session::cookie_values(req.headers(), CSRF_COOKIE)
-        .next()
-        .map(str::to_string);
-    let (parts, body) = req.into_parts();
-    let form = read_form(body).await?;
+    let (form, csrf_ok) = read_pre_login_form(req, host, auth).await?;
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    drop(parts);
-
-    let csrf_ok = same_origin
-        && nonce
-            .as_deref()
-            .is_some_and(|n| auth.keys.check_csrf(&format!("login:{n}"), field("csrf")));
     let now = s.rt.clock.now();
     let outcome = if csrf_ok {
-        let cx = LoginContext {
-            auth,
-            runtime: &s.rt.auth,
-            store: &*s.rt.store,
-            metrics: &s.rt.metrics,
-            now,
-            client: s.conn.client.ip(),
-        };
+        let cx = login_context(s, auth, now);
         let creds = Credentials {
             username: field("username"),
             password: field("password"),
@@ -437,6 +419,38 @@ pub(super) fn to_home() -> Response<ProxyBody> {
         .insert(header::LOCATION, HeaderValue::from_static("/.moat/session"));
     secure(resp.headers_mut());
     resp
+}
+
+/// A form posted before sign-in (login, break-glass), and whether its
+/// CSRF token matches the pre-login cookie and its origin is this one.
+async fn read_pre_login_form(
+    req: Request<Incoming>,
+    host: Option<&HeaderValue>,
+    auth: &AuthPolicy,
+) -> Result<(std::collections::HashMap<String, String>, bool), Stop> {
+    let same_origin = origin_ok(req.headers(), host);
+    let nonce = session::cookie_values(req.headers(), CSRF_COOKIE)
+        .next()
+        .map(str::to_string);
+    let form = read_form(req.into_body()).await?;
+    let token = form.get("csrf").map(String::as_str).unwrap_or("");
+    let csrf_ok = same_origin
+        && nonce
+            .as_deref()
+            .is_some_and(|n| auth.keys.check_csrf(&format!("login:{n}"), token));
+    Ok((form, csrf_ok))
+}
+
+/// What a login or break-glass attempt on this connection needs.
+fn login_context<'a>(s: &'a Session, auth: &'a AuthPolicy, now: u64) -> LoginContext<'a> {
+    LoginContext {
+        auth,
+        runtime: &s.rt.auth,
+        store: &*s.rt.store,
+        metrics: &s.rt.metrics,
+        now,
+        client: s.conn.client.ip(),
+    }
 }
 
 /// A failed login or break-glass attempt: counted, its lockouts and the

@@ -12,12 +12,10 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{
-    authenticate, html, origin_ok, read_form, session_binding, text, SignedIn, Stop, CSRF_COOKIE,
-};
+use super::{authenticate, html, origin_ok, read_form, session_binding, text, SignedIn, Stop};
 use crate::audit::Event;
 use crate::auth::grants::{hex, Grant, GrantBinding, GrantEnd, GrantId};
-use crate::auth::login::{self, AuthFailure, BreakGlassCredentials, LoginContext};
+use crate::auth::login::{self, AuthFailure, BreakGlassCredentials};
 use crate::auth::portal::{self as pages, AccessView, DeviceAccess, GrantLine, ServiceAccess};
 use crate::auth::{AccessMode, AuthPolicy, GrantRule, User};
 use crate::config::schema::Protocol;
@@ -340,16 +338,8 @@ pub(super) async fn break_glass_submit(
     auth: &AuthPolicy,
     record: &mut RequestRecord,
 ) -> Result<Response<ProxyBody>, Stop> {
-    let same_origin = origin_ok(req.headers(), host);
-    let nonce = crate::auth::session::cookie_values(req.headers(), CSRF_COOKIE)
-        .next()
-        .map(str::to_string);
-    let form = read_form(req.into_body()).await?;
+    let (form, csrf_ok) = super::read_pre_login_form(req, host, auth).await?;
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    let csrf_ok = same_origin
-        && nonce
-            .as_deref()
-            .is_some_and(|n| auth.keys.check_csrf(&format!("login:{n}"), field("csrf")));
     let policy = s.rt.policy.borrow().clone();
     let now = s.rt.clock.now();
     // The service first (a form names one), then the attempt proper.
@@ -378,14 +368,7 @@ pub(super) async fn break_glass_submit(
     };
     let grant_for = rule.break_glass.expect("filtered above");
     let binding = binding(s, service, "address")?;
-    let cx = LoginContext {
-        auth,
-        runtime: &s.rt.auth,
-        store: &*s.rt.store,
-        metrics: &s.rt.metrics,
-        now,
-        client: s.conn.client.ip(),
-    };
+    let cx = super::login_context(s, auth, now);
     let creds = BreakGlassCredentials {
         username: field("username"),
         password: field("password"),
