@@ -46,6 +46,39 @@ pub struct TlsInfo {
     pub alpn: Option<String>,
 }
 
+/// A presentation context of a DICOM association.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DicomContext {
+    pub id: u8,
+    pub abstract_syntax: String,
+    /// The transfer syntax the device accepted (accepted contexts only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_syntax: Option<String>,
+}
+
+/// What became of a DICOM association.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DicomOutcome {
+    /// The device accepted it (at least one presentation context).
+    Accepted,
+    /// moat refused it with an A-ASSOCIATE-RJ; the device never saw it.
+    Rejected,
+    /// The device answered with an A-ASSOCIATE-RJ.
+    RejectedByDevice,
+    /// Aborted during negotiation (by the device, or by moat on a
+    /// malformed answer or a timeout).
+    Aborted,
+}
+
+/// What moat did with an HL7 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hl7Decision {
+    Forwarded,
+    Refused,
+}
+
 /// Who or what ended a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,6 +94,9 @@ pub enum ClosedBy {
     /// An h2 client flooded control frames or reset streams by the hundred:
     /// cut with GOAWAY `ENHANCE_YOUR_CALM`.
     ProtocolAbuse,
+    /// A protocol guard (DICOM, HL7 MLLP) found a violation and closed the
+    /// connection (`guard_violation` says which).
+    GuardViolation,
     Error,
 }
 
@@ -212,6 +248,49 @@ pub enum Event {
         grant_id: crate::auth::grants::GrantId,
         until: u64,
     },
+    /// One DICOM association (guard = "dicom"): what it asked for and what
+    /// became of it. AE titles and SOP class UIDs only, never patient data.
+    DicomAssociation {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        calling_ae: String,
+        called_ae: String,
+        contexts_asked: Vec<DicomContext>,
+        contexts_accepted: Vec<DicomContext>,
+        outcome: DicomOutcome,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<Reason>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// One HL7 message (guard = "hl7-mllp"): its header fields and the
+    /// decision. Never the message body.
+    Hl7Message {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        control_id: String,
+        message_type: String,
+        sending_application: String,
+        sending_facility: String,
+        receiving_application: String,
+        receiving_facility: String,
+        decision: Hl7Decision,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<Reason>,
+        /// The acknowledgment code moat answered a refusal with ("AR", "CR").
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ack: Option<&'static str>,
+    },
+    /// A protocol guard closed the connection: malformed or oversize
+    /// input, a framing error, a timeout, an unexpected PDU.
+    GuardViolation {
+        #[serde(flatten)]
+        conn: ConnMeta,
+        guard: &'static str,
+        reason: Reason,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
     ListenerStopped {
         device: Arc<str>,
         service: Arc<str>,
@@ -360,6 +439,7 @@ impl Audit {
     pub fn record_denial(&self, event: Event) -> bool {
         let reason = match &event {
             Event::ConnectionDenied { reason, .. } => Some(*reason),
+            Event::GuardViolation { reason, .. } => Some(*reason),
             Event::HttpRequest { reason, .. } => *reason,
             // What a login flood makes in bulk: summarised like denials.
             Event::AuthFailed { reason, .. } => match reason {

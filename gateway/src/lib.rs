@@ -22,6 +22,7 @@ pub mod config;
 pub mod controls;
 pub mod demo;
 pub mod gateway;
+pub mod guard;
 pub mod log_limit;
 pub mod metrics;
 pub mod policy;

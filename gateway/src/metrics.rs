@@ -57,6 +57,21 @@ pub struct Metrics {
     pub grants_open: Family<ServiceLabels, Gauge>,
     /// Break-glass codes used: meant for an alert (any increase).
     pub break_glass_used: Family<ServiceLabels, Counter>,
+    /// Protocol guards: associations (DICOM) or messages (HL7) by outcome,
+    /// and refusals and violations by reason.
+    pub guard_decisions: Family<GuardLabels, Counter>,
+    pub guard_refusals: Family<GuardLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub device: String,
+    pub service: String,
+    /// "dicom" or "hl7-mllp".
+    pub guard: &'static str,
+    /// decisions: "accepted", "rejected", "rejected_by_device", "aborted"
+    /// (DICOM), "forwarded", "refused" (HL7); refusals: a reason.
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,7 +191,21 @@ impl Metrics {
             "Break-glass codes used (alert on any increase)",
             break_glass_used.clone(),
         );
+        let guard_decisions = Family::<GuardLabels, Counter>::default();
+        let guard_refusals = Family::<GuardLabels, Counter>::default();
+        registry.register(
+            "guard_decisions",
+            "Protocol guards: DICOM associations or HL7 messages by outcome",
+            guard_decisions.clone(),
+        );
+        registry.register(
+            "guard_refusals",
+            "Protocol guards: refusals and violations by reason",
+            guard_refusals.clone(),
+        );
         Metrics {
+            guard_decisions,
+            guard_refusals,
             grants_opened,
             grants_ended,
             grants_open,
@@ -230,6 +259,29 @@ impl Metrics {
                 outcome: reason,
             })
             .inc();
+    }
+
+    /// Counts one guard decision (an association, a message) and, when it
+    /// was a refusal or a violation, its reason.
+    pub fn guard(
+        &self,
+        device: &str,
+        service: &str,
+        guard: &'static str,
+        outcome: &'static str,
+        reason: Option<Reason>,
+    ) {
+        let mut labels = GuardLabels {
+            device: device.to_string(),
+            service: service.to_string(),
+            guard,
+            outcome,
+        };
+        self.guard_decisions.get_or_create(&labels).inc();
+        if let Some(reason) = reason {
+            labels.outcome = reason.as_str();
+            self.guard_refusals.get_or_create(&labels).inc();
+        }
     }
 
     pub fn reload(&self, result: &'static str) {

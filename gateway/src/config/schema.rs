@@ -285,6 +285,76 @@ pub struct ServiceSection {
     pub break_glass: Option<Spanned<bool>>,
     /// The grant a break-glass code opens, at most (default 15 min).
     pub break_glass_grant: Option<Spanned<HumanDuration>>,
+    /// `tcp` services: check the protocol before it reaches the device
+    /// ("dicom" or "hl7-mllp"), with its settings in the table of the same
+    /// name (`[device.service.dicom]`, `[device.service.hl7]`).
+    pub guard: Option<Spanned<GuardKind>>,
+    pub dicom: Option<Spanned<DicomSection>>,
+    pub hl7: Option<Spanned<Hl7Section>>,
+}
+
+/// A protocol guard on a `tcp` service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum GuardKind {
+    #[serde(rename = "dicom")]
+    Dicom,
+    #[serde(rename = "hl7-mllp")]
+    Hl7Mllp,
+}
+
+/// `guard = "dicom"`: what an association must ask for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomSection {
+    /// The device's own AE title: the called AE title must be this.
+    pub ae_title: Spanned<String>,
+    /// The calling AE titles admitted (the modalities, workstations, PACS).
+    pub calling_ae_titles: Spanned<Vec<Spanned<String>>>,
+    /// SOP classes a presentation context may propose: names
+    /// ("verification", "storage", "find", "move", "get", "worklist",
+    /// "storage-commitment", "mpps"), UIDs, or UID prefixes ending ".*".
+    /// Default: verification and storage.
+    pub abstract_syntaxes: Option<Spanned<Vec<Spanned<String>>>>,
+    /// "reject" (default): one refused context rejects the association;
+    /// "drop": only the refused contexts are refused.
+    pub refused_contexts: Option<Spanned<RefusedContexts>>,
+    /// The largest PDU either side may send (bytes; default 131072).
+    pub max_pdu_length: Option<Spanned<u32>>,
+    /// How long the A-ASSOCIATE-RQ, and then the device's answer, may take
+    /// (default 30s).
+    pub association_timeout: Option<Spanned<HumanDuration>>,
+}
+
+/// What happens to an association that proposes a refused SOP class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefusedContexts {
+    #[default]
+    Reject,
+    Drop,
+}
+
+/// `guard = "hl7-mllp"`: which messages may reach the device. Every list
+/// matches the first component of its field exactly; "*" admits any.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7Section {
+    /// MSH-3. Required.
+    pub sending_applications: Spanned<Vec<Spanned<String>>>,
+    /// MSH-4 (default: any).
+    pub sending_facilities: Option<Spanned<Vec<Spanned<String>>>>,
+    /// MSH-5 (default: any).
+    pub receiving_applications: Option<Spanned<Vec<Spanned<String>>>>,
+    /// MSH-6 (default: any).
+    pub receiving_facilities: Option<Spanned<Vec<Spanned<String>>>>,
+    /// MSH-9: "ORU^R01" (type and trigger event) or "ADT" (any trigger).
+    /// Required.
+    pub message_types: Spanned<Vec<Spanned<String>>>,
+    /// The largest message, framing excluded (bytes; default 1 MiB).
+    pub max_message_bytes: Option<Spanned<u32>>,
+    /// A message's frame must be complete this long after its start byte
+    /// (default 30s).
+    pub frame_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// Rates are written "20/s", "600/min" or "20/s burst 40".

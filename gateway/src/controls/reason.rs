@@ -92,10 +92,47 @@ pub enum Reason {
     /// The grant that admitted a live connection ended (expired, revoked,
     /// the user disabled, the policy changed).
     GrantEnded,
+    /// A DICOM PDU that is not well formed: an unknown type, a truncated or
+    /// inconsistent item, garbage.
+    DicomMalformed,
+    /// An A-ASSOCIATE-RQ of a protocol version moat does not speak.
+    DicomProtocolVersion,
+    /// The called AE title is not the device's own.
+    DicomCalledAe,
+    /// The calling AE title is not in `calling_ae_titles`.
+    DicomCallingAe,
+    /// A presentation context proposes a SOP class that `abstract_syntaxes`
+    /// does not list (or, with `refused_contexts = "drop"`, none is left).
+    DicomAbstractSyntax,
+    /// A PDU longer than `max_pdu_length` (or the association-request cap).
+    DicomPduTooLarge,
+    /// A PDU of a type that does not belong at this point of the
+    /// association (a second A-ASSOCIATE-RQ, P-DATA before the association).
+    DicomUnexpectedPdu,
+    /// P-DATA on a presentation context the association did not accept.
+    DicomPresentationContext,
+    /// No complete A-ASSOCIATE-RQ (or device answer) within
+    /// `association_timeout`.
+    DicomTimeout,
+    /// MLLP framing broken: no start byte, stray bytes between frames, an
+    /// end byte not followed by a carriage return.
+    Hl7Framing,
+    /// An HL7 message longer than `max_message_bytes`.
+    Hl7TooLarge,
+    /// An MLLP frame left unfinished past `frame_timeout`.
+    Hl7Timeout,
+    /// A framed message that does not start with a readable MSH segment.
+    Hl7Malformed,
+    /// The sending application or facility (MSH-3, MSH-4) is not allowed.
+    Hl7Sender,
+    /// The receiving application or facility (MSH-5, MSH-6) is not allowed.
+    Hl7Receiver,
+    /// The message type (MSH-9) is not allowed.
+    Hl7MessageType,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 52] = [
         Reason::NotAllowlisted,
         Reason::Denylisted,
         Reason::MaxConnections,
@@ -132,7 +169,35 @@ impl Reason {
         Reason::CsrfRejected,
         Reason::NoGrant,
         Reason::GrantEnded,
+        Reason::DicomMalformed,
+        Reason::DicomProtocolVersion,
+        Reason::DicomCalledAe,
+        Reason::DicomCallingAe,
+        Reason::DicomAbstractSyntax,
+        Reason::DicomPduTooLarge,
+        Reason::DicomUnexpectedPdu,
+        Reason::DicomPresentationContext,
+        Reason::DicomTimeout,
+        Reason::Hl7Framing,
+        Reason::Hl7TooLarge,
+        Reason::Hl7Timeout,
+        Reason::Hl7Malformed,
+        Reason::Hl7Sender,
+        Reason::Hl7Receiver,
+        Reason::Hl7MessageType,
     ];
+
+    /// The protocol guard a reason belongs to, if any.
+    pub fn guard(self) -> Option<&'static str> {
+        let name = self.as_str();
+        if name.starts_with("dicom_") {
+            Some("dicom")
+        } else if name.starts_with("hl7_") {
+            Some("hl7-mllp")
+        } else {
+            None
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -172,6 +237,22 @@ impl Reason {
             Reason::CsrfRejected => "csrf_rejected",
             Reason::NoGrant => "no_grant",
             Reason::GrantEnded => "grant_ended",
+            Reason::DicomMalformed => "dicom_malformed",
+            Reason::DicomProtocolVersion => "dicom_protocol_version",
+            Reason::DicomCalledAe => "dicom_called_ae",
+            Reason::DicomCallingAe => "dicom_calling_ae",
+            Reason::DicomAbstractSyntax => "dicom_abstract_syntax",
+            Reason::DicomPduTooLarge => "dicom_pdu_too_large",
+            Reason::DicomUnexpectedPdu => "dicom_unexpected_pdu",
+            Reason::DicomPresentationContext => "dicom_presentation_context",
+            Reason::DicomTimeout => "dicom_timeout",
+            Reason::Hl7Framing => "hl7_framing",
+            Reason::Hl7TooLarge => "hl7_too_large",
+            Reason::Hl7Timeout => "hl7_timeout",
+            Reason::Hl7Malformed => "hl7_malformed",
+            Reason::Hl7Sender => "hl7_sender",
+            Reason::Hl7Receiver => "hl7_receiver",
+            Reason::Hl7MessageType => "hl7_message_type",
         }
     }
 
@@ -200,6 +281,13 @@ impl Reason {
                 | Reason::LoginRateLimited
                 | Reason::CsrfRejected
                 | Reason::NoGrant
+                | Reason::DicomMalformed
+                | Reason::DicomPduTooLarge
+                | Reason::DicomTimeout
+                | Reason::Hl7Framing
+                | Reason::Hl7TooLarge
+                | Reason::Hl7Timeout
+                | Reason::Hl7Malformed
         )
     }
 

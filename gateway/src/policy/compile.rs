@@ -459,6 +459,7 @@ impl Compiler<'_> {
             *s.max_connections.get_ref(),
         );
         let access_mode = self.access_mode(s, field, auth, tls.is_some());
+        let guard = self.guard(s, field);
         if self.errors.len() != before {
             return None;
         }
@@ -477,6 +478,7 @@ impl Compiler<'_> {
             http,
             limits,
             access_mode,
+            guard,
         })
     }
 
@@ -1176,6 +1178,8 @@ fn is_identifier(s: &str) -> bool {
 fn looks_like_address(s: &str) -> bool {
     s.contains(':') || s.starts_with(|c: char| c.is_ascii_digit())
 }
+
+mod guard;
 
 #[cfg(test)]
 mod tests;

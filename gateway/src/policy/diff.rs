@@ -60,6 +60,7 @@ fn same_service(a: &Service, b: &Service) -> bool {
         && a.http.as_ref().map(|h| h.summary()) == b.http.as_ref().map(|h| h.summary())
         && a.limits == b.limits
         && a.access_mode == b.access_mode
+        && a.guard == b.guard
 }
 
 impl PolicyDiff {

@@ -175,6 +175,9 @@ pub struct Service {
     pub limits: crate::controls::rate::LimitsPolicy,
     /// Who may use the service once the network controls let them on.
     pub access_mode: crate::auth::AccessMode,
+    /// A protocol guard (`tcp` services only): DICOM or HL7 MLLP checked
+    /// before it reaches the device.
+    pub guard: Option<crate::guard::Guard>,
 }
 
 /// Where a device listens, as `host:port`; resolved at connect time.

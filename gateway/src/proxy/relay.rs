@@ -96,7 +96,7 @@ impl<S> Metered<S> {
         }
     }
 
-    fn upstream(inner: S, activity: Arc<Activity>) -> Self {
+    pub fn upstream(inner: S, activity: Arc<Activity>) -> Self {
         Metered {
             inner,
             side: SIDE_UPSTREAM,

@@ -4,7 +4,7 @@
 use std::io;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
@@ -13,11 +13,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::accept::{self, Accepted, Acceptor};
-use super::relay::relay;
 use crate::audit::{ClosedBy, ConnMeta, Event, TlsInfo};
 use crate::config::schema::Protocol;
 use crate::controls::Principal;
 use crate::controls::{self, Asking, ConnFacts, Denial, Reason};
+use crate::guard::{self, GuardCx};
 use crate::metrics::{ByteLabels, ServiceLabels};
 use crate::policy::{ListenerId, Policy, Service};
 use crate::runtime::{Runtime, ServiceKey};
@@ -265,12 +265,33 @@ async fn serve_protocol<C>(
 ) where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut client = client;
+    // A protocol guard reads what it must check before the device is
+    // contacted (DICOM: the A-ASSOCIATE-RQ), so a refusal never reaches it.
+    let guard = service.guard.as_ref();
+    let opening = {
+        let cx = GuardCx {
+            rt: &rt,
+            conn: &conn,
+        };
+        or_hard_stop(&rt, guard::open(guard, &mut client, cx)).await
+    };
+    let opening = match opening {
+        Some(Ok(o)) => o,
+        Some(Err(denial)) => return deny(&rt, conn, denial, tls, principal),
+        None => return deny(&rt, conn, Reason::GatewayShutdown.into(), tls, principal),
+    };
     // L4 needs the device before it admits; L7 connects per request.
     let upstream = match service.protocol {
         Protocol::Tcp => {
             match connect_upstream(&service, &conn, &rt, tls.as_ref(), principal.as_ref()).await {
                 Some(u) => Some(u),
-                None => return,
+                None => {
+                    if let Some(answer) = opening.unreachable_answer() {
+                        let _ = timeout(guard::LAST_WORDS, client.write_all(&answer)).await;
+                    }
+                    return;
+                }
             }
         }
         Protocol::Http | Protocol::Portal => None,
@@ -299,12 +320,19 @@ async fn serve_protocol<C>(
     };
     let outcome = match upstream {
         Some(upstream) => {
-            relay(
+            let cx = GuardCx {
+                rt: &rt,
+                conn: &conn,
+            };
+            guard::relay(
+                guard,
+                opening,
                 client,
                 upstream,
                 service.idle_timeout,
                 &rt.hard_stop,
                 revoked,
+                cx,
             )
             .await
         }
