@@ -3,7 +3,9 @@
 //! its audit trail. Every wait has a deadline; nothing sleeps to synchronise.
 #![allow(dead_code)]
 
+pub mod dicom;
 pub mod grants;
+pub mod hl7;
 pub mod http_device;
 pub mod mfa;
 

@@ -1,0 +1,3 @@
+//! The DICOM guard end to end: dcmtk tools through moat to dcmtk peers.
+
+mod support;

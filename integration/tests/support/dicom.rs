@@ -1,0 +1,1 @@
+//! dcmtk peers and DICOM helpers shared by the DICOM suites.
