@@ -424,3 +424,70 @@ fn demo_serves_the_simulated_device_and_stops_on_sigterm() {
     let status = wait_for("demo exit", || child.try_wait().unwrap());
     assert!(status.success());
 }
+
+/// Protocol guards (issue 13): every bad setting is named by file, line,
+/// column and field, all at once.
+#[test]
+fn guard_settings_are_checked_with_file_and_line() {
+    let ws = Workspace::new();
+    let body = GOOD_SERVICE.replacen(
+        "plaintext = true",
+        r#"plaintext = true
+guard = "dicom"
+[device.service.dicom]
+ae_title = "A_TITLE_LONGER_THAN_16"
+calling_ae_titles = []
+abstract_syntaxes = ["storage", "stroage", "1.2.*"]
+max_pdu_length = 100
+association_timeout = "20m"
+[device.service.hl7]
+sending_applications = ["LAB"]
+message_types = ["ORU^R01"]
+[[device.service]]
+name = "hl7"
+protocol = "tcp"
+listen = "127.0.0.1:11113"
+upstream = "10.20.0.6:2575"
+allow = ["10.0.0.0/8"]
+plaintext = true
+guard = "hl7-mllp"
+[device.service.hl7]
+sending_applications = ["LAB", "*"]
+receiving_facilities = []
+message_types = ["ORU^", "ADT"]
+max_message_bytes = 10
+[[device.service]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:11114"
+upstream = "10.20.0.7:80"
+allow = ["10.0.0.0/8"]
+plaintext = true
+guard = "dicom""#,
+        1,
+    );
+    let path = ws.write("moat.toml", &body);
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let lines = stderr_lines(&out, ws.dir.path());
+    let expected = [
+        r#"moat.toml:15:12: device[0].service[0].dicom.ae_title: "A_TITLE_LONGER_THAN_16" is not an AE title"#,
+        "moat.toml:16:21: device[0].service[0].dicom.calling_ae_titles: an empty list admits no one",
+        r#"moat.toml:17:33: device[0].service[0].dicom.abstract_syntaxes: "stroage" is neither a SOP class UID nor one of verification, storage"#,
+        "moat.toml:18:18: device[0].service[0].dicom.max_pdu_length: must be between 4096 and 4194304 bytes",
+        "moat.toml:19:23: device[0].service[0].dicom.association_timeout: must be between 100ms and 10m",
+        r#"moat.toml:20:1: device[0].service[0].hl7: an [hl7] table needs `guard = "hl7-mllp"` on this service"#,
+        r#"moat.toml:32:32: device[0].service[1].hl7.sending_applications: "*" (any) must be the list's only entry"#,
+        "moat.toml:33:24: device[0].service[1].hl7.receiving_facilities: an empty list admits nothing",
+        r#"moat.toml:34:18: device[0].service[1].hl7.message_types: "ORU^" is not a message type"#,
+        "moat.toml:35:21: device[0].service[1].hl7.max_message_bytes: must be between 64 and",
+        r#"moat.toml:43:9: device[0].service[2].guard: protocol guards are for `protocol = "tcp"` services"#,
+    ];
+    for want in expected {
+        assert!(
+            lines.iter().any(|l| l.starts_with(want)),
+            "want {want:?}\ngot  {lines:#?}"
+        );
+    }
+    assert!(lines.last().unwrap().ends_with("error(s); nothing applied"));
+}

@@ -39,7 +39,9 @@ impl Compiler<'_> {
         ];
         for (table, span, wanted, name) in stray {
             if let (Some(span), true) = (span, kind != Some(wanted)) {
-                let msg = format!("a [{table}] table needs `guard = \"{name}\"` on this service");
+                let article = if table == "hl7" { "an" } else { "a" };
+                let msg =
+                    format!("{article} [{table}] table needs `guard = \"{name}\"` on this service");
                 self.err(span, &format!("{field}.{table}"), msg);
             }
         }
