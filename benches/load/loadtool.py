@@ -27,6 +27,13 @@ Subcommands:
   echo-server PORT             TCP echo server
   tls-echo-load PORT CA N R    N parallel TLS connections, R echo round
                                trips each; fails on any error or mismatch
+  dicom-sink PORT              DICOM association acceptor: accepts the first
+                               presentation context, discards P-DATA,
+                               answers A-RELEASE-RQ (one thread per peer)
+  dicom-store-load PORT CA CONNS MBYTES [PDU]
+                               CONNS parallel TLS associations streaming
+                               MBYTES in all as P-DATA PDUs of PDU bytes
+                               (16384), then a release: JSON bytes, secs, MB/s
   threadcpu PGID...            JSON {thread name: CPU seconds} over every
                                live thread of the process groups (schedstat)
   totp SECRET                  the current RFC 6238 code of a base32 secret
@@ -573,6 +580,164 @@ def cmd_tls_echo_load(port, ca, n, rounds):
     return ok_trips
 
 
+# ---------------------------------------------------------------- DICOM
+
+
+SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+APP_CONTEXT = "1.2.840.10008.3.1.1.1"
+
+
+def dicom_item(kind, body):
+    return struct.pack(">BBH", kind, 0, len(body)) + body
+
+
+def dicom_uid(uid):
+    b = uid.encode()
+    return b + b"\0" if len(b) % 2 else b
+
+
+def dicom_pdu(kind, body):
+    return struct.pack(">BBI", kind, 0, len(body)) + body
+
+
+def dicom_associate_rq(calling, called, max_len=0):
+    ctx = bytes([1, 0, 0, 0]) + dicom_item(0x30, dicom_uid(SC_STORAGE)) + dicom_item(0x40, dicom_uid(EXPLICIT_LE))
+    user = dicom_item(0x51, struct.pack(">I", max_len)) + dicom_item(0x52, dicom_uid("1.2.826.0.1.3680043.9.7433.1"))
+    body = (
+        struct.pack(">HH", 1, 0)
+        + called.ljust(16).encode()
+        + calling.ljust(16).encode()
+        + bytes(32)
+        + dicom_item(0x10, dicom_uid(APP_CONTEXT))
+        + dicom_item(0x20, ctx)
+        + dicom_item(0x50, user)
+    )
+    return dicom_pdu(0x01, body)
+
+
+def recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def read_pdu(sock):
+    head = recv_exact(sock, 6)
+    kind, length = head[0], struct.unpack(">I", head[2:6])[0]
+    return kind, recv_exact(sock, length)
+
+
+def cmd_dicom_sink(port):
+    """An association acceptor for benchmarks: accepts the first presentation
+    context of any A-ASSOCIATE-RQ, discards P-DATA, answers A-RELEASE-RQ."""
+    import threading
+
+    def serve(conn):
+        try:
+            kind, body = read_pdu(conn)
+            if kind != 0x01:
+                return
+            # The first presentation context's id (items start at byte 68).
+            i, ctx_id = 68, 1
+            while i + 4 <= len(body):
+                item, length = body[i], struct.unpack(">H", body[i + 2 : i + 4])[0]
+                if item == 0x20:
+                    ctx_id = body[i + 4]
+                    break
+                i += 4 + length
+            ac_ctx = bytes([ctx_id, 0, 0, 0]) + dicom_item(0x40, dicom_uid(EXPLICIT_LE))
+            user = dicom_item(0x51, struct.pack(">I", 0))
+            ac = dicom_pdu(0x02, body[:68] + dicom_item(0x10, dicom_uid(APP_CONTEXT)) + dicom_item(0x21, ac_ctx) + dicom_item(0x50, user))
+            conn.sendall(ac)
+            buf = bytearray(1 << 20)
+            view = memoryview(buf)
+            pending = b""
+            while True:
+                # Walk PDU headers; skip payloads without copying them.
+                head = pending + recv_exact(conn, 6 - len(pending))
+                pending = b""
+                kind, length = head[0], struct.unpack(">I", head[2:6])[0]
+                left = length
+                while left:
+                    n = conn.recv_into(view[: min(left, len(buf))])
+                    if not n:
+                        return
+                    left -= n
+                if kind == 0x05:
+                    conn.sendall(dicom_pdu(0x06, bytes(4)))
+                    return
+                if kind == 0x07:
+                    return
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            conn.close()
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", int(port)))
+    srv.listen(128)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def cmd_dicom_store_load(port, ca, conns, mbytes, pdu="16384"):
+    """CONNS parallel TLS associations, each streaming MBYTES/CONNS of
+    P-DATA in PDUs of PDU bytes (a large C-STORE), then a release. Prints
+    one JSON line: bytes, seconds, MB/s."""
+    import threading
+
+    conns, total, pdu = int(conns), int(float(mbytes) * 1e6), int(pdu)
+    per_conn = total // conns
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    fragment = os.urandom(pdu - 6)
+    # One P-DATA PDU: a PDV of the whole fragment on context 1 (data, not last).
+    one = dicom_pdu(0x04, struct.pack(">IBB", len(fragment) + 2, 1, 0x00) + fragment)
+    batch = one * max(1, (256 * 1024) // len(one))
+    failures, moved = [], [0] * conns
+
+    def run(i):
+        try:
+            raw = socket.create_connection(("127.0.0.1", int(port)), timeout=30)
+            s = ctx.wrap_socket(raw, server_hostname="localhost")
+            s.sendall(dicom_associate_rq("BENCH", "SINK"))
+            kind, _ = read_pdu(s)
+            if kind != 0x02:
+                raise RuntimeError(f"association not accepted (PDU type {kind})")
+            sent = 0
+            while sent < per_conn:
+                s.sendall(batch)
+                sent += len(batch)
+            s.sendall(dicom_pdu(0x05, bytes(4)))
+            kind, _ = read_pdu(s)
+            if kind != 0x06:
+                raise RuntimeError(f"no A-RELEASE-RP (PDU type {kind})")
+            moved[i] = sent
+            s.close()
+        except Exception as e:  # noqa: BLE001 - every failure counts
+            failures.append(f"conn {i}: {e!r}")
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dt = time.monotonic() - t0
+    if failures:
+        for f_ in failures[:20]:
+            print(f"  FAIL {f_}", file=sys.stderr)
+        die(f"{len(failures)} of {conns} associations failed")
+    print(json.dumps({"bytes": sum(moved), "secs": round(dt, 3), "mbps": round(sum(moved) / dt / 1e6, 1)}))
+
+
 def thread_states(pgids):
     """(comm, state, ns on CPU) of every thread of the process groups."""
     for pid, _ in group_members(pgids):
@@ -895,6 +1060,8 @@ COMMANDS = {
     "http-backend": cmd_http_backend,
     "echo-server": cmd_echo_server,
     "tls-echo-load": cmd_tls_echo_load,
+    "dicom-sink": cmd_dicom_sink,
+    "dicom-store-load": cmd_dicom_store_load,
     "threadcpu": cmd_threadcpu,
     "totp": cmd_totp,
     "mfa-login": cmd_mfa_login,
