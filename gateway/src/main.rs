@@ -418,8 +418,12 @@ fn check(config: &Path) -> ExitCode {
                     ))
                 ),
             };
+            let guard = s
+                .guard
+                .as_ref()
+                .map_or(String::new(), |g| format!("; {}", g.summary()));
             println!(
-                "    {:<12} {} -> {}  {tls}; allow {} entries, deny {}; max {} connections{access}",
+                "    {:<12} {} -> {}  {tls}; allow {} entries, deny {}; max {} connections{access}{guard}",
                 s.name,
                 s.listen,
                 s.upstream,

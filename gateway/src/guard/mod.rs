@@ -52,6 +52,48 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// One line for `moat check` and reports: what the guard admits.
+    pub fn summary(&self) -> String {
+        match self {
+            Guard::Dicom(p) => format!(
+                "dicom guard: called AE {}, calling AE [{}], SOP classes [{}], {} refused contexts, PDUs up to {} bytes",
+                p.ae_title,
+                p.calling_ae_titles.join(", "),
+                p.abstract_syntaxes.written.join(", "),
+                match p.refused_contexts {
+                    crate::config::schema::RefusedContexts::Reject => "reject on",
+                    crate::config::schema::RefusedContexts::Drop => "drop",
+                },
+                p.max_pdu_length
+            ),
+            Guard::Hl7(p) => {
+                let names = |l: &mllp::NameList| match l {
+                    mllp::NameList::Any => "*".to_string(),
+                    mllp::NameList::Only(n) => n.join(", "),
+                };
+                let types: Vec<String> = p
+                    .message_types
+                    .iter()
+                    .map(|t| match &t.trigger {
+                        Some(trigger) => format!("{}^{trigger}", t.code),
+                        None => t.code.clone(),
+                    })
+                    .collect();
+                format!(
+                    "hl7-mllp guard: from [{}] at [{}], to [{}] at [{}], types [{}], messages up to {} bytes",
+                    names(&p.sending_applications),
+                    names(&p.sending_facilities),
+                    names(&p.receiving_applications),
+                    names(&p.receiving_facilities),
+                    types.join(", "),
+                    p.max_message_bytes
+                )
+            }
+        }
+    }
+}
+
 pub const DICOM: &str = "dicom";
 pub const HL7_MLLP: &str = "hl7-mllp";
 
