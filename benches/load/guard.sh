@@ -6,6 +6,7 @@
 #
 #   benches/load/guard.sh                              # RUNS=5 MBYTES=400 CONNS=4
 #   SKIP_BUILD=1 MOAT_BIN=target/release/moat benches/load/guard.sh
+#   MODE=callgrind SKIP_BUILD=1 benches/load/guard.sh   # instructions per MB, exact
 #
 # The load is loadtool.py's dicom-store-load: CONNS TLS associations at
 # once, each an A-ASSOCIATE-RQ, MBYTES/CONNS of P-DATA in PDUs of PDU bytes
@@ -14,6 +15,12 @@
 # per byte (from /proc) is printed beside the throughput: where the
 # Python peers bound the throughput, the CPU figure still shows the
 # guard's cost. Bounded: RUNS x 2 loads of MBYTES each, plus the build.
+# MODE=callgrind runs moat under valgrind's callgrind instead and prints
+# the user-space instructions moat spends per MB on each service: one
+# association of CG_A MB, then one of CG_A + CG_N MB, dumped after each;
+# (B - A) / CG_N is the marginal cost per MB (set-up, handshake and the
+# association cancel out). Repeatable to the instruction, whatever else
+# the machine does.
 # Exits non-zero on any failed association, never on speed.
 set -euo pipefail
 
@@ -23,6 +30,9 @@ RUNS=${RUNS:-5}
 MBYTES=${MBYTES:-400}
 CONNS=${CONNS:-4}
 PDU=${PDU:-16384}
+MODE=${MODE:-throughput}
+CG_A=${CG_A:-4}
+CG_N=${CG_N:-40}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 MOAT_BIN=${MOAT_BIN:-$ROOT/target/release/moat}
@@ -84,6 +94,41 @@ TOML
 } >moat.toml
 "$MOAT_BIN" check -c moat.toml >/dev/null || die "moat check failed: $("$MOAT_BIN" check -c moat.toml 2>&1)"
 start sink "$LOAD_CPU" $TOOL dicom-sink "$P_SINK"
+
+if [ "$MODE" = callgrind ]; then
+  for t in valgrind callgrind_control; do command -v "$t" >/dev/null || die "needs $t (apt-get install valgrind)"; done
+  cg="$WORK/callgrind"
+  start moat "$PROXY_CPU" env MOAT_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$cg.%p" "$MOAT_BIN" run -c moat.toml
+  for p in "$P_SINK" "$P_PLAIN" "$P_GUARD"; do $TOOL wait-port "$p" 120; done
+  vpid=$(pgrep -g "${PIDS[-1]}" -f "valgrind|callgrind|moat run" | head -n1)
+  last_dump() { ls -t "$cg".* 2>/dev/null | grep -v '\.\(plain\|dicom\)' | head -n1; }
+  total_ir() { awk '/^summary:|^totals:/ {print $2; exit}' "$1"; }
+  load() { taskset -c "$LOAD_CPU" $TOOL dicom-store-load "$1" certs/ca.pem 1 "$2" "$PDU" >/dev/null; }
+  # Warm-up: the first TLS connection pays one-off initialisation.
+  load "$P_PLAIN" 1; load "$P_GUARD" 1
+  printf '%-6s %16s %16s %14s\n' service "A ($CG_A MB)" "B ($((CG_A + CG_N)) MB)" "(B-A) per MB"
+  for svc in plain dicom; do
+    port=$P_PLAIN; [ "$svc" = dicom ] && port=$P_GUARD
+    callgrind_control -z "$vpid" >/dev/null 2>&1
+    load "$port" "$CG_A"
+    callgrind_control -d "$svc-a" "$vpid" >/dev/null 2>&1; mv "$(last_dump)" "$cg.$svc-a"
+    load "$port" "$((CG_A + CG_N))"
+    callgrind_control -d "$svc-b" "$vpid" >/dev/null 2>&1; mv "$(last_dump)" "$cg.$svc-b"
+    A=$(total_ir "$cg.$svc-a"); B=$(total_ir "$cg.$svc-b")
+    per=$(( (B - A) / CG_N ))
+    printf '%-6s %16s %16s %14s\n' "$svc" "$A" "$B" "$per"
+    echo "$svc $per" >>cg.txt
+  done
+  python3 - cg.txt <<'PY'
+import sys
+d = dict(l.split() for l in open(sys.argv[1]))
+print(f"ratio dicom/plain instructions per MB: {int(d['dicom']) / int(d['plain']):.4f}")
+PY
+  grep -q '"event":"dicom_association"' audit.jsonl || die "no dicom_association recorded"
+  [ -z "${KEEP_CALLGRIND:-}" ] || cp "$cg".*-b "$KEEP_CALLGRIND"/
+  exit 0
+fi
+
 start moat "$PROXY_CPU" env MOAT_LOG=warn "$MOAT_BIN" run -c moat.toml
 MOAT_PGID=${PIDS[-1]}
 for p in "$P_SINK" "$P_PLAIN" "$P_GUARD"; do $TOOL wait-port "$p"; done
