@@ -181,7 +181,8 @@ fn assert_no_reason_given(out: &str, tool: &str) {
         "{tool}: not rejected permanent by the service user: {out}"
     );
     assert!(
-        out.lines().any(|l| l.trim_end().ends_with("Reason: No Reason")),
+        out.lines()
+            .any(|l| l.trim_end().ends_with("Reason: No Reason")),
         "{tool}: not rejected with no reason given: {out}"
     );
 }
@@ -199,6 +200,14 @@ fn metric(moat: &Moat, family: &str, labels: &[(&str, &str)]) -> u64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// Sends an A-ASSOCIATE-RQ by hand (one context) and reads moat's answer.
+fn raw_answer(moat: &Moat, calling: &str, called: &str, syntax: &str) -> Answer {
+    let mut s = TcpStream::connect(moat.addr("dicom")).unwrap();
+    s.write_all(&associate_rq(calling, called, &[(1, syntax)], 16384))
+        .unwrap();
+    read_pdu(&mut s)
 }
 
 /// Waits until the guard's counter `family{outcome}` of pacs/dicom reads
@@ -458,27 +467,46 @@ fn refused_associations_are_rejected_before_the_device() {
     });
     assert_rejected(&moat, &e, "dicom_abstract_syntax");
 
+    // The same refusals by hand, to see the exact A-ASSOCIATE-RJ: result 1
+    // (permanent), source 1 (service user), reason 7 (called AE title not
+    // recognised), 3 (calling AE title not recognised), 1 (no reason given).
+    for (calling, called, syntax, reason) in [
+        ("ECHOSCU", "OTHER", VERIFICATION, 7),
+        ("EVIL", "STORESCP", VERIFICATION, 3),
+        ("STORESCU", "STORESCP", STUDY_ROOT_FIND, 1),
+    ] {
+        assert_eq!(
+            raw_answer(&moat, calling, called, syntax),
+            Answer::Pdu(A_ASSOCIATE_RJ, vec![0, 1, 1, reason]),
+            "{calling} -> {called} ({syntax})"
+        );
+    }
+    wait_or(
+        "7 dicom_association events",
+        || (moat.events("dicom_association").len() == 7).then_some(()),
+        || guard_events(&moat),
+    );
+
     assert_eq!(
         device.accepted.load(Ordering::SeqCst),
         0,
         "a refused association reached the device"
     );
-    assert_eq!(moat.events("dicom_association").len(), 4);
     // Refused before the device is contacted, so never admitted either.
     assert!(
         moat.events("connection_allowed").is_empty(),
         "{:#?}",
         moat.events("connection_allowed")
     );
-    assert_counter(&moat, "moat_guard_decisions_total", "rejected", 4);
+    assert_counter(&moat, "moat_guard_decisions_total", "rejected", 7);
     assert_counter(&moat, "moat_guard_decisions_total", "accepted", 0);
-    assert_counter(&moat, "moat_guard_refusals_total", "dicom_called_ae", 1);
-    assert_counter(&moat, "moat_guard_refusals_total", "dicom_calling_ae", 1);
+    assert_counter(&moat, "moat_guard_refusals_total", "dicom_called_ae", 2);
+    assert_counter(&moat, "moat_guard_refusals_total", "dicom_calling_ae", 2);
     assert_counter(
         &moat,
         "moat_guard_refusals_total",
         "dicom_abstract_syntax",
-        2,
+        3,
     );
 }
 
@@ -555,10 +583,25 @@ fn unreachable_device_is_rejected_transient() {
             "echoscu to an unreachable device: no {text:?}: {out}"
         );
     }
+    // By hand: result 2 (transient), source 3 (service provider,
+    // presentation), reason 1 (temporary congestion).
+    assert_eq!(
+        raw_answer(&moat, "ECHOSCU", "STORESCP", VERIFICATION),
+        Answer::Pdu(A_ASSOCIATE_RJ, vec![0, 2, 3, 1])
+    );
     let denied = moat.wait_event("connection_denied", |e| {
         e["reason"] == "upstream_unreachable"
     });
     assert_eq!(denied["service"], "dicom", "{denied}");
+    // One dicom_association per association, this one included: refused
+    // (by moat, on the device's behalf) with the connection's reason.
+    let e = association(&moat, "the association to no device", |e| {
+        e["conn_id"] == denied["conn_id"]
+    });
+    assert_eq!(e["outcome"], "rejected", "{e:#}");
+    assert_eq!(e["reason"], denied["reason"], "{e:#}");
+    assert_eq!(e["calling_ae"], "ECHOSCU", "{e:#}");
+    assert_eq!(syntaxes(&e["contexts_asked"]), [VERIFICATION], "{e:#}");
 }
 
 // ---------------------------------------------------------------------------
@@ -826,6 +869,23 @@ fn malformed_pdus_are_aborted_and_moat_stays_up() {
         },
     );
     assert_echo_works(&ws, &moat, "echo-after-oversize-pdata");
+
+    // Every violation counted, by reason.
+    assert_counter(&moat, "moat_guard_decisions_total", "violation", 8);
+    assert_counter(&moat, "moat_guard_refusals_total", "dicom_malformed", 4);
+    assert_counter(&moat, "moat_guard_refusals_total", "dicom_pdu_too_large", 2);
+    assert_counter(
+        &moat,
+        "moat_guard_refusals_total",
+        "dicom_unexpected_pdu",
+        1,
+    );
+    assert_counter(
+        &moat,
+        "moat_guard_refusals_total",
+        "dicom_presentation_context",
+        1,
+    );
 
     // A well-formed association by hand is accepted and released cleanly:
     // the PDU builders are right, so the refusals above are the guard's.
