@@ -221,6 +221,7 @@ where
 }
 
 /// How the negotiation with the device ended, when it did not accept.
+#[derive(Debug)]
 struct Ended {
     outcome: DicomOutcome,
     closed_by: ClosedBy,
@@ -499,3 +500,5 @@ fn policy_watch<'a>(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;
