@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::dicom::{make_dataset, run_tool, start_storescp};
 use support::grants::*;
 use support::mfa::{
     assert_no_secrets, auth_table, mfa_service, wait_reloads, write_atomically, write_users,

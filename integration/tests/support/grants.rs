@@ -3,11 +3,11 @@
 //! and ends grants there, the admin grant API and `moat grants`, TCP
 //! clients from chosen loopback addresses, `openssl s_client` with a client
 //! certificate, a second client certificate made with openssl, break-glass
-//! codes from `moat breakglass issue`, and dcmtk's storescp as a device.
+//! codes from `moat breakglass issue` (dcmtk peers: `support::dicom`).
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -757,155 +757,4 @@ pub fn issue_codes(codes: &Path, user: &str, count: usize) -> Vec<String> {
         .collect();
     assert_eq!(found.len(), count, "codes printed: {stdout}");
     found
-}
-
-// ---------------------------------------------------------------------------
-// dcmtk
-
-/// A child process killed when the test ends, pass or fail.
-pub struct Killed(pub Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs a dcmtk tool to completion within the deadline; its output goes to
-/// `<log>.log` in the workspace (never a pipe that could fill).
-pub fn run_tool(ws: &Workspace, log: &str, program: &str, args: &[&str]) -> (ExitStatus, String) {
-    let path = ws.path(&format!("{log}.log"));
-    let out = File::create(&path).unwrap();
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {program}: {e}"));
-    let mut child = Killed(child);
-    let status = wait_for(&format!("{program} to finish"), || {
-        child.0.try_wait().unwrap()
-    });
-    (status, std::fs::read_to_string(&path).unwrap_or_default())
-}
-
-/// dcmtk's storage SCP as the device: writes each data set as received
-/// (`+B -F`: no re-encoding, no meta header) into `out_dir`.
-pub struct StoreScp {
-    _child: Killed,
-    pub addr: SocketAddr,
-    pub out_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl StoreScp {
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn received(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(&self.out_dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect()
-    }
-}
-
-/// Starts storescp on a free port (it takes a port number only: found by
-/// binding port 0; if another process takes it first, storescp exits and
-/// another port is tried).
-pub fn start_storescp(ws: &Workspace) -> StoreScp {
-    let out_dir = ws.path("received");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let log = ws.path("storescp.log");
-    for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let out = File::create(&log).unwrap();
-        let child = Command::new("storescp")
-            .args(["+xe", "+B", "-F", "-od"])
-            .arg(&out_dir)
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawning storescp");
-        let mut child = Killed(child);
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let up = wait_for("storescp to listen", || {
-            if child.0.try_wait().unwrap().is_some() {
-                return Some(false);
-            }
-            TcpStream::connect(addr).ok().map(|_| true)
-        });
-        if up {
-            return StoreScp {
-                _child: child,
-                addr,
-                out_dir,
-                log,
-            };
-        }
-    }
-    panic!(
-        "storescp did not start: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-}
-
-/// A 4x4 8-bit Secondary Capture image with fixed `2.25.` UIDs.
-const SC_DUMP: &str = r"
-(0008,0016) UI =SecondaryCaptureImageStorage
-(0008,0018) UI [2.25.314159265358979323846264338327950288]
-(0008,0020) DA [20240101]
-(0008,0030) TM [120000]
-(0008,0050) SH [MOATGRANT]
-(0008,0060) CS [OT]
-(0008,0064) CS [WSD]
-(0008,0090) PN [Referring^Doctor]
-(0010,0010) PN [Grant^Patient]
-(0010,0020) LO [MOAT-GRANT-1]
-(0010,0030) DA [19700101]
-(0010,0040) CS [O]
-(0020,000d) UI [2.25.314159265358979323846264338327950289]
-(0020,000e) UI [2.25.314159265358979323846264338327950290]
-(0020,0010) SH [1]
-(0020,0011) IS [1]
-(0020,0013) IS [1]
-(0020,0020) CS [L\F]
-(0028,0002) US 1
-(0028,0004) CS [MONOCHROME2]
-(0028,0010) US 4
-(0028,0011) US 4
-(0028,0100) US 8
-(0028,0101) US 8
-(0028,0102) US 7
-(0028,0103) US 0
-(7fe0,0010) OB 0f\1e\2d\3c\4b\5a\69\78\87\96\a5\b4\c3\d2\e1\f0
-";
-
-/// The test image as a bare data set in explicit VR little endian (what
-/// crosses the network, so the stored file can be compared byte for byte).
-pub fn make_dataset(ws: &Workspace) -> PathBuf {
-    let dump = ws.write("grant-sc.dump", SC_DUMP);
-    let dataset = ws.path("grant-sc.ds");
-    let (status, log) = run_tool(
-        ws,
-        "dump2dcm",
-        "dump2dcm",
-        &[
-            "-F",
-            "+te",
-            dump.to_str().unwrap(),
-            dataset.to_str().unwrap(),
-        ],
-    );
-    assert!(status.success(), "dump2dcm failed: {log}");
-    dataset
 }
