@@ -83,7 +83,7 @@ pub fn parse(message: &[u8]) -> Result<Msh<'_>, MshError> {
     let encoding = fields[1];
     let fifth_ok = encoding
         .get(4)
-        .is_none_or(|&b| delimiter(b) && !chars.contains(&b));
+        .map_or(true, |&b| delimiter(b) && !chars.contains(&b));
     if encoding.len() > 5 || !fifth_ok {
         return Err(MshError::Delimiters);
     }

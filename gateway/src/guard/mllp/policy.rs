@@ -91,7 +91,7 @@ impl MessageTypeRule {
                 && p.len() <= 8
                 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         };
-        if !well_formed(code) || !trigger.is_none_or(well_formed) {
+        if !well_formed(code) || !trigger.map_or(true, well_formed) {
             return Err(format!(
                 "{s:?} is not a message type: write \"ORU^R01\" (type and trigger event) or \"ADT\" (any trigger)"
             ));
@@ -103,7 +103,7 @@ impl MessageTypeRule {
     }
 
     pub fn admits(&self, code: &str, trigger: &str) -> bool {
-        self.code == code && self.trigger.as_deref().is_none_or(|t| t == trigger)
+        self.code == code && self.trigger.as_deref().map_or(true, |t| t == trigger)
     }
 }
 
