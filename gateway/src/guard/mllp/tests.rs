@@ -358,3 +358,30 @@ async fn device_closing_flushes_waiting_acks() {
     let (outcome, ()) = tokio::join!(relay, peer);
     assert_eq!(outcome.closed_by, ClosedBy::Upstream);
 }
+
+#[tokio::test(start_paused = true)]
+async fn revocation_cuts_the_connection() {
+    let (_client, moat_client) = tokio::io::duplex(4096);
+    let (moat_device, _dev) = tokio::io::duplex(4096);
+    let stop = CancellationToken::new();
+    let revoked = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Denial::new(Reason::NotAllowlisted)
+    };
+    let p = policy();
+    let outcome = guarded(
+        &p,
+        moat_client,
+        moat_device,
+        Duration::from_secs(600),
+        &stop,
+        revoked,
+        Log::default(),
+    )
+    .await;
+    assert_eq!(outcome.closed_by, ClosedBy::Revoked);
+    assert_eq!(
+        outcome.revoked.map(|d| d.reason),
+        Some(Reason::NotAllowlisted)
+    );
+}
