@@ -476,3 +476,131 @@ fn tls_client_is_guarded_like_plaintext() {
     assert_eq!(allowed["tls"]["version"], "TLSv1.3");
     assert_no_patient_data(&moat);
 }
+
+#[test]
+fn size_limit_is_exact_and_cuts_before_the_end_byte() {
+    let ws = Workspace::new();
+    let (device, moat) = start(&ws, "max_message_bytes = 1024");
+    let sized = |id: &str, len: usize| {
+        let base = Msg::allowed(id).bytes().len();
+        // A filler of f adds "\rNTE|1||" (8 bytes) and f characters.
+        let m = Msg {
+            filler: len - base - 8,
+            ..Msg::allowed(id)
+        };
+        assert_eq!(m.bytes().len(), len);
+        m
+    };
+
+    // Exactly max_message_bytes, dribbled in 7-byte pieces: forwarded whole.
+    let exact = sized("EXACT", 1024);
+    let (mut c, _) = raw(&moat);
+    for piece in exact.frame().chunks(7) {
+        c.send(piece);
+    }
+    let ack = c.ack();
+    assert_eq!(
+        (ack.code.as_str(), ack.control_id.as_str()),
+        ("AA", "EXACT")
+    );
+    assert_eq!(device.wait_messages(1), vec![exact.bytes()]);
+
+    // One byte more, complete: a violation.
+    let (mut c, client) = raw(&moat);
+    c.send(&sized("OVER", 1025).frame());
+    c.expect_closed();
+    let v = moat.wait_for_client("guard_violation", client);
+    assert_eq!(v["reason"], "hl7_too_large", "{v}");
+
+    // Far more and no end byte in sight: moat does not wait for one (the
+    // frame_timeout is the default 30 s, past the deadline).
+    let (mut c, client) = raw(&moat);
+    let mut endless = vec![SB];
+    endless.extend(sized("ENDLESS", 1024).bytes());
+    endless.extend(std::iter::repeat_n(b'x', 4096));
+    c.send(&endless);
+    c.expect_closed();
+    let v = moat.wait_for_client("guard_violation", client);
+    assert_eq!(v["reason"], "hl7_too_large", "{v}");
+
+    device.wait_all_closed();
+    assert_eq!(device.messages(), vec![exact.bytes()]);
+    assert!(device.garbage().is_empty(), "{:?}", device.garbage());
+    wait_metric(&moat, REFUSALS, "hl7_too_large", 2);
+}
+
+#[test]
+fn frame_timeout_counts_from_the_start_byte_not_from_the_last_message() {
+    let ws = Workspace::new();
+    let (device, moat) = start(&ws, "frame_timeout = \"500ms\"");
+    let (mut c, _) = raw(&moat);
+    c.send(&Msg::allowed("T-1").frame());
+    assert_eq!(c.ack().code, "AA");
+    // Idle between frames, longer than frame_timeout: the scenario itself,
+    // not a synchronisation.
+    std::thread::sleep(Duration::from_millis(800));
+    // MSH-9 with its message structure (a third component) matches
+    // "ORU^R01" too.
+    let with_structure = Msg {
+        message_type: "ORU^R01^ORU_R01".into(),
+        ..Msg::allowed("T-2")
+    };
+    c.send(&with_structure.frame());
+    let ack = c.ack();
+    assert_eq!((ack.code.as_str(), ack.control_id.as_str()), ("AA", "T-2"));
+    assert_eq!(device.wait_messages(2)[1], with_structure.bytes());
+    assert_eq!(hl7_event(&moat, "T-2")["decision"], "forwarded");
+    assert!(moat.events("guard_violation").is_empty());
+}
+
+#[test]
+fn moat_check_rejects_broken_hl7_tables() {
+    let ws = Workspace::new();
+    let upstream = closed_port();
+    let cases = [
+        (
+            "sending_applications = [\"LAB\"]\n",
+            "",
+            "sending_applications",
+        ),
+        (
+            "message_types = [\"ORU^R01\", \"ADT\"]\n",
+            "",
+            "message_types",
+        ),
+        (
+            "sending_applications = [\"LAB\"]",
+            "sending_applications = [\"LAB\", \"*\"]",
+            "sending_applications",
+        ),
+        (
+            "message_types = [\"ORU^R01\", \"ADT\"]",
+            "message_types = [\"ORU^\"]",
+            "message_types",
+        ),
+    ];
+    let good = hl7_service(upstream, "");
+    let path = ws.write("good.toml", &good);
+    let out = std::process::Command::new(moat_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the suite's own table is refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, (from, to, field)) in cases.iter().enumerate() {
+        assert!(good.contains(from), "{from}");
+        let path = ws.write(&format!("bad{i}.toml"), &good.replacen(from, to, 1));
+        let out = std::process::Command::new(moat_bin())
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{from:?} -> {to:?} was accepted");
+        assert!(stderr.contains(field), "{from:?} -> {to:?}: {stderr}");
+    }
+}
