@@ -323,17 +323,21 @@ fn framing_errors_close_the_connection_and_nothing_reaches_the_device() {
     unterminated.extend(small.bytes());
     let mut bad_end = small.frame();
     *bad_end.last_mut().unwrap() = b'X';
+    // A second start byte before the end: one frame that could be read as two.
+    let mut nested = vec![SB];
+    nested.extend(small.bytes());
+    nested.extend(small.frame());
     let not_msh = frame(b"PID|1||4711^^^MAIN^MR||ZZFAKEPATIENT^QUIXOTE");
     let big = Msg {
         filler: 2000,
         ..Msg::allowed("BIG")
     }
     .frame();
-    // (case, bytes, reason, whether the first message is a good one that
-    // must get its AA before the violation)
+    // (case, bytes, reason)
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("no start byte", small.bytes(), "hl7_framing"),
         ("end byte without CR", bad_end, "hl7_framing"),
+        ("start byte inside a frame", nested, "hl7_framing"),
         ("not MSH", not_msh, "hl7_malformed"),
         ("over max_message_bytes", big, "hl7_too_large"),
         ("unfinished past frame_timeout", unterminated, "hl7_timeout"),
@@ -391,7 +395,7 @@ fn framing_errors_close_the_connection_and_nothing_reaches_the_device() {
     }
 
     wait_metric(&moat, DECISIONS, "violation", cases.len() as u64);
-    wait_metric(&moat, REFUSALS, "hl7_framing", 2);
+    wait_metric(&moat, REFUSALS, "hl7_framing", 3);
     wait_metric(&moat, REFUSALS, "hl7_malformed", 1);
     wait_metric(&moat, REFUSALS, "hl7_too_large", 1);
     wait_metric(&moat, REFUSALS, "hl7_timeout", 1);

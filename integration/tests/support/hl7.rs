@@ -73,6 +73,7 @@ pub enum Seen {
     Msg(u32, Vec<u8>),
     Partial(u32, Vec<u8>),
     Err(u32, String),
+    Reset(u32),
     Eof(u32),
 }
 
@@ -130,6 +131,7 @@ impl Upstream {
                     "MSG" => Seen::Msg(n, unhex(rest)),
                     "PARTIAL" => Seen::Partial(n, unhex(rest)),
                     "ERR" => Seen::Err(n, rest.to_string()),
+                    "RESET" => Seen::Reset(n),
                     "EOF" => Seen::Eof(n),
                     _ => return None,
                 })

@@ -11,6 +11,7 @@ every message is appended to LOG_FILE, one line each, flushed at once:
     MSG <n> <hex>         a complete MLLP block (between 0x0B and 0x1C 0x0D)
     PARTIAL <n> <hex>     bytes left without an end block at EOF
     ERR <n> <text>        a block python3-hl7 refused (no start byte, too long)
+    RESET <n> <text>      the connection was reset
     EOF <n>               connection n closed
 
 Each message is answered with python3-hl7's own `create_ack()` (AA).
@@ -58,7 +59,8 @@ def main():
                 writer.writemessage(ack)
                 await writer.drain()
         except ConnectionError as e:
-            record(f"ERR {n} {type(e).__name__}")
+            # moat closing with the device's ACK unread resets: not garbage.
+            record(f"RESET {n} {type(e).__name__}")
         finally:
             record(f"EOF {n}")
             writer.close()
