@@ -508,6 +508,7 @@ fn size_limit_is_exact_and_cuts_before_the_end_byte() {
         ("AA", "EXACT")
     );
     assert_eq!(device.wait_messages(1), vec![exact.bytes()]);
+    drop(c);
 
     // One byte more, complete: a violation.
     let (mut c, client) = raw(&moat);
