@@ -8,7 +8,7 @@
 //!    A-ASSOCIATE-RQ here, so a refused association never reaches the
 //!    device; HL7 has nothing to read yet.
 //! 2. the device is connected (`proxy::tcp`); if it cannot be, the guard's
-//!    [`Opening::unreachable_answer`] tells the client in its protocol.
+//!    [`Opening::unreachable`] tells the client in its protocol.
 //! 3. [`relay`]: DICOM forwards the request, checks the device's answer,
 //!    then frames every PDU the client sends while bytes pass through;
 //!    HL7 frames and checks every message and answers refusals itself.
@@ -146,12 +146,13 @@ pub enum Opening {
 }
 
 impl Opening {
-    /// What to tell the client when the device cannot be reached, in its
-    /// protocol (DICOM: an A-ASSOCIATE-RJ, transient).
-    pub fn unreachable_answer(&self) -> Option<Vec<u8>> {
+    /// The device cannot be reached (`denial` says why): records what the
+    /// guard read, and returns what to tell the client in its protocol
+    /// (DICOM: an A-ASSOCIATE-RJ, transient).
+    pub fn unreachable(&self, cx: GuardCx<'_>, denial: &Denial) -> Option<Vec<u8>> {
         match self {
             Opening::Nothing => None,
-            Opening::Dicom(a) => Some(a.unreachable_answer()),
+            Opening::Dicom(a) => Some(a.unreachable(cx, denial)),
         }
     }
 }

@@ -214,13 +214,7 @@ pub(crate) fn refused_by_change(
     }
 }
 
-async fn connect_upstream(
-    service: &Service,
-    conn: &ConnMeta,
-    rt: &Runtime,
-    tls: Option<&TlsInfo>,
-    identity: Option<&Principal>,
-) -> Option<TcpStream> {
+async fn connect_upstream(service: &Service, rt: &Runtime) -> Result<TcpStream, Denial> {
     let target = (service.upstream.host.as_str(), service.upstream.port);
     let connect = or_hard_stop(
         rt,
@@ -230,7 +224,7 @@ async fn connect_upstream(
         None => Denial::new(Reason::GatewayShutdown),
         Some(Ok(Ok(s))) => {
             let _ = s.set_nodelay(true);
-            return Some(s);
+            return Ok(s);
         }
         Some(Ok(Err(e))) => {
             let reason = if accept::is_fd_exhaustion(&e) {
@@ -248,8 +242,7 @@ async fn connect_upstream(
             ),
         ),
     };
-    deny(rt, conn.clone(), denial, tls.cloned(), identity.cloned());
-    None
+    Err(denial)
 }
 
 /// After admission and TLS: the protocol's data plane, framed by the
@@ -284,13 +277,19 @@ async fn serve_protocol<C>(
     // L4 needs the device before it admits; L7 connects per request.
     let upstream = match service.protocol {
         Protocol::Tcp => {
-            match connect_upstream(&service, &conn, &rt, tls.as_ref(), principal.as_ref()).await {
-                Some(u) => Some(u),
-                None => {
-                    if let Some(answer) = opening.unreachable_answer() {
+            match connect_upstream(&service, &rt).await {
+                Ok(u) => Some(u),
+                Err(denial) => {
+                    // The guard tells the client in its protocol, and
+                    // records the association it could not pass on.
+                    let cx = GuardCx {
+                        rt: &rt,
+                        conn: &conn,
+                    };
+                    if let Some(answer) = opening.unreachable(cx, &denial) {
                         let _ = timeout(guard::LAST_WORDS, client.write_all(&answer)).await;
                     }
-                    return;
+                    return deny(&rt, conn, denial, tls, principal);
                 }
             }
         }

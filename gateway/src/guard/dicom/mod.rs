@@ -69,8 +69,24 @@ impl Association {
         }
     }
 
-    /// An A-ASSOCIATE-RJ, rejected-transient, for a device moat cannot reach.
-    pub fn unreachable_answer(&self) -> Vec<u8> {
+    /// The device cannot be reached: the association is recorded as
+    /// rejected with the connect failure's reason, and the client gets an
+    /// A-ASSOCIATE-RJ, rejected-transient (temporary congestion).
+    pub fn unreachable(&self, cx: GuardCx<'_>, denial: &Denial) -> Vec<u8> {
+        let event = self.event(
+            cx,
+            DicomOutcome::Rejected,
+            Vec::new(),
+            Some(denial.reason),
+            denial.detail.clone(),
+        );
+        cx.rt.audit.record(event);
+        cx.count(super::DICOM, "rejected", Some(denial.reason));
+        self.unreachable_answer()
+    }
+
+    /// An A-ASSOCIATE-RJ, rejected-transient, temporary congestion.
+    fn unreachable_answer(&self) -> Vec<u8> {
         pdu::associate_rj(rj::TRANSIENT, rj::PROVIDER_PRESENTATION, rj::CONGESTION).to_vec()
     }
 
