@@ -609,3 +609,47 @@ fn moat_check_rejects_broken_hl7_tables() {
         assert!(stderr.contains(field), "{from:?} -> {to:?}: {stderr}");
     }
 }
+
+/// A reload that takes a sender off the list refuses its next message on
+/// a connection opened before the reload: every message is judged by the
+/// policy in force when it arrives.
+#[test]
+fn a_reload_refuses_the_next_message_on_a_live_connection() {
+    let ws = Workspace::new();
+    let (device, moat) = start(&ws, "");
+    let (mut c, _) = raw(&moat);
+    let before = Msg::allowed("LIVE-1");
+    c.send(&before.frame());
+    assert_eq!(c.ack().code, "AA");
+
+    let text = std::fs::read_to_string(&moat.config).unwrap();
+    let edited = text.replacen(
+        r#"sending_applications = ["LAB"]"#,
+        r#"sending_applications = ["RIS"]"#,
+        1,
+    );
+    assert_ne!(edited, text);
+    let tmp = moat.config.with_extension("tmp");
+    std::fs::write(&tmp, edited).unwrap();
+    std::fs::rename(&tmp, &moat.config).unwrap();
+    let (status, body) = moat.admin_post("/reload");
+    assert_eq!(status, 200, "{body}");
+    moat.wait_event("reload_applied", |e| e["new_version"] == 2);
+
+    let after = Msg::allowed("LIVE-2");
+    c.send(&after.frame());
+    let ack = c.ack();
+    assert_eq!(
+        (ack.code.as_str(), ack.control_id.as_str()),
+        ("AR", "LIVE-2")
+    );
+    assert_eq!(hl7_event(&moat, "LIVE-2")["reason"], "hl7_sender");
+    // The connection goes on, and the device only ever saw the first.
+    let third = Msg {
+        sending_application: "RIS".into(),
+        ..Msg::allowed("LIVE-3")
+    };
+    c.send(&third.frame());
+    assert_eq!(c.ack().code, "AA");
+    assert_eq!(device.wait_messages(2), vec![before.bytes(), third.bytes()]);
+}

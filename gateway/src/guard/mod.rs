@@ -123,6 +123,17 @@ impl GuardCx<'_> {
         );
     }
 
+    /// The guard of this connection's service in the policy in force now
+    /// (`None` if the service is gone or has none): what a reload changed.
+    pub fn current_guard(&self) -> Option<Guard> {
+        let policy = self.rt.policy.borrow();
+        policy
+            .services
+            .iter()
+            .find(|s| *s.device.id == *self.conn.device && *s.name == *self.conn.service)
+            .and_then(|s| s.guard.clone())
+    }
+
     /// Records a violation that closes the connection: a `guard_violation`
     /// event and the `violation` outcome.
     pub fn violation(&self, guard: &'static str, denial: &Denial) {

@@ -83,6 +83,13 @@ impl Record for GuardCx<'_> {
     fn violation(&self, denial: &Denial) {
         GuardCx::violation(self, HL7_MLLP, denial);
     }
+
+    fn policy_now(&self) -> Option<std::sync::Arc<MllpPolicy>> {
+        match self.current_guard() {
+            Some(super::Guard::Hl7(p)) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// Relays MLLP, checking every message the client sends.

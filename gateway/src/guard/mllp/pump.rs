@@ -35,6 +35,13 @@ pub trait Record {
         ack: Option<&'static str>,
     );
     fn violation(&self, denial: &Denial);
+    /// The service's HL7 policy in force now, when a reload changed it
+    /// since the connection started: each message is judged by the policy
+    /// in force when it arrives, so a sender taken off a list is refused
+    /// on its next message.
+    fn policy_now(&self) -> Option<std::sync::Arc<MllpPolicy>> {
+        None
+    }
 }
 
 /// How the pump stopped.
@@ -146,7 +153,8 @@ impl<'p, R: Record> Pump<'p, R> {
             End::Violation(Denial::with_detail(Reason::Hl7Malformed, e.to_string()))
         })?;
         let seen = Seen::of(&header);
-        match msh::verdict(self.policy, &header) {
+        let now = self.rec.policy_now();
+        match msh::verdict(now.as_deref().unwrap_or(self.policy), &header) {
             None => {
                 self.rec.message(seen, Hl7Decision::Forwarded, None, None);
                 self.to_device = Some(0);
