@@ -28,11 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use crate::audit::ConnMeta;
 use crate::controls::Denial;
-use crate::proxy::relay::RelayOutcome;
+use crate::proxy::relay::{Ends, RelayOutcome};
 use crate::runtime::Runtime;
 
 /// A service's compiled guard.
@@ -217,15 +216,12 @@ pub fn printable(bytes: &[u8]) -> String {
 pub const LAST_WORDS: Duration = Duration::from_secs(2);
 
 /// Step 3: the relay, guarded. Without a guard, the plain byte relay.
-#[allow(clippy::too_many_arguments)]
 pub async fn relay<C, U>(
     guard: Option<&Guard>,
     opening: Opening,
     client: C,
     upstream: U,
-    idle_timeout: Duration,
-    stop: &CancellationToken,
-    revoked: impl Future<Output = Denial>,
+    ends: Ends<'_, impl Future<Output = Denial>>,
     cx: GuardCx<'_>,
 ) -> RelayOutcome
 where
@@ -234,21 +230,9 @@ where
 {
     match (guard, opening) {
         (Some(Guard::Dicom(policy)), Opening::Dicom(assoc)) => {
-            dicom::relay(
-                policy,
-                *assoc,
-                client,
-                upstream,
-                idle_timeout,
-                stop,
-                revoked,
-                cx,
-            )
-            .await
+            dicom::relay(policy, *assoc, client, upstream, ends, cx).await
         }
-        (Some(Guard::Hl7(policy)), _) => {
-            mllp::relay(policy, client, upstream, idle_timeout, stop, revoked, cx).await
-        }
-        _ => crate::proxy::relay::relay(client, upstream, idle_timeout, stop, revoked).await,
+        (Some(Guard::Hl7(policy)), _) => mllp::relay(policy, client, upstream, ends, cx).await,
+        _ => crate::proxy::relay::relay(client, upstream, ends).await,
     }
 }

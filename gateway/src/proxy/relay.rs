@@ -188,19 +188,32 @@ impl RelayOutcome {
     }
 }
 
-/// Copies bytes both ways until both sides are done, the connection is idle
-/// for `idle_timeout`, `stop` is cancelled, or `revoked` resolves.
+/// What ends a relayed connection besides its two sides: nothing moving
+/// for `idle_timeout`, `stop` (the end of the shutdown grace) cancelled,
+/// or `revoked` resolving (the policy or a grant no longer admits it).
+/// Shared by the plain relay and the protocol guards' relays.
+pub struct Ends<'a, R> {
+    pub idle_timeout: Duration,
+    pub stop: &'a CancellationToken,
+    pub revoked: R,
+}
+
+/// Copies bytes both ways until both sides are done or one of `ends`
+/// comes.
 pub async fn relay<C, U>(
     client: C,
     upstream: U,
-    idle_timeout: Duration,
-    stop: &CancellationToken,
-    revoked: impl std::future::Future<Output = Denial>,
+    ends: Ends<'_, impl std::future::Future<Output = Denial>>,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let Ends {
+        idle_timeout,
+        stop,
+        revoked,
+    } = ends;
     let activity = Activity::new();
     let mut client = Metered::client(client, activity.clone());
     let mut upstream = Metered::upstream(upstream, activity.clone());

@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::accept::{self, Accepted, Acceptor};
+use super::relay::Ends;
 use crate::audit::{ClosedBy, ConnMeta, Event, TlsInfo};
 use crate::config::schema::Protocol;
 use crate::controls::Principal;
@@ -328,9 +329,11 @@ async fn serve_protocol<C>(
                 opening,
                 client,
                 upstream,
-                service.idle_timeout,
-                &rt.hard_stop,
-                revoked,
+                Ends {
+                    idle_timeout: service.idle_timeout,
+                    stop: &rt.hard_stop,
+                    revoked,
+                },
                 cx,
             )
             .await

@@ -23,16 +23,14 @@ pub use policy::{
 
 use std::future::Future;
 use std::pin::pin;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 use super::{GuardCx, DICOM, LAST_WORDS};
 use crate::audit::{ClosedBy, DicomContext, DicomOutcome, Event};
 use crate::controls::{Denial, Reason};
-use crate::proxy::relay::RelayOutcome;
+use crate::proxy::relay::{Ends, RelayOutcome};
 use association::Proposed;
 use framer::{FramedClient, Framer, PduBoundaries};
 use pdu::{abort, rj, AssociateAc, AssociateRq, PduHeader, Violation, HEADER_LEN};
@@ -370,21 +368,23 @@ where
 
 /// Forwards the association to the device, checks its answer, then relays
 /// with every client PDU framed.
-#[allow(clippy::too_many_arguments)]
 pub async fn relay<C, U>(
     policy: &DicomPolicy,
     association: Association,
     mut client: C,
     mut upstream: U,
-    idle_timeout: Duration,
-    stop: &CancellationToken,
-    revoked: impl Future<Output = Denial>,
+    ends: Ends<'_, impl Future<Output = Denial>>,
     cx: GuardCx<'_>,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     U: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let Ends {
+        idle_timeout,
+        stop,
+        revoked,
+    } = ends;
     let mut revoked = pin!(revoked);
     let from_client = association.read_from_client;
     let ended = |closed_by, error, revoked, to_client| RelayOutcome {
@@ -435,8 +435,16 @@ where
     };
     let mut framed = FramedClient::new(&mut client, Framer::new(ids, policy.max_pdu_length));
     let mut device = PduBoundaries::new(&mut upstream);
-    let mut outcome =
-        crate::proxy::relay::relay(&mut framed, &mut device, idle_timeout, stop, revoked).await;
+    let mut outcome = crate::proxy::relay::relay(
+        &mut framed,
+        &mut device,
+        Ends {
+            idle_timeout,
+            stop,
+            revoked,
+        },
+    )
+    .await;
     let violation = framed.violation().cloned();
     let device_ok = framed.device_at_pdu_boundary();
     let client_ok = device.is_boundary(outcome.bytes_to_client);

@@ -42,15 +42,13 @@ pub use policy::{
 pub use pump::MAX_PENDING_ACKS;
 
 use std::future::Future;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 use super::{GuardCx, HL7_MLLP, LAST_WORDS};
 use crate::audit::{ClosedBy, Event, Hl7Decision};
 use crate::controls::{Denial, Reason};
-use crate::proxy::relay::{Activity, Metered, RelayOutcome};
+use crate::proxy::relay::{Activity, Ends, Metered, RelayOutcome};
 use pump::{End, Pump, Record};
 
 impl Record for GuardCx<'_> {
@@ -97,16 +95,14 @@ pub async fn relay<C, U>(
     policy: &MllpPolicy,
     client: C,
     upstream: U,
-    idle_timeout: Duration,
-    stop: &CancellationToken,
-    revoked: impl Future<Output = Denial>,
+    ends: Ends<'_, impl Future<Output = Denial>>,
     cx: GuardCx<'_>,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     U: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    guarded(policy, client, upstream, idle_timeout, stop, revoked, cx).await
+    guarded(policy, client, upstream, ends, cx).await
 }
 
 /// [`relay`] with any recorder (tests record into a list).
@@ -114,9 +110,7 @@ async fn guarded<C, U, R>(
     policy: &MllpPolicy,
     client: C,
     upstream: U,
-    idle_timeout: Duration,
-    stop: &CancellationToken,
-    revoked: impl Future<Output = Denial>,
+    ends: Ends<'_, impl Future<Output = Denial>>,
     rec: R,
 ) -> RelayOutcome
 where
@@ -124,6 +118,11 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
     R: Record,
 {
+    let Ends {
+        idle_timeout,
+        stop,
+        revoked,
+    } = ends;
     let activity = Activity::new();
     let mut client = Metered::client(client, activity.clone());
     let mut upstream = Metered::upstream(upstream, activity.clone());

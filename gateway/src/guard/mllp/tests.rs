@@ -106,9 +106,11 @@ fn start(policy: MllpPolicy, delay: Duration, idle: Duration) -> Run {
             &policy,
             moat_client,
             moat_device,
-            idle,
-            &s,
-            std::future::pending(),
+            Ends {
+                idle_timeout: idle,
+                stop: &s,
+                revoked: std::future::pending(),
+            },
             l,
         )
         .await
@@ -337,9 +339,11 @@ async fn device_closing_flushes_waiting_acks() {
         &p,
         moat_client,
         moat_device,
-        Duration::from_secs(600),
-        &stop,
-        std::future::pending(),
+        Ends {
+            idle_timeout: Duration::from_secs(600),
+            stop: &stop,
+            revoked: std::future::pending(),
+        },
         log.clone(),
     );
     let peer = async {
@@ -373,9 +377,11 @@ async fn revocation_cuts_the_connection() {
         &p,
         moat_client,
         moat_device,
-        Duration::from_secs(600),
-        &stop,
-        revoked,
+        Ends {
+            idle_timeout: Duration::from_secs(600),
+            stop: &stop,
+            revoked,
+        },
         Log::default(),
     )
     .await;
