@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::dicom::*;
-use support::{closed_port, echo_upstream, require, wait_for, Moat, Workspace, DEADLINE};
+use support::{closed_port, echo_upstream, require, wait_for, wait_for_or, Moat, Workspace};
 
 const CT_IMAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
 const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
@@ -84,21 +84,6 @@ fn assert_echo_works(ws: &Workspace, moat: &Moat, log: &str) {
     );
 }
 
-/// Waits for `f` within the deadline; on timeout panics with `context()`,
-/// which says what was seen instead.
-fn wait_or<T>(what: &str, mut f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > DEADLINE {
-            panic!("timed out waiting for {what}; seen: {}", context());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The guard's own events so far (associations, violations) and denials.
 fn guard_events(moat: &Moat) -> String {
     let lines: Vec<Value> = moat
@@ -116,7 +101,7 @@ fn guard_events(moat: &Moat) -> String {
 
 /// Waits for the `dicom_association` event that satisfies `pred`.
 fn association(moat: &Moat, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    wait_or(
+    wait_for_or(
         &format!("dicom_association ({what})"),
         || {
             moat.events("dicom_association")
@@ -129,7 +114,7 @@ fn association(moat: &Moat, what: &str, pred: impl Fn(&Value) -> bool) -> Value 
 
 /// The `connection_denied` event of the same connection as `event`.
 fn denial_of(moat: &Moat, event: &Value) -> Value {
-    wait_or(
+    wait_for_or(
         &format!("connection_denied of conn {}", event["conn_id"]),
         || {
             moat.events("connection_denied")
@@ -219,7 +204,7 @@ fn assert_counter(moat: &Moat, family: &str, outcome: &str, want: u64) {
         ("guard", "dicom"),
         ("outcome", outcome),
     ];
-    wait_or(
+    wait_for_or(
         &format!("{family}{{outcome=\"{outcome}\"}} = {want}"),
         || (metric(moat, family, &labels) == want).then_some(()),
         || {
@@ -481,7 +466,7 @@ fn refused_associations_are_rejected_before_the_device() {
             "{calling} -> {called} ({syntax})"
         );
     }
-    wait_or(
+    wait_for_or(
         "7 dicom_association events",
         || (moat.events("dicom_association").len() == 7).then_some(()),
         || guard_events(&moat),
@@ -757,7 +742,7 @@ fn assert_violation(moat: &Moat, case: &str, reason: &str, send: impl FnOnce(&mu
         Answer::Closed => {}
         other => panic!("{case}: moat answered {other:02x?}, not an A-ABORT or a close"),
     }
-    let v = wait_or(
+    let v = wait_for_or(
         &format!("guard_violation for {case}"),
         || {
             moat.events("guard_violation")
@@ -924,7 +909,7 @@ fn half_an_association_request_times_out() {
         took >= Duration::from_millis(400),
         "closed after {took:?}, before the 500ms timeout"
     );
-    let v = wait_or(
+    let v = wait_for_or(
         "guard_violation dicom_timeout",
         || {
             moat.events("guard_violation")

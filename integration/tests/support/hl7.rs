@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{require, wait_for, Moat, Workspace, DEADLINE};
 
@@ -488,18 +488,19 @@ pub fn guard_metric(moat: &Moat, family: &str, outcome: &str) -> u64 {
 /// Waits for a guard metric to reach `want` exactly (it may lag the ACK by
 /// a moment); panics with the metrics page if it never does.
 pub fn wait_metric(moat: &Moat, family: &str, outcome: &str, want: u64) {
-    let start = Instant::now();
-    loop {
-        let got = guard_metric(moat, family, outcome);
-        if got == want {
-            return;
-        }
-        if got > want || start.elapsed() > DEADLINE {
-            panic!(
+    let what = format!("{family} outcome={outcome} to reach {want}");
+    super::wait_for_or(
+        &what,
+        || {
+            let got = guard_metric(moat, family, outcome);
+            // Past the count is as wrong as short of it: no waiting.
+            assert!(
+                got <= want,
                 "{family} outcome={outcome}: {got}, want {want}\n{}",
                 moat.admin_get("/metrics")
             );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            (got == want).then_some(())
+        },
+        || moat.admin_get("/metrics"),
+    )
 }

@@ -38,14 +38,24 @@ fn install_provider() {
 }
 
 /// Polls `f` until it returns `Some`, or panics after `DEADLINE`.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(what, f, || "nothing to show".into())
+}
+
+/// [`wait_for`], whose panic on timeout also says what was seen instead
+/// (`context`, read only then).
+pub fn wait_for_or<T>(
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
         if start.elapsed() > DEADLINE {
-            panic!("timed out waiting for {what}");
+            panic!("timed out waiting for {what}; seen: {}", context());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
