@@ -65,16 +65,29 @@ struct Ct {
 }
 
 fn ct(on_grant_end: &str) -> Ct {
+    let settings = format!("on_grant_end = {on_grant_end:?}");
+    ct_with(&[], |ws, echo| ct_config(ws, echo, &settings))
+}
+
+/// The CT service (with `settings`) and a portal, in front of `echo`.
+fn ct_config(ws: &Workspace, echo: SocketAddr, settings: &str) -> String {
+    let devices = ct_device(echo, settings) + &portal_device(ws, false);
+    grants_config(&auth_table(""), &devices)
+}
+
+/// [`ct`] with more users beside alice and bob, and the config that
+/// `config` writes for the workspace and the device's address.
+fn ct_with(others: &[&Account], config: impl FnOnce(&Workspace, SocketAddr) -> String) -> Ct {
     tools();
     let ws = Workspace::new();
     let clock = TestClock::new(&ws, T0);
     let echo = echo_upstream();
     let alice = Account::new("alice", &["biomed"]);
     let bob = Account::new("bob", &["biomed"]);
-    write_users(&ws, &[&alice, &bob]);
-    let devices = ct_device(echo.addr, &format!("on_grant_end = {on_grant_end:?}"))
-        + &portal_device(&ws, false);
-    let text = grants_config(&auth_table(""), &devices);
+    let mut users = vec![&alice, &bob];
+    users.extend_from_slice(others);
+    write_users(&ws, &users);
+    let text = config(&ws, echo.addr);
     let moat = start_grants(&ws, &clock, &text, &["dicom", "portal"]);
     Ct {
         ws,
@@ -780,26 +793,10 @@ fn dicom_store_through_a_certificate_grant_arrives_byte_identical() {
 
 #[test]
 fn disabling_removing_or_regrouping_a_user_ends_their_grants_and_cuts_their_connections() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let echo = echo_upstream();
-    let alice = Account::new("alice", &["biomed"]);
-    let bob = Account::new("bob", &["biomed"]);
     let carol = Account::new("carol", &["biomed"]);
     let dave = Account::new("dave", &["biomed"]);
-    write_users(&ws, &[&alice, &bob, &carol, &dave]);
-    let devices = ct_device(echo.addr, "") + &portal_device(&ws, false);
-    let text = grants_config(&auth_table(""), &devices);
-    let moat = start_grants(&ws, &clock, &text, &["dicom", "portal"]);
-    let f = Ct {
-        ws,
-        clock,
-        echo,
-        alice: alice.clone(),
-        bob: bob.clone(),
-        moat,
-    };
+    let f = ct_with(&[&carol, &dave], |ws, echo| ct_config(ws, echo, ""));
+    let (alice, bob) = (f.alice.clone(), f.bob.clone());
     let people = [
         (&alice, "127.0.0.2"),
         (&bob, "127.0.0.3"),
@@ -981,28 +978,8 @@ fn reload_config(ws: &Workspace, upstream: SocketAddr, portal_name: &str) -> Str
 
 #[test]
 fn a_grant_survives_an_unrelated_reload_and_ends_when_its_service_changes() {
-    tools();
-    let ws = Workspace::new();
-    let clock = TestClock::new(&ws, T0);
-    let echo = echo_upstream();
     let moved = echo_upstream();
-    let alice = Account::new("alice", &["biomed"]);
-    let bob = Account::new("bob", &["biomed"]);
-    write_users(&ws, &[&alice, &bob]);
-    let moat = start_grants(
-        &ws,
-        &clock,
-        &reload_config(&ws, echo.addr, "moat portal"),
-        &["dicom", "portal"],
-    );
-    let f = Ct {
-        ws,
-        clock,
-        echo,
-        alice,
-        bob,
-        moat,
-    };
+    let f = ct_with(&[], |ws, echo| reload_config(ws, echo, "moat portal"));
     let id = id_of(&f.grant(&f.alice, "127.0.0.2", 30));
     let mut live = f.live("127.0.0.2");
     let config = f.ws.path("moat.toml");
