@@ -28,36 +28,18 @@ LOAD_CPU=${LOAD_CPU:-1}
 MOAT_BIN=${MOAT_BIN:-$ROOT/target/release/moat}
 TOOL="python3 $HERE/loadtool.py"
 
-log() { printf '[grants] %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
+BENCH=grants
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 case "$RUNS$CONNS$ROUNDS$EXTRA_GRANTS" in *[!0-9]*) die "RUNS, CONNS, ROUNDS, EXTRA_GRANTS are whole numbers" ;; esac
 [ "$RUNS" -ge 1 ] && [ "$RUNS" -le 15 ] || die "RUNS must be 1..15"
 [ "$CONNS" -ge 10 ] && [ "$CONNS" -le 5000 ] || die "CONNS must be 10..5000"
 [ "$EXTRA_GRANTS" -le 31 ] || die "EXTRA_GRANTS must be at most 31 (one person holds at most 32 grants)"
 for t in curl python3 taskset oathtool; do command -v "$t" >/dev/null || die "needs $t (apt-get install curl python3 util-linux oathtool)"; done
 
-if [ "${SKIP_BUILD:-0}" != 1 ] && [ "$MOAT_BIN" = "$ROOT/target/release/moat" ]; then
-  log "building moat (cargo build --release -p moat)"
-  (cd "$ROOT" && cargo build --release -p moat)
-fi
-[ -x "$MOAT_BIN" ] || die "no moat binary at $MOAT_BIN"
+build_moat
 
-WORK=$(mktemp -d /tmp/moat-grants.XXXXXX)
-PIDS=()
-cleanup() {
-  local rc=$?
-  for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "$rc" -ne 0 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-start() { # NAME CPU CMD...
-  local name=$1 cpu=$2; shift 2
-  setsid taskset -c "$cpu" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" </dev/null &
-  PIDS+=("$!")
-}
+work_dir
 
 cd "$WORK"
 "$MOAT_BIN" certs dev certs >/dev/null

@@ -38,8 +38,9 @@ LOAD_CPU=${LOAD_CPU:-1}
 MOAT_BIN=${MOAT_BIN:-$ROOT/target/release/moat}
 TOOL="python3 $HERE/loadtool.py"
 
-log() { printf '[guard] %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
+BENCH=guard
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 case "$RUNS$MBYTES$CONNS$PDU" in *[!0-9]*) die "RUNS, MBYTES, CONNS, PDU are whole numbers" ;; esac
 [ "$RUNS" -ge 1 ] && [ "$RUNS" -le 15 ] || die "RUNS must be 1..15"
 [ "$MBYTES" -ge 1 ] && [ "$MBYTES" -le 4000 ] || die "MBYTES must be 1..4000"
@@ -47,28 +48,9 @@ case "$RUNS$MBYTES$CONNS$PDU" in *[!0-9]*) die "RUNS, MBYTES, CONNS, PDU are who
 [ "$PDU" -ge 64 ] && [ "$PDU" -le 131072 ] || die "PDU must be 64..131072"
 for t in python3 taskset; do command -v "$t" >/dev/null || die "needs $t"; done
 
-if [ "${SKIP_BUILD:-0}" != 1 ] && [ "$MOAT_BIN" = "$ROOT/target/release/moat" ]; then
-  log "building moat (cargo build --release -p moat)"
-  (cd "$ROOT" && cargo build --release -p moat)
-fi
-[ -x "$MOAT_BIN" ] || die "no moat binary at $MOAT_BIN"
+build_moat
 
-WORK=$(mktemp -d /tmp/moat-guard.XXXXXX)
-PIDS=()
-cleanup() {
-  local rc=$?
-  for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "$rc" -ne 0 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-start() { # NAME CPU CMD...
-  local name=$1 cpu=$2; shift 2
-  setsid taskset -c "$cpu" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" </dev/null &
-  PIDS+=("$!")
-}
+work_dir
 
 cd "$WORK"
 "$MOAT_BIN" certs dev certs >/dev/null
