@@ -179,20 +179,9 @@ const REQUIRED: [&str; 4] = ["user", "id", "issued_at", "hash"];
 /// place), only where it is and what was expected.
 fn parse_file(path: &Path, text: &str) -> Result<CodesFile, ConfigErrors> {
     check_complete(path, text)?;
-    let toml_error = |e: toml::de::Error| -> ConfigErrors {
-        // A syntax error: toml's message names tokens and keys, not values.
-        let message = e
-            .message()
-            .trim_end()
-            .lines()
-            .collect::<Vec<_>>()
-            .join("; ");
-        match e.span() {
-            Some(span) => ConfigError::at(path, text, span, message),
-            None => ConfigError::file(path, message),
-        }
-        .into()
-    };
+    // A syntax error: toml's message names tokens and keys, not values.
+    let toml_error =
+        |e: toml::de::Error| -> ConfigErrors { ConfigError::toml(path, text, &e).into() };
     let mut errors = ConfigErrors::default();
 
     // First as plain values, which no well-formed TOML fails: the shape is

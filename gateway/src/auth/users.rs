@@ -193,19 +193,8 @@ pub fn parse(path: &Path, text: &str) -> Result<UserDirectory, ConfigErrors> {
 /// `moat user`, which writes them back).
 pub fn parse_entries(path: &Path, text: &str) -> Result<Vec<UserEntry>, ConfigErrors> {
     check_complete(path, text)?;
-    let toml_error = |e: toml::de::Error| -> ConfigErrors {
-        let message = e
-            .message()
-            .trim_end()
-            .lines()
-            .collect::<Vec<_>>()
-            .join("; ");
-        match e.span() {
-            Some(span) => ConfigError::at(path, text, span, message),
-            None => ConfigError::file(path, message),
-        }
-        .into()
-    };
+    let toml_error =
+        |e: toml::de::Error| -> ConfigErrors { ConfigError::toml(path, text, &e).into() };
     let mut errors = ConfigErrors::default();
 
     let top: BTreeMap<Spanned<String>, IgnoredAny> = toml::from_str(text).map_err(toml_error)?;

@@ -28,6 +28,21 @@ impl ConfigError {
         }
     }
 
+    /// A TOML syntax or type error in `source` (the text of `file`), where
+    /// toml says it is, with toml's message on one line.
+    pub fn toml(file: &Path, source: &str, e: &toml::de::Error) -> Self {
+        let message = e
+            .message()
+            .trim_end()
+            .lines()
+            .collect::<Vec<_>>()
+            .join("; ");
+        match e.span() {
+            Some(span) => ConfigError::at(file, source, span, message),
+            None => ConfigError::file(file, message),
+        }
+    }
+
     /// An error about a whole file (unreadable, missing …).
     pub fn file(file: &Path, message: impl Into<String>) -> Self {
         ConfigError {

@@ -62,11 +62,8 @@ pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, ConfigErrors> 
             file,
         }),
         Err(e) => {
-            let message = explain_toml_error(e.message());
-            let err = match e.span() {
-                Some(span) => ConfigError::at(path, &source, span, message),
-                None => ConfigError::file(path, message),
-            };
+            let mut err = ConfigError::toml(path, &source, &e);
+            err.message = explain_toml_error(&err.message);
             Err(err.into())
         }
     }
@@ -102,9 +99,6 @@ pub fn check_complete(path: &Path, text: &str) -> Result<(), ConfigError> {
 
 /// toml's messages are good; an unknown key deserves a suggestion on top.
 fn explain_toml_error(message: &str) -> String {
-    // One error, one line: toml sometimes splits its message over several.
-    let joined = message.trim_end().lines().collect::<Vec<_>>().join("; ");
-    let message = joined.as_str();
     // "unknown field `listn`, expected one of `name`, `listen`, ..."
     let Some(rest) = message.strip_prefix("unknown field `") else {
         return message.to_string();
