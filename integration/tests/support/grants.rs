@@ -324,22 +324,7 @@ pub fn admin_grant(moat: &Moat, id: &str) -> Option<Value> {
 
 /// `DELETE path` on the admin listener: (status, body).
 pub fn admin_delete(moat: &Moat, path: &str) -> (u16, String) {
-    let addr = moat.admin.expect("admin listener");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        s,
-        "DELETE {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body_of(&out).to_string())
+    moat.admin_request("DELETE", path)
 }
 
 /// `moat grants ARGS… --admin ADDR` against this moat's admin listener.

@@ -237,11 +237,18 @@ impl Moat {
 
     /// `POST path` on the admin listener: (status code, body).
     pub fn admin_post(&self, path: &str) -> (u16, String) {
+        self.admin_request("POST", path)
+    }
+
+    /// `METHOD path` without a body on the admin listener: (status code,
+    /// body).
+    pub fn admin_request(&self, method: &str, path: &str) -> (u16, String) {
         let addr = self.admin.expect("admin listener");
         let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
         write!(
             s,
-            "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut out = String::new();
