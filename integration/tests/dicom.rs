@@ -5,7 +5,7 @@ mod support;
 // (`storescp`) standing in for a legacy modality or PACS behind moat.
 
 use serde_json::Value;
-use support::dicom::{make_dataset, received, run_tool, start_storescp};
+use support::dicom::{make_dataset, run_tool, start_storescp};
 use support::{require, wait_for, Moat, Workspace};
 
 fn closed_events(moat: &Moat, n: usize) -> Vec<Value> {
@@ -69,14 +69,7 @@ name = "Storage SCP (dcmtk storescp)"
         moat.stderr(),
         scp.log()
     );
-    let files = received(&scp.out_dir);
-    assert_eq!(files.len(), 1, "storescp stored {files:?}: {}", scp.log());
-    assert!(
-        std::fs::read(&files[0]).unwrap() == std::fs::read(&dataset).unwrap(),
-        "{} differs from the data set sent ({})",
-        files[0].display(),
-        dataset.display()
-    );
+    scp.assert_stored_only(&dataset);
 
     // One allowed and one closed event per association, both over TLS and
     // both carrying traffic in each direction.

@@ -241,15 +241,6 @@ fn storescu(
     run_tool(ws, log, "storescu", &args)
 }
 
-fn assert_identical(stored: &std::path::Path, sent: &std::path::Path) {
-    assert!(
-        std::fs::read(stored).unwrap() == std::fs::read(sent).unwrap(),
-        "{} differs from the data set sent ({})",
-        stored.display(),
-        sent.display()
-    );
-}
-
 // ---------------------------------------------------------------------------
 // Allowed associations
 
@@ -292,9 +283,7 @@ fn allowed_echo_and_store_reach_the_device_unchanged() {
         moat.stderr(),
         scp.log()
     );
-    let files = scp.received();
-    assert_eq!(files.len(), 1, "storescp stored {files:?}: {}", scp.log());
-    assert_identical(&files[0], &dataset);
+    scp.assert_stored_only(&dataset);
 
     let store = association(&moat, "the store", |e| e["calling_ae"] == "STORESCU");
     assert_eq!(store["outcome"], "accepted", "{store:#}");
@@ -342,9 +331,7 @@ fn store_over_tls_reaches_the_device_unchanged() {
         moat.stderr(),
         scp.log()
     );
-    let files = scp.received();
-    assert_eq!(files.len(), 1, "storescp stored {files:?}: {}", scp.log());
-    assert_identical(&files[0], &dataset);
+    scp.assert_stored_only(&dataset);
     let store = association(&moat, "the store", |e| e["calling_ae"] == "STORESCU");
     assert_eq!(store["outcome"], "accepted", "{store:#}");
     let allowed = moat.wait_event("connection_allowed", |e| e["conn_id"] == store["conn_id"]);

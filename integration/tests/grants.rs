@@ -766,14 +766,7 @@ fn dicom_store_through_a_certificate_grant_arrives_byte_identical() {
         moat.stderr(),
         scp.log()
     );
-    let files = scp.received();
-    assert_eq!(files.len(), 1, "storescp stored {files:?}: {}", scp.log());
-    assert!(
-        std::fs::read(&files[0]).unwrap() == std::fs::read(&dataset).unwrap(),
-        "{} differs from the data set sent ({})",
-        files[0].display(),
-        dataset.display()
-    );
+    scp.assert_stored_only(&dataset);
     let allowed = wait_for("connection_allowed", || {
         events_from(&moat, "connection_allowed", "dicom", "127.0.0.1").pop()
     });

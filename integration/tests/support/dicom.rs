@@ -124,6 +124,18 @@ impl StoreScp {
     pub fn received(&self) -> Vec<PathBuf> {
         received(&self.out_dir)
     }
+
+    /// storescp stored exactly one file, byte for byte the data set `sent`.
+    pub fn assert_stored_only(&self, sent: &Path) {
+        let files = self.received();
+        assert_eq!(files.len(), 1, "storescp stored {files:?}: {}", self.log());
+        assert!(
+            std::fs::read(&files[0]).unwrap() == std::fs::read(sent).unwrap(),
+            "{} differs from the data set sent ({})",
+            files[0].display(),
+            sent.display()
+        );
+    }
 }
 
 /// Starts `storescp` on a free port, storing into `received/`.
