@@ -103,6 +103,10 @@ fn route(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .audit_dropped
                 .inner()
                 .store(rt.audit.dropped(), std::sync::atomic::Ordering::Relaxed);
+            let policy = rt.policy.borrow().clone();
+            rt.metrics
+                .inventory
+                .refresh(&policy, rt.clock.now(), rt.audit.siem_stats());
             let accept: Vec<&str> = req
                 .headers()
                 .get_all(hyper::header::ACCEPT)
@@ -141,6 +145,7 @@ fn route(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/devices" => {
             let p = rt.policy.borrow().clone();
+            let now = rt.clock.now();
             let devices: Vec<_> = p
                 .devices
                 .iter()
@@ -160,10 +165,26 @@ fn route(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
                             })
                         })
                         .collect();
-                    serde_json::json!({ "device": d, "services": services })
+                    let status = d.support_status(now);
+                    serde_json::json!({
+                        "device": d,
+                        "support_status": status,
+                        "support": status.describe(),
+                        "services": services,
+                    })
                 })
                 .collect();
             json(&devices)
+        }
+        "/report" => {
+            let (status, content_type, body) = crate::report::serve(rt, req.uri().query());
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(content_type),
+            );
+            r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -8,13 +8,11 @@
 //! than stalling clinical traffic.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
-use std::io::{BufWriter, Write};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::login::AuthFailure;
@@ -22,6 +20,11 @@ use crate::controls::{Principal, Reason};
 use crate::policy::diff::PolicyDiff;
 use crate::policy::lifecycle::Trigger;
 use crate::policy::AuditTarget;
+
+mod chain;
+pub mod siem;
+pub mod verify;
+mod writer;
 
 const QUEUE_DEPTH: usize = 65_536;
 
@@ -338,6 +341,8 @@ pub enum Event {
     },
 }
 
+/// One line of the trail before the writer seals it into the hash chain
+/// (`chain.rs` appends `seq`, `prev` and `hash`).
 #[derive(Serialize)]
 struct Line<'a> {
     ts: String,
@@ -368,24 +373,31 @@ struct FloodGate {
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
+    /// The SIEM sink's counters, when `[siem]` is configured.
+    siem_stats: Option<Arc<siem::SiemStats>>,
     flood: Arc<FloodGate>,
 }
 
 impl Audit {
-    /// Opens the target and starts the writer task.
-    pub async fn start(target: &AuditTarget) -> std::io::Result<Audit> {
-        let out: Box<dyn Write + Send> = match target {
-            AuditTarget::Stdout => Box::new(std::io::stdout()),
-            AuditTarget::File(path) => Box::new(open_append(path)?),
-        };
+    /// Opens the target, resumes its hash chain, starts the SIEM sink
+    /// when `[siem]` is configured, and starts the writer thread.
+    pub async fn start(
+        target: &AuditTarget,
+        siem: Option<Arc<siem::SiemPolicy>>,
+    ) -> std::io::Result<Audit> {
+        let output = writer::Output::open(target)?;
+        let chain = chain::Chain::resume(target)?;
+        let siem = siem.map(siem::SiemSink::start).transpose()?;
+        let siem_stats = siem.as_ref().map(siem::SiemSink::stats);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         // A thread of its own: file writes block, and must never do so on
         // (or through the blocking pool of) the data-plane runtime.
         let dropped = Arc::new(AtomicU64::new(0));
         let lost = dropped.clone();
+        let mut w = writer::Writer::new(output, chain, siem, lost);
         std::thread::Builder::new()
             .name("moat-audit".into())
-            .spawn(move || write_loop(rx, BufWriter::with_capacity(64 * 1024, out), &lost))?;
+            .spawn(move || w.run(rx))?;
         let quota = governor::Quota::per_second(
             std::num::NonZeroU32::new(DENIALS_PER_SECOND).expect("non-zero"),
         )
@@ -393,6 +405,7 @@ impl Audit {
         let audit = Audit {
             tx,
             dropped,
+            siem_stats,
             flood: Arc::new(FloodGate {
                 limiter: governor::RateLimiter::direct(quota),
                 suppressed: AtomicU64::new(0),
@@ -483,63 +496,16 @@ impl Audit {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// The SIEM sink's counters, when `[siem]` is configured.
+    pub fn siem_stats(&self) -> Option<&siem::SiemStats> {
+        self.siem_stats.as_deref()
+    }
+
     /// Waits until everything recorded so far is written out.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Flush(done)).await.is_ok() {
             let _ = wait.await;
-        }
-    }
-}
-
-fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.create(true).append(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o640);
-    opts.open(path).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot open audit log {}: {e}", path.display()),
-        )
-    })
-}
-
-fn write_loop(
-    mut rx: mpsc::Receiver<Msg>,
-    mut out: BufWriter<Box<dyn Write + Send>>,
-    lost: &AtomicU64,
-) {
-    let mut line = Vec::with_capacity(512);
-    while let Some(msg) = rx.blocking_recv() {
-        let mut next = Some(msg);
-        // Drain whatever is queued, then flush once.
-        while let Some(msg) = next {
-            match msg {
-                Msg::Record(at, event) => {
-                    line.clear();
-                    let record = Line {
-                        ts: humantime::format_rfc3339_millis(at).to_string(),
-                        event: &event,
-                    };
-                    if serde_json::to_writer(&mut line, &record).is_ok() {
-                        line.push(b'\n');
-                        if let Err(e) = out.write_all(&line) {
-                            // Counted with the queue drops: the record is lost either way.
-                            lost.fetch_add(1, Ordering::Relaxed);
-                            crate::error_limited!(error = %e, "writing audit trail failed");
-                        }
-                    }
-                }
-                Msg::Flush(done) => {
-                    let _ = out.flush();
-                    let _ = done.send(());
-                }
-            }
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = out.flush() {
-            crate::error_limited!(error = %e, "flushing audit trail failed");
         }
     }
 }

@@ -49,7 +49,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let policy =
         crate::policy::load(&policy_path, 1).map_err(|e| anyhow::anyhow!("demo policy: {e}"))?;
 
-    let audit = Audit::start(&policy.audit_log).await?;
+    let audit = Audit::start(&policy.audit_log, policy.siem.clone()).await?;
     let gateway = Gateway::start(policy_path.clone(), policy, audit, Arc::new(Metrics::new()))
         .await
         .context("starting the demo gateway (is the port free? try --port)")?;

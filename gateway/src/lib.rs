@@ -27,6 +27,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod report;
 pub mod runtime;
 pub mod signals;
 pub mod tls;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use moat::audit::Audit;
 use moat::gateway::Gateway;
 use moat::metrics::Metrics;
-use moat::policy::{self, Policy};
+use moat::policy::{self, Policy, SupportStatus};
 
 #[derive(Parser)]
 #[command(
@@ -64,12 +64,34 @@ enum Command {
     /// Sealed one-time emergency codes for `break_glass = true` services:
     /// `moat breakglass --codes FILE issue --user U [--count N] | list | revoke --user U`.
     Breakglass(moat::auth::breakglass::BreakGlassArgs),
+    /// The tamper-evident audit trail: `moat audit verify FILE...` checks
+    /// the hash chain of audit files (oldest first, across rotations).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// The evidence report for auditors: per device, its inventory and
+    /// support status, the controls in force, configuration changes,
+    /// denials and who had access, mapped to the compensating controls of
+    /// the legacy-device guidance.
+    Report(moat::report::ReportArgs),
     /// Run a simulated legacy device behind the gateway, on loopback.
     Demo {
         /// First port to listen on (the demo uses PORT to PORT+3, and PORT+10);
         /// 0 picks free ports.
         #[arg(long, default_value_t = 8443)]
         port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks the hash chain of one or more audit files, given oldest
+    /// first (a rotated file before the one that follows it). Reports the
+    /// first line that was changed, removed or reordered; exits 1 then.
+    Verify {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -133,6 +155,10 @@ fn main() -> ExitCode {
         },
         Command::User(args) => moat::auth::cli::run(args),
         Command::Breakglass(args) => moat::auth::breakglass::run(args),
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => moat::audit::verify::run(&files),
+        Command::Report(args) => moat::report::run(args),
         Command::Run { config } => runtime().block_on(run(&config)),
         Command::Demo { port } => {
             match runtime().block_on(moat::demo::run(moat::demo::DemoOptions { port })) {
@@ -207,7 +233,7 @@ async fn run(config: &Path) -> ExitCode {
     let Some(policy) = load_or_report(config) else {
         return ExitCode::from(2);
     };
-    let audit = match Audit::start(&policy.audit_log).await {
+    let audit = match Audit::start(&policy.audit_log, policy.siem.clone()).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{}: {e}", config.display());
@@ -354,23 +380,61 @@ fn check(config: &Path) -> ExitCode {
     let Some(policy) = load_or_report(config) else {
         return ExitCode::from(2);
     };
-    let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
-    let today = &today[..10];
+    let now = moat::runtime::clock::Clock::from_env().now();
     println!("{}: OK", config.display());
     println!("policy hash: {}", policy.content_hash);
     println!("devices: {}", policy.devices.len());
     for d in &policy.devices {
-        let eos = match &d.end_of_support {
-            Some(date) if date.as_str() < today => {
-                format!("end of support {date} (PAST: compensating controls required)")
+        let eos = match (&d.end_of_support, d.support_status(now)) {
+            (Some(date), SupportStatus::Past) => {
+                format!("PAST end of support {date}: compensating controls required")
             }
-            Some(date) => format!("end of support {date}"),
-            None => "end of support not recorded".to_string(),
+            (Some(date), SupportStatus::EndingSoon) => format!(
+                "ENDING SOON: end of support {date} (warning since {})",
+                d.support_warning_from.as_deref().unwrap_or("?")
+            ),
+            (Some(date), _) => format!("supported until {date}"),
+            (None, _) => "end of support not recorded".to_string(),
         };
         println!(
             "  {} \"{}\" ({} {}, {}): {eos}",
             d.id, d.name, d.manufacturer, d.model, d.location
         );
+        let mut inventory = Vec::new();
+        for (label, value) in [
+            ("serial", &d.serial_number),
+            ("udi", &d.udi),
+            ("software", &d.software_version),
+            ("mds2", &d.mds2),
+        ] {
+            if !value.is_empty() {
+                inventory.push(format!("{label} {value}"));
+            }
+        }
+        if let Some(l) = d.lifecycle {
+            inventory.push(format!("lifecycle {}", l.as_str()));
+        }
+        if let Some(sbom) = &d.sbom {
+            inventory.push(format!(
+                "sbom {} (sha256 {}, verified)",
+                sbom.path.display(),
+                &sbom.sha256[..16]
+            ));
+        }
+        if !d.known_vulnerabilities.is_empty() {
+            inventory.push(format!(
+                "{} known vulnerabilit{}",
+                d.known_vulnerabilities.len(),
+                if d.known_vulnerabilities.len() == 1 {
+                    "y"
+                } else {
+                    "ies"
+                }
+            ));
+        }
+        if !inventory.is_empty() {
+            println!("    inventory: {}", inventory.join("; "));
+        }
         for s in policy.services.iter().filter(|s| s.device.id == d.id) {
             let tls = match &s.tls {
                 None => "PLAINTEXT".to_string(),
@@ -449,6 +513,14 @@ fn check(config: &Path) -> ExitCode {
             disabled,
             humantime::format_duration(auth.idle_timeout),
             humantime::format_duration(auth.absolute_timeout)
+        );
+    }
+    if let Some(siem) = &policy.siem {
+        println!(
+            "siem: syslog over TLS to {} (spool {}, up to {} bytes)",
+            siem.address,
+            siem.spool_dir.display(),
+            siem.spool_max_bytes
         );
     }
     println!("files: {}", policy.sources.len());

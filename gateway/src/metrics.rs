@@ -11,6 +11,8 @@ use prometheus_client::registry::Registry;
 
 use crate::controls::Reason;
 
+pub mod inventory;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     pub device: String,
@@ -61,6 +63,9 @@ pub struct Metrics {
     /// and refusals and violations by reason.
     pub guard_decisions: Family<GuardLabels, Counter>,
     pub guard_refusals: Family<GuardLabels, Counter>,
+    /// Inventory, support status, certificate expiry and the SIEM sink:
+    /// set at each scrape.
+    pub inventory: inventory::InventoryMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -203,7 +208,9 @@ impl Metrics {
             "Protocol guards: refusals and violations by reason",
             guard_refusals.clone(),
         );
+        let inventory = inventory::InventoryMetrics::register(&mut registry);
         Metrics {
+            inventory,
             guard_decisions,
             guard_refusals,
             grants_opened,

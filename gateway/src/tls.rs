@@ -67,6 +67,10 @@ pub struct LoadedCertificate {
     /// IP addresses (from SANs) this certificate answers for.
     pub ip_addresses: Vec<std::net::IpAddr>,
     pub not_after: String,
+    /// The same, as Unix seconds (`moat_tls_certificate_expiry_timestamp_seconds`).
+    pub not_after_unix: i64,
+    /// The certificate file, as resolved from the policy.
+    pub path: std::path::PathBuf,
 }
 
 /// A problem with one TLS input file; the caller adds the config location.
@@ -145,6 +149,8 @@ pub fn load_certificate(cert_path: &Path, key_path: &Path) -> Result<LoadedCerti
         dns_names,
         ip_addresses,
         not_after: validity.not_after.to_string(),
+        not_after_unix: validity.not_after.timestamp(),
+        path: cert_path.to_path_buf(),
     })
 }
 

@@ -27,6 +27,36 @@ pub struct FileConfig {
     pub networks: BTreeMap<Spanned<String>, NetworkSetSection>,
     #[serde(default, rename = "device")]
     pub devices: Vec<DeviceSection>,
+    /// `[siem]`: ship every audit event to a syslog collector over TLS
+    /// (RFC 5424 messages, RFC 5425 transport), besides the audit file.
+    pub siem: Option<Spanned<SiemSection>>,
+}
+
+/// `[siem]`: the syslog-over-TLS sink of the audit trail.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiemSection {
+    /// The collector, `host:port` (6514 is the registered port).
+    pub address: Spanned<String>,
+    /// The name the collector's certificate must carry; defaults to the
+    /// host part of `address`.
+    pub server_name: Option<Spanned<String>>,
+    /// PEM file of the CA(s) that sign the collector's certificate.
+    pub ca: Spanned<String>,
+    /// A client certificate and key, for collectors that require one.
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
+    /// Directory of the disk spool that holds events while the collector
+    /// is unreachable.
+    pub spool_dir: Spanned<String>,
+    /// Size cap of the spool, e.g. "256MiB"; beyond it events are dropped
+    /// (counted, logged and audited).
+    pub spool_max_bytes: Option<Spanned<String>>,
+    /// Syslog APP-NAME (default "moat") and HOSTNAME (default: the host's name).
+    pub app_name: Option<Spanned<String>>,
+    pub hostname: Option<Spanned<String>>,
+    /// Syslog facility name (default "local4" ... any of RFC 5424's names).
+    pub facility: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +76,10 @@ pub struct GatewaySection {
     /// kernel caps it at `net.core.somaxconn`.
     #[serde(default = "default_listen_backlog")]
     pub listen_backlog: Spanned<u32>,
+    /// How long before a device's `end_of_support` it counts as "ending
+    /// soon", in months (default 24).
+    #[serde(default = "default_support_warning_months")]
+    pub support_warning_months: Spanned<u32>,
 }
 
 impl Default for GatewaySection {
@@ -55,8 +89,13 @@ impl Default for GatewaySection {
             shutdown_grace: default_shutdown_grace(),
             allow_no_devices: false,
             listen_backlog: default_listen_backlog(),
+            support_warning_months: default_support_warning_months(),
         }
     }
+}
+
+fn default_support_warning_months() -> Spanned<u32> {
+    Spanned::new(0..0, 24)
 }
 
 fn default_listen_backlog() -> Spanned<u32> {
@@ -202,10 +241,57 @@ pub struct DeviceSection {
     pub location: String,
     #[serde(default)]
     pub owner: String,
-    /// The maker's end-of-support date, `YYYY-MM-DD`. Kept for the inventory.
+    /// The maker's end-of-support date, `YYYY-MM-DD`.
     pub end_of_support: Option<Spanned<toml::value::Datetime>>,
+    /// Inventory fields, all optional: shown by `moat check`, `/devices`,
+    /// the `moat_device_info` metric and the evidence report.
+    #[serde(default)]
+    pub serial_number: String,
+    /// Unique Device Identifier (the UDI-DI and UDI-PI as printed).
+    #[serde(default)]
+    pub udi: String,
+    /// Firmware or software version running on the device.
+    #[serde(default)]
+    pub software_version: String,
+    pub lifecycle: Option<Spanned<Lifecycle>>,
+    /// Software bill of materials: a file, and its SHA-256 that `moat
+    /// check` verifies.
+    pub sbom: Option<Spanned<String>>,
+    pub sbom_sha256: Option<Spanned<String>>,
+    /// The maker's MDS2 form (Manufacturer Disclosure Statement for
+    /// Medical Device Security): a path or a document reference.
+    #[serde(default)]
+    pub mds2: String,
+    /// Free-text notes on known vulnerabilities (CVE ids, advisories).
+    #[serde(default)]
+    pub known_vulnerabilities: Vec<String>,
     #[serde(rename = "service")]
     pub services: Vec<ServiceSection>,
+}
+
+/// Where a device stands in its life at the hospital.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lifecycle {
+    /// In clinical use.
+    InService,
+    /// In use, but the maker no longer supports it (the legacy case).
+    Legacy,
+    /// Being replaced; a successor is ordered or installed.
+    BeingReplaced,
+    /// Out of clinical use, awaiting disposal.
+    Retired,
+}
+
+impl Lifecycle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::InService => "in-service",
+            Lifecycle::Legacy => "legacy",
+            Lifecycle::BeingReplaced => "being-replaced",
+            Lifecycle::Retired => "retired",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

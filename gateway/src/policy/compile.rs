@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::http::{Glob, HostNames, HttpPolicy, RequestRule, UpstreamTls};
-use super::{AccessList, AuditTarget, CidrSet, Device, Policy, Service, Upstream};
+use super::{AccessEntry, AccessList, AuditTarget, CidrSet, Device, Policy, Service, Upstream};
 use crate::auth::{AccessMode, AuthPolicy, MfaRule};
 use crate::config::schema::LimitsSection;
 use crate::config::schema::RuleAction;
@@ -96,6 +96,17 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
         c.err(backlog.span(), "gateway.listen_backlog", msg);
     }
 
+    let warning_months = *file.gateway.support_warning_months.get_ref();
+    if warning_months > 120 {
+        let span = file.gateway.support_warning_months.span();
+        c.err(
+            span,
+            "gateway.support_warning_months",
+            "must be at most 120 (ten years)".into(),
+        );
+    }
+    let siem = file.siem.as_ref().and_then(|s| c.siem(s)).map(Arc::new);
+
     let mut devices = Vec::new();
     let mut services = Vec::new();
     let mut device_ids: HashMap<&str, ()> = HashMap::new();
@@ -120,29 +131,7 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
                 format!("duplicate device id {id:?}"),
             );
         }
-        let end_of_support = d.end_of_support.as_ref().and_then(|eos| {
-            let dt = eos.get_ref();
-            match (dt.date, dt.time) {
-                (Some(date), None) => Some(date.to_string()),
-                _ => {
-                    c.err(
-                        eos.span(),
-                        &format!("{field}.end_of_support"),
-                        "must be a date such as 2019-06-30".into(),
-                    );
-                    None
-                }
-            }
-        });
-        let device = Arc::new(Device {
-            id: Arc::from(id.as_str()),
-            name: d.name.clone(),
-            manufacturer: d.manufacturer.clone(),
-            model: d.model.clone(),
-            location: d.location.clone(),
-            owner: d.owner.clone(),
-            end_of_support,
-        });
+        let device = Arc::new(c.device(d, &field, warning_months));
         if d.services.is_empty() {
             c.err(
                 d.id.span(),
@@ -231,6 +220,8 @@ pub fn compile(cfg: &LoadedConfig, version: u64) -> Result<Policy, ConfigErrors>
         cut_guarded,
         auth,
         identity_headers,
+        support_warning_months: warning_months,
+        siem,
     };
     c.errors.into_result(policy)
 }
@@ -325,17 +316,34 @@ impl Compiler<'_> {
         field: &str,
         networks: &BTreeMap<String, NetworkSet>,
         is_deny: bool,
+        origins: &mut Vec<AccessEntry>,
     ) -> CidrSet {
         let mut nets: Vec<IpNet> = Vec::new();
         for entry in entries {
             let text = entry.get_ref().trim();
+            let (line, _) = config::line_column(&self.cfg.source, entry.span().start);
+            let written_at = format!("{}:{line}", self.cfg.path.display());
             if looks_like_address(text) {
                 match netfile::parse_net(text) {
-                    Ok(n) => nets.push(n),
+                    Ok(n) => {
+                        nets.push(n);
+                        origins.push(AccessEntry {
+                            entry: text.to_string(),
+                            addresses: 1,
+                            written_at,
+                            file: None,
+                        });
+                    }
                     Err(msg) => self.err(entry.span(), field, msg),
                 }
             } else if let Some(named) = networks.get(text) {
                 nets.extend_from_slice(&named.nets);
+                origins.push(AccessEntry {
+                    entry: text.to_string(),
+                    addresses: named.nets.len(),
+                    written_at,
+                    file: named.file.clone(),
+                });
                 if let (true, Some(file)) = (is_deny, &named.file) {
                     self.deny_files.insert(file.clone());
                 }
@@ -390,14 +398,23 @@ impl Compiler<'_> {
             let msg = "an empty allow list admits no one; list source networks (write \"0.0.0.0/0\" and \"::/0\" to admit everyone)";
             self.err(s.allow.span(), &format!("{field}.allow"), msg.into());
         }
+        let mut allow_entries = Vec::new();
+        let mut deny_entries = Vec::new();
         let access = AccessList {
             allow: self.cidr_set(
                 s.allow.get_ref(),
                 &format!("{field}.allow"),
                 networks,
                 false,
+                &mut allow_entries,
             ),
-            deny: self.cidr_set(&s.deny, &format!("{field}.deny"), networks, true),
+            deny: self.cidr_set(
+                &s.deny,
+                &format!("{field}.deny"),
+                networks,
+                true,
+                &mut deny_entries,
+            ),
         };
         if *s.max_connections.get_ref() == 0 {
             self.err(
@@ -470,6 +487,8 @@ impl Compiler<'_> {
             listen,
             upstream: upstream?,
             access,
+            allow_entries,
+            deny_entries,
             max_connections: *s.max_connections.get_ref(),
             connect_timeout: s.connect_timeout.0,
             idle_timeout: s.idle_timeout.0,
@@ -1180,6 +1199,8 @@ fn looks_like_address(s: &str) -> bool {
 }
 
 mod guard;
+mod inventory;
+mod siem;
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@ pub mod cidr;
 mod compile;
 pub mod diff;
 pub mod http;
+pub mod inventory;
 pub mod lifecycle;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use cidr::{AccessList, CidrSet, SourceRefusal};
 pub use compile::{compile, load};
+pub use inventory::{Device, SupportStatus};
 
 use crate::config::schema::Protocol;
 use crate::tls::TlsTermination;
@@ -46,6 +48,11 @@ pub struct Policy {
     /// Every `user_header` of every `mfa` service: stripped from client
     /// requests on every service.
     pub identity_headers: Arc<[::http::HeaderName]>,
+    /// `gateway.support_warning_months`: the "ending soon" window.
+    pub support_warning_months: u32,
+    /// `[siem]`: the syslog-over-TLS sink of the audit trail. Read at
+    /// start (a reload that changes it takes effect at the next restart).
+    pub siem: Option<Arc<crate::audit::siem::SiemPolicy>>,
 }
 
 impl Policy {
@@ -101,60 +108,6 @@ pub enum AuditTarget {
     File(PathBuf),
 }
 
-/// A device in the inventory, as the IMDRF guidance asks for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Device {
-    pub id: Arc<str>,
-    pub name: String,
-    pub manufacturer: String,
-    pub model: String,
-    pub location: String,
-    pub owner: String,
-    /// `YYYY-MM-DD`
-    pub end_of_support: Option<String>,
-}
-
-/// How far ahead of its end of support a device counts as "ending soon".
-pub const SUPPORT_WARNING_DAYS: i64 = 730;
-
-impl Device {
-    /// "supported", "ending soon" (within [`SUPPORT_WARNING_DAYS`]), "past
-    /// end of support", or "unknown" (no date recorded), at `now` (Unix
-    /// seconds).
-    pub fn support_status(&self, now: u64) -> &'static str {
-        let Some(end) = self.end_of_support.as_deref().and_then(days_from_date) else {
-            return "unknown";
-        };
-        let today = (now / 86_400) as i64;
-        if today >= end {
-            "past end of support"
-        } else if end - today <= SUPPORT_WARNING_DAYS {
-            "ending soon"
-        } else {
-            "supported"
-        }
-    }
-}
-
-/// `YYYY-MM-DD` as days since 1970-01-01 (proleptic Gregorian).
-fn days_from_date(date: &str) -> Option<i64> {
-    let mut parts = date.splitn(3, '-');
-    let y: i64 = parts.next()?.parse().ok()?;
-    let m: i64 = parts.next()?.parse().ok()?;
-    let d: i64 = parts.next()?.get(..2)?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
-}
-
 /// One listening port in front of one device port.
 #[derive(Debug)]
 pub struct Service {
@@ -164,6 +117,10 @@ pub struct Service {
     pub listen: SocketAddr,
     pub upstream: Upstream,
     pub access: AccessList,
+    /// The allow and deny entries as written, with where each came from
+    /// (for the evidence report; `access` is what is enforced).
+    pub allow_entries: Vec<AccessEntry>,
+    pub deny_entries: Vec<AccessEntry>,
     pub max_connections: u32,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -178,6 +135,20 @@ pub struct Service {
     /// A protocol guard (`tcp` services only): DICOM or HL7 MLLP checked
     /// before it reaches the device.
     pub guard: Option<crate::guard::Guard>,
+}
+
+/// One allow or deny entry of a service as the policy file wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccessEntry {
+    /// A CIDR or address, or the name of a network set.
+    pub entry: String,
+    /// How many networks it stands for (1, or the set's size).
+    pub addresses: usize,
+    /// `file:line` of the entry in the main policy file.
+    pub written_at: String,
+    /// The network-set file its networks were read from, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
 }
 
 /// Where a device listens, as `host:port`; resolved at connect time.

@@ -8,6 +8,7 @@ pub mod grants;
 pub mod hl7;
 pub mod http_device;
 pub mod mfa;
+pub mod siem;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -64,7 +64,7 @@ pub(super) fn access_view(s: &Session, policy: &Policy, user: &User) -> AccessVi
             view.devices.push(DeviceAccess {
                 name: device.name.clone(),
                 location: device.location.clone(),
-                support: device.support_status(now),
+                support: device.support_status(now).describe(),
                 end_of_support: device.end_of_support.clone(),
                 services,
             });

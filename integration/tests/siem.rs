@@ -1,0 +1,1 @@
+//! Issue 14: siem (end-to-end, real binary). Filled in by its owner.
