@@ -160,7 +160,7 @@ fn a_good_config_prints_a_summary_and_exits_zero() {
     assert!(stdout.contains(": OK"), "{stdout}");
     assert!(stdout.contains("devices: 1"), "{stdout}");
     assert!(
-        stdout.contains("end of support 2019-06-30 (PAST"),
+        stdout.contains("PAST end of support 2019-06-30: compensating controls required"),
         "{stdout}"
     );
     assert!(
