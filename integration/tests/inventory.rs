@@ -47,6 +47,7 @@ known_vulnerabilities = ["SMBv1 (MS17-010)", "OpenSSL 0.9.8h"]
 [[device]]
 id = "pump"
 name = "Infusion pump server"
+location = "ICU \"east\" wing\\rack 2\nsecond line"
 
   [[device.service]]
   name = "ui"
@@ -289,6 +290,13 @@ fn devices_and_metrics_follow_the_clock_without_a_reload() {
         "{m}"
     );
 
+    // Free text from the policy cannot break the exposition format.
+    assert!(
+        m.contains(r#"location="ICU \"east\" wing\\rack 2\nsecond line""#),
+        "{m}"
+    );
+    promtool_accepts(&m);
+
     // Midnight passes: the status moves on at the next scrape, no reload.
     std::fs::write(&clock, at("2026-12-01", 0).to_string()).unwrap();
     let m = moat.admin_get("/metrics");
@@ -331,6 +339,32 @@ fn devices_and_metrics_follow_the_clock_without_a_reload() {
         Some(expected as f64),
         "{m}"
     );
+}
+
+/// `promtool check metrics` parses the scrape (lint findings are
+/// printed, parse errors fail).
+fn promtool_accepts(response: &str) {
+    require("promtool");
+    let body = response.split_once("\r\n\r\n").map_or(response, |(_, b)| b);
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("error while linting"), "{said}");
+    assert!(out.status.success(), "promtool: {said}");
 }
 
 #[test]

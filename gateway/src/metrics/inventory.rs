@@ -56,6 +56,23 @@ pub struct SiemLabels {
     pub outcome: &'static str,
 }
 
+/// A label value in the exposition formats' escaping. prometheus-client
+/// 0.23 writes label values as they are, and these come from the policy
+/// file (free text: a quote or a newline in a location would otherwise
+/// end the sample, or forge another one).
+pub fn label_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub struct InventoryMetrics {
     device_info: Family<DeviceInfoLabels, Gauge>,
     end_of_support: Family<DeviceLabels, Gauge>,
@@ -132,14 +149,14 @@ impl InventoryMetrics {
             self.device_info
                 .get_or_create(&DeviceInfoLabels {
                     device: d.id.to_string(),
-                    name: d.name.clone(),
-                    manufacturer: d.manufacturer.clone(),
-                    model: d.model.clone(),
-                    location: d.location.clone(),
-                    owner: d.owner.clone(),
-                    serial_number: d.serial_number.clone(),
-                    udi: d.udi.clone(),
-                    software_version: d.software_version.clone(),
+                    name: label_value(&d.name),
+                    manufacturer: label_value(&d.manufacturer),
+                    model: label_value(&d.model),
+                    location: label_value(&d.location),
+                    owner: label_value(&d.owner),
+                    serial_number: label_value(&d.serial_number),
+                    udi: label_value(&d.udi),
+                    software_version: label_value(&d.software_version),
                     lifecycle: d.lifecycle.map_or("", |l| l.as_str()).to_string(),
                     end_of_support: d.end_of_support.clone().unwrap_or_default(),
                 })
@@ -170,7 +187,7 @@ impl InventoryMetrics {
                     .get_or_create(&CertificateLabels {
                         device: s.device.id.to_string(),
                         service: s.name.to_string(),
-                        certificate: c.path.display().to_string(),
+                        certificate: label_value(&c.path.display().to_string()),
                     })
                     .set(c.not_after_unix);
             }
