@@ -305,6 +305,8 @@ impl Chain {
         };
         let head_file = head_path(path);
         let head = match std::fs::read(&head_file) {
+            // Created empty by the writer before its first batch.
+            Ok(bytes) if bytes.is_empty() => None,
             Ok(bytes) => {
                 let head = parse_head(&bytes);
                 if head.is_none() {

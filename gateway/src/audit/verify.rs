@@ -165,6 +165,8 @@ impl Verifier {
         // what the head says, even while moat is writing.
         let head_file = chain::head_path(last_file);
         let head = match std::fs::read(&head_file) {
+            // moat creates it empty and fills it after its first batch.
+            Ok(bytes) if bytes.is_empty() => None,
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {

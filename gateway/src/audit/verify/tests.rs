@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
@@ -23,8 +23,9 @@ impl Files {
 }
 
 /// The first problem (`FILE:LINE: what`), with FILE reduced to its name.
-fn broken(files: &[PathBuf]) -> String {
-    match check(files).outcome {
+fn broken(files: &[&Path]) -> String {
+    let files: Vec<PathBuf> = files.iter().map(|p| p.to_path_buf()).collect();
+    match check(&files).outcome {
         Outcome::Broken(what) => {
             let dir = files[0].parent().unwrap().display().to_string() + "/";
             what.replace(&dir, "")
@@ -33,8 +34,9 @@ fn broken(files: &[PathBuf]) -> String {
     }
 }
 
-fn intact(files: &[PathBuf]) -> Vec<String> {
-    let report = check(files);
+fn intact(files: &[&Path]) -> Vec<String> {
+    let files: Vec<PathBuf> = files.iter().map(|p| p.to_path_buf()).collect();
+    let report = check(&files);
     assert_eq!(report.outcome, Outcome::Intact, "{:?}", report.summary);
     let dir = files[0].parent().unwrap().display().to_string() + "/";
     report.summary.iter().map(|s| s.replace(&dir, "")).collect()
@@ -50,7 +52,7 @@ fn an_intact_trail_passes_with_a_summary() {
     let f = Files::new();
     let lines = sealed_lines(5);
     let path = f.write("audit.jsonl", &lines);
-    let summary = intact(&[path]);
+    let summary = intact(&[&path]);
     assert_eq!(
         summary,
         [format!(
@@ -68,7 +70,7 @@ fn an_edited_field_value_is_changed() {
     lines[2] = text.replace("\"conn_id\":3", "\"conn_id\":9").into_bytes();
     let path = f.write("a", &lines);
     assert_eq!(
-        broken(&[path]),
+        broken(&[&path]),
         "a:3: changed: the line's hash does not match its content (seq 3)"
     );
 }
@@ -79,13 +81,13 @@ fn a_deleted_line_is_removed() {
     let mut lines = sealed_lines(6);
     lines.remove(2);
     assert_eq!(
-        broken(&[f.write("a", &lines)]),
+        broken(&[&f.write("a", &lines)]),
         "a:3: removed: seq jumps from 2 to 4: seq 3 is missing"
     );
     lines.remove(2);
     lines.remove(2);
     assert_eq!(
-        broken(&[f.write("a", &lines)]),
+        broken(&[&f.write("a", &lines)]),
         "a:3: removed: seq jumps from 2 to 6: seq 3 to 5 are missing"
     );
 }
@@ -96,7 +98,7 @@ fn swapped_lines_are_reordered() {
     let mut lines = sealed_lines(6);
     lines.swap(2, 3);
     assert_eq!(
-        broken(&[f.write("a", &lines)]),
+        broken(&[&f.write("a", &lines)]),
         "a:3: reordered: seq 4 comes before seq 3 (line 4)"
     );
     // A line moved up.
@@ -104,7 +106,7 @@ fn swapped_lines_are_reordered() {
     let moved = lines.remove(4);
     lines.insert(1, moved);
     assert_eq!(
-        broken(&[f.write("a", &lines)]),
+        broken(&[&f.write("a", &lines)]),
         "a:2: reordered: seq 5 comes before seq 2 (line 3)"
     );
     // A line moved down: missing where it was, first.
@@ -112,7 +114,7 @@ fn swapped_lines_are_reordered() {
     let moved = lines.remove(1);
     lines.insert(4, moved);
     assert_eq!(
-        broken(&[f.write("a", &lines)]),
+        broken(&[&f.write("a", &lines)]),
         "a:2: removed: seq jumps from 1 to 3: seq 2 is missing"
     );
 }
@@ -123,7 +125,7 @@ fn a_duplicated_line_is_reordered() {
     let mut lines = sealed_lines(5);
     lines.insert(3, lines[2].clone());
     assert_eq!(
-        broken(&[f.write("a", &lines)]),
+        broken(&[&f.write("a", &lines)]),
         "a:4: reordered: seq 3 again (a duplicate of line 3)"
     );
 }
@@ -144,7 +146,7 @@ fn a_recomputed_line_does_not_follow_the_line_before_it() {
     edited.push(b'\n');
     lines[2] = edited;
     assert_eq!(
-        broken(&[f.write("a", &lines)]),
+        broken(&[&f.write("a", &lines)]),
         "a:4: does not follow the line before it (line 3, seq 3): prev is not that line's hash; \
          the chain was recomputed from here on, or a line was replaced"
     );
@@ -158,25 +160,22 @@ fn lines_removed_at_the_end_show_against_the_head_file() {
     let last = parse_sealed(lines[9].strip_suffix(b"\n").unwrap()).unwrap();
     std::fs::write(head_path(&path), head_record(10, &last.hash)).unwrap();
     assert_eq!(
-        broken(&[path.clone()]),
+        broken(&[&path]),
         "audit.jsonl:8: removed at the end: audit.jsonl.head says the chain reached seq 10, \
          the last line has seq 8: seq 9 to 10 are missing"
     );
     // Whole, the trail agrees with its head.
     let path = f.write("audit.jsonl", &lines);
-    assert_eq!(
-        intact(&[path.clone()])[1],
-        "audit.jsonl.head: agrees (seq 10)"
-    );
+    assert_eq!(intact(&[&path])[1], "audit.jsonl.head: agrees (seq 10)");
     // The last line rewritten along with the head's seq: another hash.
     let other = parse_sealed(lines[8].strip_suffix(b"\n").unwrap()).unwrap();
     std::fs::write(head_path(&path), head_record(10, &other.hash)).unwrap();
-    assert!(broken(&[path.clone()])
+    assert!(broken(&[&path])
         .starts_with("audit.jsonl:10: changed: audit.jsonl.head names another hash"));
     // Garbage in the head file.
     std::fs::write(head_path(&path), b"nonsense\n").unwrap();
     assert_eq!(
-        broken(&[path]),
+        broken(&[&path]),
         "audit.jsonl.head:1: changed: not a head file (expected `seq hash`)"
     );
 }
@@ -187,7 +186,7 @@ fn the_chain_goes_on_across_files() {
     let lines = sealed_lines(9);
     let old = f.write("audit.jsonl.1", &lines[..5]);
     let new = f.write("audit.jsonl", &lines[5..]);
-    let summary = intact(&[old.clone(), new.clone()]);
+    let summary = intact(&[&old, &new]);
     assert_eq!(
         summary[1],
         format!(
@@ -195,19 +194,17 @@ fn the_chain_goes_on_across_files() {
             hash_of(&lines[8])
         )
     );
-    assert!(
-        intact(&[new.clone()])[0].ends_with("starts after seq 5 (the earlier file was not given)")
-    );
+    assert!(intact(&[&new])[0].ends_with("starts after seq 5 (the earlier file was not given)"));
     // Given the wrong way round.
     assert_eq!(
-        broken(&[new.clone(), old.clone()]),
+        broken(&[&new, &old]),
         "audit.jsonl.1:1: does not continue the previous file audit.jsonl (which ends at seq 9): \
          it starts a new chain (seq 1)"
     );
     // A file missing in between.
     let middle_gone = f.write("audit.jsonl", &lines[7..]);
     assert_eq!(
-        broken(&[old, middle_gone]),
+        broken(&[&old, &middle_gone]),
         "audit.jsonl:1: does not continue the previous file audit.jsonl.1 (which ends at seq 5): \
          this file starts at seq 8: seq 6 to 7 are missing"
     );
@@ -220,21 +217,21 @@ fn a_torn_last_line_is_reported_and_a_torn_line_moat_went_on_over_is_noted() {
     let mut torn = lines[..4].to_vec();
     torn.push(lines[4][..50].to_vec());
     assert_eq!(
-        broken(&[f.write("a", &torn)]),
+        broken(&[&f.write("a", &torn)]),
         "a:5: torn last line: an incomplete line (moat stopped mid-write, or the file was cut)"
     );
     // Only the final newline missing.
     let mut cut = lines.concat();
     cut.pop();
     std::fs::write(f.dir.path().join("a"), &cut).unwrap();
-    assert!(broken(&[f.dir.path().join("a")])
+    assert!(broken(&[&f.dir.path().join("a")])
         .starts_with("a:5: torn last line: the file ends without a newline"));
 
     // moat restarted: a newline after the torn line, then on from line 4.
     let mut resumed = lines[..4].to_vec();
     resumed.push([&lines[4][..50], b"\n"].concat());
     resumed.push(lines[4].clone());
-    let summary = intact(&[f.write("a", &resumed)]);
+    let summary = intact(&[&f.write("a", &resumed)]);
     assert!(
         summary[0].ends_with(
             "; 1 torn line(s) (first at line 5: moat stopped mid-write, the chain goes on over it)"
@@ -245,14 +242,14 @@ fn a_torn_last_line_is_reported_and_a_torn_line_moat_went_on_over_is_noted() {
     let mut hidden = lines.clone();
     hidden[2] = [&lines[2][..50], b"\n"].concat();
     assert_eq!(
-        broken(&[f.write("a", &hidden)]),
+        broken(&[&f.write("a", &hidden)]),
         "a:3: torn or changed: not a complete line, and a:4 does not go on from the line before it"
     );
     // The first line made to look torn: only a new chain may follow.
     let mut first = lines.clone();
     first[0] = [&lines[0][..50], b"\n"].concat();
     assert_eq!(
-        broken(&[f.write("a", &first)]),
+        broken(&[&f.write("a", &first)]),
         "a:1: torn or changed: not a complete line, and a:2 does not go on from the line before it"
     );
 }
@@ -266,15 +263,15 @@ fn lines_without_chain_fields_or_not_json_are_named() {
         b"{\"ts\":\"2026-01-01T00:00:00.000Z\",\"event\":\"gateway_started\"}\n".to_vec(),
     );
     assert_eq!(
-        broken(&[f.write("a", &lines)]),
+        broken(&[&f.write("a", &lines)]),
         "a:1: no chain fields (seq, prev, hash): written before chaining, or not by moat"
     );
     let mut lines = sealed_lines(3);
     lines.insert(2, b"hello\n".to_vec());
-    assert_eq!(broken(&[f.write("a", &lines)]), "a:3: not JSON");
+    assert_eq!(broken(&[&f.write("a", &lines)]), "a:3: not JSON");
     let mut lines = sealed_lines(3);
     lines.insert(2, b"\n".to_vec());
-    assert_eq!(broken(&[f.write("a", &lines)]), "a:3: an empty line");
+    assert_eq!(broken(&[&f.write("a", &lines)]), "a:3: an empty line");
 }
 
 #[test]
@@ -294,7 +291,7 @@ fn a_hash_inside_a_field_value_does_not_fool_the_verifier() {
     genuine.push(b'\n');
     let mut all = lines.clone();
     all.push(genuine);
-    intact(&[f.write("a", &all)]);
+    intact(&[&f.write("a", &all)]);
 
     // A forged line: the content changed, a hash of the changed start put
     // where a parser reading from the front would look first, and the
@@ -316,7 +313,7 @@ fn a_hash_inside_a_field_value_does_not_fool_the_verifier() {
     let mut tampered = lines.clone();
     tampered[1] = forged.into_bytes();
     assert_eq!(
-        broken(&[f.write("a", &tampered)]),
+        broken(&[&f.write("a", &tampered)]),
         "a:2: changed: the line's hash does not match its content (seq 2)"
     );
 }
