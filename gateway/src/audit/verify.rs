@@ -142,7 +142,7 @@ fn classify(line: &[u8]) -> Kind<'_> {
     }
 }
 
-fn short(hash: &[u8; 64]) -> &str {
+fn hex_str(hash: &[u8; 64]) -> &str {
     std::str::from_utf8(hash).unwrap_or("?")
 }
 
@@ -192,7 +192,7 @@ impl Verifier {
             }
         }
         match head {
-            Some(bytes) => self.check_head(last_file, &head_file, &bytes),
+            Some(bytes) => self.check_head(&head_file, &bytes),
             None => Outcome::Intact,
         }
     }
@@ -449,7 +449,7 @@ impl Verifier {
                     s,
                     ", seq {first} to {}, last hash {}; ",
                     last.seq,
-                    short(&last.hash)
+                    hex_str(&last.hash)
                 );
                 let _ = match stats.start {
                     Some(Start::NewChain) => write!(s, "starts a chain"),
@@ -475,14 +475,13 @@ impl Verifier {
     }
 
     /// Compares the end of the chain with the head file beside the last file.
-    fn check_head(&mut self, last_file: &Path, head_file: &Path, bytes: &[u8]) -> Outcome {
+    fn check_head(&mut self, head_file: &Path, bytes: &[u8]) -> Outcome {
         let Some((head_seq, head_hash)) = chain::parse_head(bytes) else {
             return Outcome::Broken(format!(
                 "{}:1: changed: not a head file (expected `seq hash`)",
                 head_file.display()
             ));
         };
-        let name = last_file.display();
         let Some(last) = self.last else {
             self.summary.push(format!(
                 "{}: the chain is at seq {head_seq} (in an earlier file, not given or without lines)",
@@ -492,7 +491,6 @@ impl Verifier {
         };
         // The cut is after the chain's last line, wherever that is.
         let at = format!("{}:{}", self.names[last.file], last.line);
-        let _ = name;
         if head_seq > last.seq {
             return Outcome::Broken(format!(
                 "{at}: removed at the end: {} says the chain reached seq {head_seq}, the last line has seq {}: {}",
