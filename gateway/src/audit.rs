@@ -339,6 +339,9 @@ pub enum Event {
         /// Connections still open when the grace period ran out.
         cut_connections: usize,
     },
+    /// The audit file was rotated away ("renamed") or "deleted"; this is
+    /// the first line of the new file, chained to the old file's last.
+    AuditFileReopened { reason: &'static str },
 }
 
 /// One line of the trail before the writer seals it into the hash chain

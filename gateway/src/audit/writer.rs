@@ -1,39 +1,225 @@
 //! The writer thread: serialises each event, seals it into the hash chain,
 //! appends it to the audit file (or stdout) and offers it to the SIEM sink.
+//! For a file it also keeps the head file (the chain's last `seq` and
+//! hash) and follows rotations: a file renamed away or deleted is replaced
+//! by a new one at the same path, and the chain goes on in it.
 
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::chain::Chain;
+use super::chain::{self, Chain};
 use super::siem::SiemSink;
-use super::{Line, Msg};
+use super::{Event, Line, Msg};
 use crate::policy::AuditTarget;
+
+/// How often, at most, the writer asks whether the path still names the
+/// file it writes (one `stat` and one `fstat`).
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
+
+enum Sink {
+    Stdout(std::io::Stdout),
+    File(std::fs::File),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Stdout(s) => s.write(buf),
+            Sink::File(f) => f.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.flush(),
+            Sink::File(f) => f.flush(),
+        }
+    }
+}
+
+/// An audit file and what the writer keeps beside it.
+struct FileTarget {
+    path: PathBuf,
+    head: Head,
+    /// The file's length as far as moat knows (to notice a truncation).
+    expected_len: u64,
+    last_check: Instant,
+}
+
+/// The head file: one fixed-length record, rewritten in place after each
+/// batch, so the chain continues when the audit file is rotated away while
+/// moat is stopped.
+struct Head {
+    path: PathBuf,
+    file: std::fs::File,
+    written_seq: u64,
+}
+
+impl Head {
+    fn open(audit: &Path) -> std::io::Result<Head> {
+        let path = chain::head_path(audit);
+        let file = open_head(&path)?;
+        Ok(Head {
+            path,
+            file,
+            written_seq: 0,
+        })
+    }
+
+    fn write(&mut self, seq: u64, hash: &[u8; 64]) {
+        if seq == self.written_seq {
+            return;
+        }
+        match self.file.write_all_at(&chain::head_record(seq, hash), 0) {
+            Ok(()) => self.written_seq = seq,
+            Err(e) => crate::error_limited!(
+                error = %e,
+                file = %self.path.display(),
+                "writing the audit head file failed"
+            ),
+        }
+    }
+
+    /// Reopens the head file if its path no longer names it.
+    fn follow(&mut self) {
+        if !names(&self.path, &self.file) {
+            match open_head(&self.path) {
+                Ok(file) => {
+                    self.file = file;
+                    self.written_seq = 0;
+                }
+                Err(e) => crate::error_limited!(error = %e, "reopening the audit head file failed"),
+            }
+        }
+    }
+}
+
+fn open_head(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).write(true).truncate(false);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o640);
+    opts.open(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot open audit head file {}: {e}", path.display()),
+        )
+    })
+}
+
+/// Whether `path` names the open `file` (same device and inode).
+fn names(path: &Path, file: &std::fs::File) -> bool {
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(p), Ok(f)) => p.dev() == f.dev() && p.ino() == f.ino(),
+        _ => false,
+    }
+}
 
 /// Where the trail is written.
 pub(super) struct Output {
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: BufWriter<Sink>,
+    file: Option<FileTarget>,
 }
 
 impl Output {
     pub(super) fn open(target: &AuditTarget) -> std::io::Result<Output> {
-        let out: Box<dyn Write + Send> = match target {
-            AuditTarget::Stdout => Box::new(std::io::stdout()),
-            AuditTarget::File(path) => Box::new(open_append(path)?),
+        let (sink, file) = match target {
+            AuditTarget::Stdout => (Sink::Stdout(std::io::stdout()), None),
+            AuditTarget::File(path) => {
+                let f = open_append(path)?;
+                let expected_len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let target = FileTarget {
+                    path: path.clone(),
+                    head: Head::open(path)?,
+                    expected_len,
+                    last_check: Instant::now(),
+                };
+                (Sink::File(f), Some(target))
+            }
         };
         Ok(Output {
-            out: BufWriter::with_capacity(64 * 1024, out),
+            out: BufWriter::with_capacity(64 * 1024, sink),
+            file,
         })
+    }
+
+    /// At most once a [`ROTATION_CHECK`]: if the path no longer names the
+    /// open file (renamed away or deleted), opens a new one there and
+    /// returns why. Called with the buffer flushed (between batches).
+    fn follow_rotation(&mut self) -> Option<&'static str> {
+        let target = self.file.as_mut()?;
+        if target.last_check.elapsed() < ROTATION_CHECK {
+            return None;
+        }
+        target.last_check = Instant::now();
+        target.head.follow();
+        let Sink::File(open) = self.out.get_ref() else {
+            return None;
+        };
+        if names(&target.path, open) {
+            // copytruncate: the file was copied and cut to zero in place.
+            // Appending goes on at its new end, and the chain goes on from
+            // the copy's last line.
+            if let Ok(m) = open.metadata() {
+                if m.len() < target.expected_len {
+                    tracing::info!(
+                        file = %target.path.display(),
+                        "audit log truncated in place (copytruncate); appending to it"
+                    );
+                }
+                target.expected_len = m.len();
+            }
+            return None;
+        }
+        let reason = match open.metadata() {
+            Ok(m) if m.nlink() == 0 => "deleted",
+            _ => "renamed",
+        };
+        match open_append(&target.path) {
+            Ok(f) => {
+                target.expected_len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                // The old buffer is empty: flushed at the end of the last batch.
+                let _ = self.out.flush();
+                self.out = BufWriter::with_capacity(64 * 1024, Sink::File(f));
+                tracing::info!(file = %target.path.display(), reason, "audit log reopened");
+                Some(reason)
+            }
+            Err(e) => {
+                crate::error_limited!(error = %e, "reopening the audit log failed; writing on to the old file");
+                None
+            }
+        }
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(line)?;
+        if let Some(t) = &mut self.file {
+            t.expected_len += line.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Flushes the batch, then records how far the chain got in the head
+    /// file (after the lines, so the head never names a line not written).
+    fn finish_batch(&mut self, chain: &Chain) -> std::io::Result<()> {
+        let flushed = self.out.flush();
+        if flushed.is_ok() {
+            if let Some(t) = &mut self.file {
+                let (seq, hash) = chain.last();
+                t.head.write(seq, hash);
+            }
+        }
+        flushed
     }
 }
 
 pub(super) fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     let mut opts = std::fs::OpenOptions::new();
     opts.create(true).append(true);
-    #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o640);
     opts.open(path).map_err(|e| {
         std::io::Error::new(
@@ -49,6 +235,7 @@ pub(super) struct Writer {
     siem: Option<SiemSink>,
     /// Records lost on the way to the file (counted with the queue drops).
     lost: Arc<AtomicU64>,
+    line: Vec<u8>,
 }
 
 impl Writer {
@@ -63,45 +250,66 @@ impl Writer {
             chain,
             siem,
             lost,
+            line: Vec::with_capacity(512),
         }
     }
 
     pub(super) fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut line = Vec::with_capacity(512);
+        if self.chain.take_needs_newline() {
+            // The file ends in a torn line: ours start on a line of their own.
+            if let Err(e) = self.output.write_line(b"\n") {
+                crate::error_limited!(error = %e, "writing audit trail failed");
+            }
+        }
         while let Some(msg) = rx.blocking_recv() {
             let mut next = Some(msg);
+            let mut checked = false;
             // Drain whatever is queued, then flush once.
             while let Some(msg) = next {
                 match msg {
                     Msg::Record(at, event) => {
-                        line.clear();
-                        let record = Line {
-                            ts: humantime::format_rfc3339_millis(at).to_string(),
-                            event: &event,
-                        };
-                        if serde_json::to_writer(&mut line, &record).is_ok() {
-                            let seq = self.chain.seal(&mut line);
-                            if let Some(siem) = &self.siem {
-                                siem.offer(at, seq, &line);
-                            }
-                            line.push(b'\n');
-                            if let Err(e) = self.output.out.write_all(&line) {
-                                // Counted with the queue drops: the record is lost either way.
-                                self.lost.fetch_add(1, Ordering::Relaxed);
-                                crate::error_limited!(error = %e, "writing audit trail failed");
+                        if !checked {
+                            checked = true;
+                            if let Some(reason) = self.output.follow_rotation() {
+                                let reopened = Event::AuditFileReopened { reason };
+                                self.emit(SystemTime::now(), &reopened);
                             }
                         }
+                        self.emit(at, &event);
                     }
                     Msg::Flush(done) => {
-                        let _ = self.output.out.flush();
+                        let _ = self.output.finish_batch(&self.chain);
                         let _ = done.send(());
                     }
                 }
                 next = rx.try_recv().ok();
             }
-            if let Err(e) = self.output.out.flush() {
+            if let Err(e) = self.output.finish_batch(&self.chain) {
                 crate::error_limited!(error = %e, "flushing audit trail failed");
             }
+        }
+    }
+
+    /// Serialises, seals and writes one event, and offers it to the SIEM.
+    fn emit(&mut self, at: SystemTime, event: &Event) {
+        let line = &mut self.line;
+        line.clear();
+        let record = Line {
+            ts: humantime::format_rfc3339_millis(at).to_string(),
+            event,
+        };
+        if serde_json::to_writer(&mut *line, &record).is_err() {
+            return;
+        }
+        let seq = self.chain.seal(line);
+        if let Some(siem) = &self.siem {
+            siem.offer(at, seq, line);
+        }
+        line.push(b'\n');
+        if let Err(e) = self.output.write_line(line) {
+            // Counted with the queue drops: the record is lost either way.
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            crate::error_limited!(error = %e, "writing audit trail failed");
         }
     }
 }

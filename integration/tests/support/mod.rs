@@ -129,6 +129,29 @@ impl Moat {
     ) -> Moat {
         let audit = config.parent().unwrap().join("audit.jsonl");
         let _ = std::fs::remove_file(&audit);
+        Self::launch(config, services, tweak, 0)
+    }
+
+    /// Starts moat again on `config`, keeping its audit file (a restart),
+    /// and waits for the listeners of this run.
+    pub fn restart_file(config: &Path, services: &[&str]) -> Moat {
+        let audit = config.parent().unwrap().join("audit.jsonl");
+        let earlier = std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.ends_with('}'))
+            .count();
+        Self::launch(config, services, |_| {}, earlier)
+    }
+
+    /// Starts moat; `earlier` audit lines are from before this run.
+    fn launch(
+        config: &Path,
+        services: &[&str],
+        tweak: impl FnOnce(&mut Command),
+        earlier: usize,
+    ) -> Moat {
+        let audit = config.parent().unwrap().join("audit.jsonl");
         let mut command = Command::new(moat_bin());
         command
             .args(["run", "-c"])
@@ -162,7 +185,12 @@ impl Moat {
             if let Some(Ok(Some(status))) = moat.child.as_mut().map(|c| c.try_wait()) {
                 panic!("moat exited early with {status}: {}", moat.stderr());
             }
-            let started: Vec<Value> = moat.events("listener_started");
+            let started: Vec<Value> = moat
+                .audit_lines()
+                .into_iter()
+                .skip(earlier)
+                .filter(|e| e["event"] == "listener_started")
+                .collect();
             (started.len() >= wanted).then_some(started)
         })
         .into_iter()
