@@ -339,6 +339,9 @@ pub enum Event {
         /// Connections still open when the grace period ran out.
         cut_connections: usize,
     },
+    /// The SIEM spool was full: `count` events since the last report did
+    /// not go to the SIEM (they are in this file). At most once a second.
+    SiemEventsDropped { count: u64, spool_max_bytes: u64 },
 }
 
 /// One line of the trail before the writer seals it into the hash chain
@@ -390,6 +393,9 @@ impl Audit {
         let siem = siem.map(siem::SiemSink::start).transpose()?;
         let siem_stats = siem.as_ref().map(siem::SiemSink::stats);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        if let Some(s) = &siem {
+            s.report_to(tx.downgrade());
+        }
         // A thread of its own: file writes block, and must never do so on
         // (or through the blocking pool of) the data-plane runtime.
         let dropped = Arc::new(AtomicU64::new(0));

@@ -94,6 +94,10 @@ impl Writer {
                     }
                     Msg::Flush(done) => {
                         let _ = self.output.out.flush();
+                        // The stop sequence: the SIEM gets 2 s, then spools.
+                        if let Some(siem) = &self.siem {
+                            siem.flush();
+                        }
                         let _ = done.send(());
                     }
                 }
