@@ -236,7 +236,7 @@ fn a_collector_that_does_not_verify_is_refused() {
         (
             dev_collector(&ws),
             "server_name = \"siem.wrong.test\"",
-            "NotValidForName",
+            "not valid for name \"siem.wrong.test\"",
         ),
     ] {
         let rs = Rsyslog::start(&collector, ClientAuth::Anon);
