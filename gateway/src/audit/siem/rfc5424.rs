@@ -192,7 +192,7 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
 
 /// Reads the `LEN SP` of a frame at the start of `bytes`: (header length,
 /// message length). `None` while incomplete; `Err` when it is no header.
-pub fn parse_frame_header(bytes: &[u8]) -> Result<Option<(usize, usize)>, ()> {
+pub(super) fn parse_frame_header(bytes: &[u8]) -> Result<Option<(usize, usize)>, ()> {
     for (i, b) in bytes.iter().enumerate().take(11) {
         match b {
             b'0'..=b'9' => {}
