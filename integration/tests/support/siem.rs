@@ -98,7 +98,10 @@ impl Rsyslog {
             }
             r.stop();
         }
-        panic!("rsyslog did not listen on any port we gave it");
+        panic!(
+            "rsyslog did not listen on any port we gave it (is rsyslog-gnutls installed?): {}",
+            r.stderr()
+        );
     }
 
     fn write_conf(&self, tls: &CollectorTls, auth: ClientAuth) {
