@@ -342,6 +342,9 @@ pub enum Event {
     /// The audit file was rotated away ("renamed") or "deleted"; this is
     /// the first line of the new file, chained to the old file's last.
     AuditFileReopened { reason: &'static str },
+    /// The SIEM spool was full: `count` events since the last report did
+    /// not go to the SIEM (they are in this file). At most once a second.
+    SiemEventsDropped { count: u64, spool_max_bytes: u64 },
 }
 
 /// One line of the trail before the writer seals it into the hash chain
@@ -393,6 +396,9 @@ impl Audit {
         let siem = siem.map(siem::SiemSink::start).transpose()?;
         let siem_stats = siem.as_ref().map(siem::SiemSink::stats);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        if let Some(s) = &siem {
+            s.report_to(tx.downgrade());
+        }
         // A thread of its own: file writes block, and must never do so on
         // (or through the blocking pool of) the data-plane runtime.
         let dropped = Arc::new(AtomicU64::new(0));

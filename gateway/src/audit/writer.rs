@@ -279,6 +279,10 @@ impl Writer {
                     }
                     Msg::Flush(done) => {
                         let _ = self.output.finish_batch(&self.chain);
+                        // The stop sequence: the SIEM gets 2 s, then spools.
+                        if let Some(siem) = &self.siem {
+                            siem.flush();
+                        }
                         let _ = done.send(());
                     }
                 }
