@@ -61,7 +61,7 @@ fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
                 out,
                 "<td{}>{}</td>",
                 if numeric { " class=\"num\"" } else { "" },
-                escape(cell)
+                escape(cell).replace('\n', "<br>")
             );
         }
         out.push_str("</tr>");
