@@ -6,7 +6,8 @@
 Loads file://FILE, then prints one JSON object: the page title, the
 device headings (h2), the size of every inline SVG chart, the browser's
 console entries at level SEVERE, and every resource the page loaded
-(there should be none besides the file itself). Exits non-zero when the
+(there should be none besides the file itself), the number of
+script and img elements, and the page's text. Exits non-zero when the
 browser cannot load the page.
 
 Run with Debian's /usr/bin/python3 (python3-selenium), chromium and
@@ -82,6 +83,8 @@ def main():
                     "severe": severe,
                     "resources": resources,
                     "scripts": len(driver.find_elements(By.TAG_NAME, "script")),
+                    "images": len(driver.find_elements(By.TAG_NAME, "img")),
+                    "text": driver.find_element(By.TAG_NAME, "body").text,
                 }
             )
         )

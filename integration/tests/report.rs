@@ -461,13 +461,26 @@ fn the_admin_report_answers_three_formats_and_400_on_a_bad_query() {
 const PYTHON: &str = "/usr/bin/python3";
 
 #[test]
-fn chromium_renders_the_html_report_without_errors_or_requests() {
+fn chromium_renders_the_html_report_without_errors_requests_or_injected_markup() {
     for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver", PYTHON] {
         require(tool);
     }
     let ws = Workspace::new();
     let config = write_policy(&ws);
     let trail = write_trail(&ws);
+    // Names from clients and files that would run as markup if not escaped.
+    let mut hostile = std::fs::read_to_string(&trail).unwrap();
+    hostile += &line(
+        "2026-12-02T17:00:00.000Z",
+        "\"event\":\"grant_opened\",\"user\":\"o'brien \\\"<img src=x onerror=document.title='pwned'>\",\"granted_device\":\"lab\",\"granted_service\":\"hl7\",\"binding\":{\"address\":\"10.1.1.1\"},\"until\":1796230000,\"break_glass\":false",
+    );
+    hostile += &denied(
+        "2026-12-02T17:00:01.000Z",
+        40,
+        "lab",
+        "<script>document.title='pwned'</script>",
+    );
+    std::fs::write(&trail, hostile).unwrap();
     let clock = TestClock::new(&ws, now());
     let html = ws.path("report.html");
     ok_stdout(&moat_report(
@@ -508,7 +521,11 @@ fn chromium_renders_the_html_report_without_errors_or_requests() {
         serde_json::json!([]),
         "the page loaded something"
     );
-    assert_eq!(seen["scripts"], 0);
+    assert_eq!(seen["scripts"], 0, "markup from the trail became a script");
+    assert_eq!(seen["images"], 0, "markup from the trail became an image");
+    let text = seen["text"].as_str().unwrap();
+    assert!(text.contains("o'brien \"<img src=x onerror=document.title='pwned'>"));
+    assert!(text.contains("<script>document.title='pwned'</script>"));
     let headings: Vec<&str> = seen["headings"]
         .as_array()
         .unwrap()
@@ -522,9 +539,9 @@ fn chromium_renders_the_html_report_without_errors_or_requests() {
     ] {
         assert!(headings.contains(&h), "no heading {h:?} in {headings:?}");
     }
-    // One chart per device with denials (old-ct, pump), each drawn.
+    // One chart per device with denials (old-ct, lab, pump), each drawn.
     let charts = seen["charts"].as_array().unwrap();
-    assert_eq!(charts.len(), 2, "{charts:?}");
+    assert_eq!(charts.len(), 3, "{charts:?}");
     for c in charts {
         assert!(c["width"].as_f64().unwrap() > 0.0 && c["height"].as_f64().unwrap() > 0.0);
     }
