@@ -56,6 +56,10 @@ pub async fn serve(
                     if req.method() == Method::DELETE {
                         return Ok(end_grant(&rt, req.uri().path(), peer));
                     }
+                    if req.method() == Method::GET && req.uri().path() == "/report" {
+                        let query = req.uri().query().map(str::to_string);
+                        return Ok(report(rt, query).await);
+                    }
                     Ok(route(&rt, req))
                 }
             });
@@ -67,6 +71,27 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// `GET /report`: the evidence report of the live policy. It reads the
+/// audit file, so it is built on the blocking pool, not on a worker.
+async fn report(rt: Arc<Runtime>, query: Option<String>) -> Response<Full<Bytes>> {
+    let built =
+        tokio::task::spawn_blocking(move || crate::report::serve(&rt, query.as_deref())).await;
+    let (status, content_type, body) = built.unwrap_or_else(|_| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            b"the report could not be built\n".to_vec(),
+        )
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
 }
 
 /// `DELETE /grants/ID`: ops end one grant (`moat grants revoke ID`).
@@ -175,16 +200,6 @@ fn route(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 })
                 .collect();
             json(&devices)
-        }
-        "/report" => {
-            let (status, content_type, body) = crate::report::serve(rt, req.uri().query());
-            let mut r = Response::new(Full::new(Bytes::from(body)));
-            *r.status_mut() = status;
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(content_type),
-            );
-            r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -1,0 +1,599 @@
+//! The report as one self-contained, printable HTML page: no script, no
+//! external asset, inline SVG charts, one page per device when printed.
+//! Every value is escaped: device names, users and reasons come from
+//! files and clients.
+
+use std::fmt::Write;
+
+use super::model::*;
+use super::svg;
+use crate::policy::SupportStatus;
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "
+body { font-family: system-ui, sans-serif; font-size: 14px; color: #111; margin: 2em; max-width: 1100px; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.3em; border-bottom: 2px solid #333; padding-top: .5em; }
+h3 { font-size: 1.05em; margin-top: 1.4em; }
+table { border-collapse: collapse; margin: .4em 0 1em; }
+th, td { border: 1px solid #bbb; padding: 3px 6px; text-align: left; vertical-align: top; }
+th { background: #eee; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code, .hash { font-family: ui-monospace, monospace; font-size: .92em; word-break: break-all; }
+.in_place { background: #d5f5e3; } .partly { background: #fcf3cf; } .missing { background: #f5b7b1; font-weight: bold; }
+.past { background: #f5b7b1; font-weight: bold; padding: 2px 4px; } .ending_soon { background: #fcf3cf; padding: 2px 4px; }
+.problem { border: 2px solid #c0392b; padding: .5em; }
+.note { color: #444; font-style: italic; }
+.legend span { display: inline-block; width: .9em; height: .9em; margin: 0 .3em 0 1em; vertical-align: middle; }
+svg.chart { display: block; margin: .5em 0; }
+@media print {
+  body { margin: 0; max-width: none; font-size: 11px; }
+  section.device { page-break-before: always; break-before: page; }
+  table, svg { page-break-inside: avoid; break-inside: avoid; }
+}
+";
+
+fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
+    out.push_str("<table><tr>");
+    for h in headers {
+        let _ = write!(out, "<th>{}</th>", escape(h));
+    }
+    out.push_str("</tr>");
+    for row in rows {
+        out.push_str("<tr>");
+        for cell in row {
+            let numeric = !cell.is_empty() && cell.chars().all(|c| c.is_ascii_digit());
+            let _ = write!(
+                out,
+                "<td{}>{}</td>",
+                if numeric { " class=\"num\"" } else { "" },
+                escape(cell).replace('\n', "<br>")
+            );
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+}
+
+fn kv(out: &mut String, rows: &[(&str, String)]) {
+    out.push_str("<table>");
+    for (k, v) in rows {
+        let _ = write!(out, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v));
+    }
+    out.push_str("</table>");
+}
+
+fn none_if_empty(out: &mut String, empty: bool, what: &str) -> bool {
+    if empty {
+        let _ = write!(out, "<p class=\"note\">{}</p>", escape(what));
+    }
+    empty
+}
+
+pub fn render(r: &Report) -> String {
+    let mut o = String::with_capacity(64 * 1024);
+    let _ = write!(
+        o,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>moat evidence report {}</title><style>{STYLE}</style></head><body>\n<h1>moat evidence report</h1>\n",
+        escape(&r.generated_at)
+    );
+    header(&mut o, r);
+    gateway_wide(&mut o, r);
+    summary(&mut o, r);
+    for d in &r.devices {
+        device(&mut o, d, r.period.bucket);
+    }
+    o.push_str("</body></html>\n");
+    o
+}
+
+fn header(o: &mut String, r: &Report) {
+    let a = &r.audit;
+    kv(
+        o,
+        &[
+            ("moat version", r.moat_version.to_string()),
+            ("generated at", r.generated_at.clone()),
+            (
+                "period",
+                format!(
+                    "{} to {} (per {})",
+                    r.period.since, r.period.until, r.period.bucket
+                ),
+            ),
+            (
+                "policy",
+                format!(
+                    "version {}, hash {}",
+                    r.policy.version, r.policy.content_hash
+                ),
+            ),
+            ("policy files", r.policy.sources.join(", ")),
+            ("audit file read", a.file.clone()),
+            (
+                "audit lines",
+                format!(
+                    "{} read, {} in the period, {} not JSON{}, {} without a time",
+                    a.lines_total,
+                    a.lines_in_period,
+                    a.lines_not_json,
+                    if a.lines_not_json_at.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (line {})",
+                            a.lines_not_json_at
+                                .iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    },
+                    a.lines_without_ts
+                ),
+            ),
+            ("hash chain", a.hash_chain.clone()),
+            (
+                "audit trail off the host",
+                match &r.policy.siem {
+                    Some(s) => format!("yes: [siem] sends it to {s}"),
+                    None => "no [siem] configured".into(),
+                },
+            ),
+        ],
+    );
+    if let Some(p) = &a.problem {
+        let _ = write!(o, "<p class=\"problem\">{}</p>", escape(p));
+    }
+}
+
+fn gateway_wide(o: &mut String, r: &Report) {
+    o.push_str("<h2>Gateway-wide</h2><h3>Configuration changes in the period</h3>");
+    if !none_if_empty(
+        o,
+        r.configuration_changes.is_empty(),
+        "No reload was applied in the period.",
+    ) {
+        let rows: Vec<Vec<String>> = r
+            .configuration_changes
+            .iter()
+            .map(|c| {
+                vec![
+                    c.ts.clone(),
+                    c.trigger.clone(),
+                    format!("{} → {}", c.old_version, c.new_version),
+                    format!("{} → {}", short(&c.old_hash), short(&c.new_hash)),
+                    if c.summary.is_empty() {
+                        "no tracked change (comments, unused sets, gateway settings)".into()
+                    } else {
+                        c.summary.join("\n")
+                    },
+                ]
+            })
+            .collect();
+        table(o, &["time", "trigger", "version", "hash", "changes"], &rows);
+    }
+    o.push_str("<h3>Reloads rejected</h3>");
+    if !none_if_empty(
+        o,
+        r.reloads_rejected.is_empty(),
+        "No reload was rejected in the period.",
+    ) {
+        let rows: Vec<Vec<String>> = r
+            .reloads_rejected
+            .iter()
+            .map(|c| {
+                vec![
+                    c.ts.clone(),
+                    c.trigger.clone(),
+                    c.version_in_force.to_string(),
+                    c.errors.join("\n"),
+                ]
+            })
+            .collect();
+        table(o, &["time", "trigger", "version kept", "errors"], &rows);
+    }
+    let s = &r.denials_suppressed;
+    o.push_str("<h3>Denials summarised (gateway-wide)</h3>");
+    let _ = write!(
+        o,
+        "<p>{} denial(s) summarised. <span class=\"note\">{}</span></p>",
+        s.count,
+        escape(s.note)
+    );
+    if !s.by_reason.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .by_reason
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
+        table(o, &["reason", "count"], &rows);
+    }
+}
+
+fn summary(o: &mut String, r: &Report) {
+    o.push_str("<h3>Devices</h3>");
+    let rows: Vec<Vec<String>> = r
+        .devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.inventory.id.to_string(),
+                d.inventory.name.clone(),
+                d.support.to_string(),
+                d.denials.total.to_string(),
+                if d.missing_controls.is_empty() {
+                    "none".into()
+                } else {
+                    d.missing_controls.join(", ")
+                },
+            ]
+        })
+        .collect();
+    table(
+        o,
+        &["device", "name", "support", "denials", "missing controls"],
+        &rows,
+    );
+}
+
+fn short(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
+
+fn device(o: &mut String, d: &DeviceReport, bucket: &str) {
+    let inv = &d.inventory;
+    let _ = write!(
+        o,
+        "<section class=\"device\"><h2>{} <small>({})</small></h2>",
+        escape(&inv.name),
+        escape(&inv.id)
+    );
+    let class = match d.support_status {
+        SupportStatus::Past => "past",
+        SupportStatus::EndingSoon => "ending_soon",
+        _ => "supported",
+    };
+    let _ = write!(
+        o,
+        "<p>Support: <span class=\"{class}\">{}</span>{}</p>",
+        escape(d.support),
+        match (&inv.end_of_support, &d.support_warning_from) {
+            (Some(e), Some(w)) => escape(&format!(" — end of support {e}, ending soon from {w}")),
+            (Some(e), None) => escape(&format!(" — end of support {e}")),
+            _ => String::new(),
+        }
+    );
+    if d.missing_controls.is_empty() {
+        o.push_str("<p>No compensating control is missing.</p>");
+    } else {
+        let _ = write!(
+            o,
+            "<p class=\"missing\">Missing: {}</p>",
+            escape(&d.missing_controls.join(", "))
+        );
+    }
+
+    o.push_str("<h3>Inventory</h3>");
+    let mut rows = vec![
+        ("id", inv.id.to_string()),
+        ("name", inv.name.clone()),
+        ("manufacturer", inv.manufacturer.clone()),
+        ("model", inv.model.clone()),
+        ("location", inv.location.clone()),
+        ("owner", inv.owner.clone()),
+        (
+            "end of support",
+            inv.end_of_support
+                .clone()
+                .unwrap_or_else(|| "not recorded".into()),
+        ),
+        ("serial number", inv.serial_number.clone()),
+        ("UDI", inv.udi.clone()),
+        ("software version", inv.software_version.clone()),
+        (
+            "lifecycle",
+            inv.lifecycle
+                .map(|l| l.as_str().to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "SBOM",
+            inv.sbom
+                .as_ref()
+                .map(|s| format!("{} (sha256 {}, verified)", s.path.display(), s.sha256))
+                .unwrap_or_default(),
+        ),
+        ("MDS2", inv.mds2.clone()),
+        (
+            "known vulnerabilities",
+            inv.known_vulnerabilities.join(", "),
+        ),
+    ];
+    rows.retain(|(_, v)| !v.is_empty());
+    kv(o, &rows);
+
+    o.push_str("<h3>Compensating controls</h3>");
+    o.push_str(
+        "<table><tr><th>control</th><th>status</th><th>evidence</th><th>what is missing</th></tr>",
+    );
+    for c in &d.controls {
+        let status = match c.status {
+            ControlStatus::InPlace => "in_place",
+            ControlStatus::Partly => "partly",
+            ControlStatus::Missing => "missing",
+        };
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td class=\"{status}\">{}</td><td>{}</td><td>{}</td></tr>",
+            escape(c.name),
+            escape(c.status.describe()),
+            c.evidence
+                .iter()
+                .map(|e| escape(e))
+                .collect::<Vec<_>>()
+                .join("<br>"),
+            escape(c.gap.as_deref().unwrap_or(""))
+        );
+    }
+    o.push_str("</table>");
+
+    o.push_str("<h3>Controls in force</h3>");
+    if !none_if_empty(
+        o,
+        d.services.is_empty(),
+        "No service of moat fronts this device.",
+    ) {
+        for s in &d.services {
+            service(o, s);
+        }
+    }
+
+    let _ = write!(o, "<h3>Denials per {}</h3>", escape(bucket));
+    if !none_if_empty(o, d.denials.total == 0, "No denial in the period.") {
+        o.push_str(&svg::denials_chart(&d.denials, bucket));
+        o.push_str("<p class=\"legend\">");
+        for (k, reason) in d.denials.by_reason.keys().enumerate() {
+            let _ = write!(
+                o,
+                "<span style=\"background:{}\"></span>{}",
+                svg::colour(k),
+                escape(reason)
+            );
+        }
+        o.push_str("</p>");
+        let rows: Vec<Vec<String>> = d
+            .denials
+            .totals
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
+        table(o, &["reason", "total"], &rows);
+        let reasons: Vec<&str> = d.denials.by_reason.keys().map(String::as_str).collect();
+        let mut headers = vec![bucket];
+        headers.extend(&reasons);
+        let rows: Vec<Vec<String>> = d
+            .denials
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| d.denials.by_reason.values().any(|c| c[*i] > 0))
+            .map(|(i, label)| {
+                let mut row = vec![label.clone()];
+                row.extend(d.denials.by_reason.values().map(|c| c[i].to_string()));
+                row
+            })
+            .collect();
+        table(o, &headers, &rows);
+    }
+
+    o.push_str("<h3>Configuration changes touching this device</h3>");
+    if !none_if_empty(o, d.changes.is_empty(), "None in the period.") {
+        let rows: Vec<Vec<String>> = d
+            .changes
+            .iter()
+            .map(|c| vec![c.ts.clone(), c.new_version.to_string(), c.change.clone()])
+            .collect();
+        table(o, &["time", "new version", "change"], &rows);
+    }
+
+    access(o, &d.access);
+    o.push_str("</section>\n");
+}
+
+fn service(o: &mut String, s: &ServiceReport) {
+    let _ = write!(
+        o,
+        "<h4>{} <small>({} {} → {})</small></h4>",
+        escape(&s.name),
+        escape(s.protocol),
+        escape(&s.listen),
+        escape(&s.upstream)
+    );
+    let tls = match &s.tls {
+        None => "PLAINTEXT".to_string(),
+        Some(t) => format!(
+            "TLS, minimum {}, client certificates {}",
+            t.min_version, t.client_certificates
+        ),
+    };
+    let certs = s
+        .tls
+        .iter()
+        .flat_map(|t| &t.certificates)
+        .map(|c| {
+            format!(
+                "{} (until {}{})",
+                c.names.join(", "),
+                c.not_after,
+                if c.expired { ", EXPIRED" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let m = &s.access_mode;
+    let mut mode = m.mode.to_string();
+    if m.mode != "network" {
+        if m.anyone {
+            mode += ": every user";
+        } else {
+            mode += &format!(
+                ": users [{}] groups [{}]",
+                m.users.join(", "),
+                m.groups.join(", ")
+            );
+        }
+    }
+    if let Some(g) = &m.max_grant {
+        mode += &format!("; grants up to {g}");
+    }
+    if let Some(b) = &m.break_glass {
+        mode += &format!("; break-glass grants of {b}");
+    }
+    let t = &s.timeouts;
+    let mut timeouts = format!(
+        "connect {}, idle {}, handshake {}",
+        t.connect, t.idle, t.handshake
+    );
+    if let Some(h) = &t.http {
+        timeouts += &format!(
+            "; http: header read {}, body read {}, response {}, keep-alive {}",
+            h.header_read, h.body_read, h.response, h.keepalive
+        );
+    }
+    let entries = |list: &[crate::policy::AccessEntry]| {
+        list.iter()
+            .map(|e| {
+                format!(
+                    "{} ({} network(s), {}{})",
+                    e.entry,
+                    e.addresses,
+                    e.written_at,
+                    e.file
+                        .as_ref()
+                        .map(|f| format!(", from {}", f.display()))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut rows = vec![
+        ("encryption", tls),
+        ("certificates", certs),
+        ("allow", entries(&s.allow)),
+        ("deny", entries(&s.deny)),
+        ("access", mode),
+        ("limits", s.limits.join("\n")),
+        ("guard", s.guard.clone().unwrap_or_else(|| "none".into())),
+        ("timeouts", timeouts),
+        ("max connections", s.max_connections.to_string()),
+    ];
+    rows.retain(|(k, v)| !v.is_empty() || *k == "allow");
+    // Newlines in cells: line breaks, after escaping.
+    o.push_str("<table>");
+    for (k, v) in rows {
+        let _ = write!(
+            o,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape(k),
+            escape(&v).replace('\n', "<br>")
+        );
+    }
+    o.push_str("</table>");
+}
+
+fn access(o: &mut String, a: &WhoHadAccess) {
+    o.push_str("<h3>Who had access</h3>");
+    let _ = write!(
+        o,
+        "<p>{} allowed connection(s) from {} distinct client address(es).</p>",
+        a.allowed_connections, a.distinct_client_addresses
+    );
+    if !a.permitted.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .permitted
+            .iter()
+            .map(|p| vec![p.service.clone(), p.users.join(", ")])
+            .collect();
+        table(o, &["service", "users the policy lets in"], &rows);
+    }
+    if !a.signed_in.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .signed_in
+            .iter()
+            .map(|(u, n)| vec![u.clone(), n.to_string()])
+            .collect();
+        table(o, &["signed in", "times"], &rows);
+    }
+    if !a.grants.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .grants
+            .iter()
+            .map(|g| {
+                vec![
+                    g.ts.clone(),
+                    g.user.clone(),
+                    g.service.clone(),
+                    g.binding.clone(),
+                    g.until.clone(),
+                    if g.break_glass { "yes" } else { "no" }.into(),
+                ]
+            })
+            .collect();
+        table(
+            o,
+            &[
+                "grant opened",
+                "user",
+                "service",
+                "binding",
+                "until",
+                "break-glass",
+            ],
+            &rows,
+        );
+    }
+    if !a.break_glass.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .break_glass
+            .iter()
+            .map(|b| {
+                vec![
+                    b.ts.clone(),
+                    b.user.clone(),
+                    b.service.clone(),
+                    b.code_id.clone(),
+                    b.until.clone(),
+                ]
+            })
+            .collect();
+        table(
+            o,
+            &["break-glass used", "user", "service", "code id", "until"],
+            &rows,
+        );
+    }
+    if !a.principals.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .principals
+            .iter()
+            .map(|(p, n)| vec![p.clone(), n.to_string()])
+            .collect();
+        table(o, &["identity seen", "times"], &rows);
+    }
+}

@@ -1,0 +1,491 @@
+//! The report as Markdown: the same content as the HTML page, as tables.
+//! Values are escaped so that a name cannot break a table or inject markup.
+
+use std::fmt::Write;
+
+use super::model::*;
+
+/// Escapes a table cell: pipes, markup characters and line breaks.
+pub fn cell(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '|' => out.push_str("\\|"),
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '`' | '*' | '_' | '[' | ']' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("<br>"),
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn table(o: &mut String, headers: &[&str], rows: &[Vec<String>]) {
+    let _ = writeln!(
+        o,
+        "| {} |",
+        headers
+            .iter()
+            .map(|h| cell(h))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(o, "|{}", "---|".repeat(headers.len()));
+    for r in rows {
+        let _ = writeln!(
+            o,
+            "| {} |",
+            r.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    o.push('\n');
+}
+
+fn kv(o: &mut String, rows: &[(&str, String)]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| vec![k.to_string(), v.clone()])
+        .collect();
+    table(o, &["field", "value"], &rows);
+}
+
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let a = &r.audit;
+    o.push_str("# moat evidence report\n\n");
+    kv(
+        &mut o,
+        &[
+            ("moat version", r.moat_version.to_string()),
+            ("generated at", r.generated_at.clone()),
+            (
+                "period",
+                format!(
+                    "{} to {} (per {})",
+                    r.period.since, r.period.until, r.period.bucket
+                ),
+            ),
+            (
+                "policy",
+                format!(
+                    "version {}, hash {}",
+                    r.policy.version, r.policy.content_hash
+                ),
+            ),
+            ("policy files", r.policy.sources.join(", ")),
+            ("audit file read", a.file.clone()),
+            (
+                "audit lines",
+                format!(
+                    "{} read, {} in the period, {} not JSON, {} without a time",
+                    a.lines_total, a.lines_in_period, a.lines_not_json, a.lines_without_ts
+                ),
+            ),
+            ("hash chain", a.hash_chain.clone()),
+            (
+                "audit trail off the host",
+                match &r.policy.siem {
+                    Some(s) => format!("yes: [siem] sends it to {s}"),
+                    None => "no [siem] configured".into(),
+                },
+            ),
+        ],
+    );
+    if let Some(p) = &a.problem {
+        let _ = writeln!(o, "**Audit trail: {}**\n", cell(p));
+    }
+
+    o.push_str("## Gateway-wide\n\n### Configuration changes in the period\n\n");
+    if r.configuration_changes.is_empty() {
+        o.push_str("No reload was applied in the period.\n\n");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .configuration_changes
+            .iter()
+            .map(|c| {
+                vec![
+                    c.ts.clone(),
+                    c.trigger.clone(),
+                    format!("{} → {}", c.old_version, c.new_version),
+                    format!("{} → {}", c.old_hash, c.new_hash),
+                    c.summary.join("\n"),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &["time", "trigger", "version", "hash", "changes"],
+            &rows,
+        );
+    }
+    o.push_str("### Reloads rejected\n\n");
+    if r.reloads_rejected.is_empty() {
+        o.push_str("No reload was rejected in the period.\n\n");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .reloads_rejected
+            .iter()
+            .map(|c| {
+                vec![
+                    c.ts.clone(),
+                    c.trigger.clone(),
+                    c.version_in_force.to_string(),
+                    c.errors.join("\n"),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &["time", "trigger", "version kept", "errors"],
+            &rows,
+        );
+    }
+    let s = &r.denials_suppressed;
+    let _ = writeln!(
+        o,
+        "### Denials summarised (gateway-wide)\n\n{} denial(s) summarised. {}\n",
+        s.count,
+        cell(s.note)
+    );
+    if !s.by_reason.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .by_reason
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
+        table(&mut o, &["reason", "count"], &rows);
+    }
+
+    o.push_str("### Devices\n\n");
+    let rows: Vec<Vec<String>> = r
+        .devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.inventory.id.to_string(),
+                d.inventory.name.clone(),
+                d.support.to_string(),
+                d.denials.total.to_string(),
+                if d.missing_controls.is_empty() {
+                    "none".into()
+                } else {
+                    d.missing_controls.join(", ")
+                },
+            ]
+        })
+        .collect();
+    table(
+        &mut o,
+        &["device", "name", "support", "denials", "missing controls"],
+        &rows,
+    );
+    for d in &r.devices {
+        device(&mut o, d, r.period.bucket);
+    }
+    o
+}
+
+fn device(o: &mut String, d: &DeviceReport, bucket: &str) {
+    let inv = &d.inventory;
+    let _ = writeln!(o, "## {} ({})\n", cell(&inv.name), cell(&inv.id));
+    let _ = writeln!(
+        o,
+        "Support: **{}**{}\n",
+        cell(d.support),
+        match &inv.end_of_support {
+            Some(e) => cell(&format!(
+                " — end of support {e}{}",
+                d.support_warning_from
+                    .as_ref()
+                    .map(|w| format!(", ending soon from {w}"))
+                    .unwrap_or_default()
+            )),
+            None => String::new(),
+        }
+    );
+    if d.missing_controls.is_empty() {
+        o.push_str("No compensating control is missing.\n\n");
+    } else {
+        let _ = writeln!(o, "**Missing: {}**\n", cell(&d.missing_controls.join(", ")));
+    }
+    o.push_str("### Inventory\n\n");
+    kv(
+        o,
+        &[
+            ("id", inv.id.to_string()),
+            ("name", inv.name.clone()),
+            ("manufacturer", inv.manufacturer.clone()),
+            ("model", inv.model.clone()),
+            ("location", inv.location.clone()),
+            ("owner", inv.owner.clone()),
+            (
+                "end of support",
+                inv.end_of_support
+                    .clone()
+                    .unwrap_or_else(|| "not recorded".into()),
+            ),
+            ("serial number", inv.serial_number.clone()),
+            ("UDI", inv.udi.clone()),
+            ("software version", inv.software_version.clone()),
+            (
+                "lifecycle",
+                inv.lifecycle
+                    .map(|l| l.as_str().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "SBOM",
+                inv.sbom
+                    .as_ref()
+                    .map(|s| format!("{} (sha256 {}, verified)", s.path.display(), s.sha256))
+                    .unwrap_or_default(),
+            ),
+            ("MDS2", inv.mds2.clone()),
+            (
+                "known vulnerabilities",
+                inv.known_vulnerabilities.join(", "),
+            ),
+        ],
+    );
+    o.push_str("### Compensating controls\n\n");
+    let rows: Vec<Vec<String>> = d
+        .controls
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.to_string(),
+                c.status.describe().to_string(),
+                c.evidence.join("\n"),
+                c.gap.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        o,
+        &["control", "status", "evidence", "what is missing"],
+        &rows,
+    );
+
+    o.push_str("### Controls in force\n\n");
+    for s in &d.services {
+        let _ = writeln!(
+            o,
+            "#### {} ({} {} → {})\n",
+            cell(&s.name),
+            s.protocol,
+            cell(&s.listen),
+            cell(&s.upstream)
+        );
+        let entries = |list: &[crate::policy::AccessEntry]| {
+            list.iter()
+                .map(|e| {
+                    format!(
+                        "{} ({} network(s), {}{})",
+                        e.entry,
+                        e.addresses,
+                        e.written_at,
+                        e.file
+                            .as_ref()
+                            .map(|f| format!(", from {}", f.display()))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let m = &s.access_mode;
+        let mut mode = m.mode.to_string();
+        if m.mode != "network" {
+            if m.anyone {
+                mode += ": every user";
+            } else {
+                mode += &format!(
+                    ": users [{}] groups [{}]",
+                    m.users.join(", "),
+                    m.groups.join(", ")
+                );
+            }
+        }
+        if let Some(g) = &m.max_grant {
+            mode += &format!("; grants up to {g}");
+        }
+        if let Some(b) = &m.break_glass {
+            mode += &format!("; break-glass grants of {b}");
+        }
+        let t = &s.timeouts;
+        let mut timeouts = format!(
+            "connect {}, idle {}, handshake {}",
+            t.connect, t.idle, t.handshake
+        );
+        if let Some(h) = &t.http {
+            timeouts += &format!(
+                "; http: header read {}, body read {}, response {}, keep-alive {}",
+                h.header_read, h.body_read, h.response, h.keepalive
+            );
+        }
+        kv(
+            o,
+            &[
+                (
+                    "encryption",
+                    match &s.tls {
+                        None => "PLAINTEXT".into(),
+                        Some(t) => format!(
+                            "TLS, minimum {}, client certificates {}",
+                            t.min_version, t.client_certificates
+                        ),
+                    },
+                ),
+                (
+                    "certificates",
+                    s.tls
+                        .iter()
+                        .flat_map(|t| &t.certificates)
+                        .map(|c| {
+                            format!(
+                                "{} (until {}{})",
+                                c.names.join(", "),
+                                c.not_after,
+                                if c.expired { ", EXPIRED" } else { "" }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                ("allow", entries(&s.allow)),
+                ("deny", entries(&s.deny)),
+                ("access", mode),
+                ("limits", s.limits.join("\n")),
+                ("guard", s.guard.clone().unwrap_or_else(|| "none".into())),
+                ("timeouts", timeouts),
+                ("max connections", s.max_connections.to_string()),
+            ],
+        );
+    }
+
+    let _ = writeln!(o, "### Denials per {bucket}\n");
+    if d.denials.total == 0 {
+        o.push_str("No denial in the period.\n\n");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .denials
+            .totals
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
+        table(o, &["reason", "total"], &rows);
+        let mut headers = vec![bucket];
+        headers.extend(d.denials.by_reason.keys().map(String::as_str));
+        let rows: Vec<Vec<String>> = d
+            .denials
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| d.denials.by_reason.values().any(|c| c[*i] > 0))
+            .map(|(i, label)| {
+                let mut row = vec![label.clone()];
+                row.extend(d.denials.by_reason.values().map(|c| c[i].to_string()));
+                row
+            })
+            .collect();
+        table(o, &headers, &rows);
+    }
+
+    o.push_str("### Configuration changes touching this device\n\n");
+    if d.changes.is_empty() {
+        o.push_str("None in the period.\n\n");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .changes
+            .iter()
+            .map(|c| vec![c.ts.clone(), c.new_version.to_string(), c.change.clone()])
+            .collect();
+        table(o, &["time", "new version", "change"], &rows);
+    }
+
+    let a = &d.access;
+    let _ = writeln!(
+        o,
+        "### Who had access\n\n{} allowed connection(s) from {} distinct client address(es).\n",
+        a.allowed_connections, a.distinct_client_addresses
+    );
+    if !a.permitted.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .permitted
+            .iter()
+            .map(|p| vec![p.service.clone(), p.users.join(", ")])
+            .collect();
+        table(o, &["service", "users the policy lets in"], &rows);
+    }
+    if !a.signed_in.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .signed_in
+            .iter()
+            .map(|(u, n)| vec![u.clone(), n.to_string()])
+            .collect();
+        table(o, &["signed in", "times"], &rows);
+    }
+    if !a.grants.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .grants
+            .iter()
+            .map(|g| {
+                vec![
+                    g.ts.clone(),
+                    g.user.clone(),
+                    g.service.clone(),
+                    g.binding.clone(),
+                    g.until.clone(),
+                    if g.break_glass { "yes" } else { "no" }.into(),
+                ]
+            })
+            .collect();
+        table(
+            o,
+            &[
+                "grant opened",
+                "user",
+                "service",
+                "binding",
+                "until",
+                "break-glass",
+            ],
+            &rows,
+        );
+    }
+    if !a.break_glass.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .break_glass
+            .iter()
+            .map(|b| {
+                vec![
+                    b.ts.clone(),
+                    b.user.clone(),
+                    b.service.clone(),
+                    b.code_id.clone(),
+                    b.until.clone(),
+                ]
+            })
+            .collect();
+        table(
+            o,
+            &["break-glass used", "user", "service", "code id", "until"],
+            &rows,
+        );
+    }
+    if !a.principals.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .principals
+            .iter()
+            .map(|(p, n)| vec![p.clone(), n.to_string()])
+            .collect();
+        table(o, &["identity seen", "times"], &rows);
+    }
+}
