@@ -59,13 +59,10 @@ fn traffic(moat: &Moat) {
 fn audit_by_seq(moat: &Moat) -> BTreeMap<u64, String> {
     let text = std::fs::read_to_string(&moat.audit).unwrap_or_default();
     text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.ends_with('}'))
-        .map(|(i, l)| {
+        .filter(|l| l.ends_with('}'))
+        .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            // The chain's seq when it writes one; else the line number
-            // (the stub counter starts at 0 with the file).
-            let seq = v["seq"].as_u64().unwrap_or(i as u64);
+            let seq = v["seq"].as_u64().expect("every line carries the chain's seq");
             (seq, l.to_string())
         })
         .collect()
@@ -133,6 +130,10 @@ fn events_arrive_with_their_fields_intact() {
         let event = v["event"].as_str().unwrap();
         assert_eq!(r.msgid, event);
         assert!(r.structured_data.starts_with("[moat@32473 seq=\""), "{r:?}");
+        // The chain's anchor travels with every event: the SIEM's copy
+        // is what `moat audit verify` is compared against.
+        assert_eq!(r.param("seq").as_deref(), Some(v["seq"].to_string().as_str()));
+        assert_eq!(r.param("hash").as_deref(), v["hash"].as_str(), "{r:?}");
         for key in ["device", "service", "client", "reason"] {
             assert_eq!(r.param(key).as_deref(), v[key].as_str(), "{key} of {r:?}");
         }
