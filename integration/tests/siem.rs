@@ -62,7 +62,9 @@ fn audit_by_seq(moat: &Moat) -> BTreeMap<u64, String> {
         .filter(|l| l.ends_with('}'))
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let seq = v["seq"].as_u64().expect("every line carries the chain's seq");
+            let seq = v["seq"]
+                .as_u64()
+                .expect("every line carries the chain's seq");
             (seq, l.to_string())
         })
         .collect()
@@ -132,7 +134,10 @@ fn events_arrive_with_their_fields_intact() {
         assert!(r.structured_data.starts_with("[moat@32473 seq=\""), "{r:?}");
         // The chain's anchor travels with every event: the SIEM's copy
         // is what `moat audit verify` is compared against.
-        assert_eq!(r.param("seq").as_deref(), Some(v["seq"].to_string().as_str()));
+        assert_eq!(
+            r.param("seq").as_deref(),
+            Some(v["seq"].to_string().as_str())
+        );
         assert_eq!(r.param("hash").as_deref(), v["hash"].as_str(), "{r:?}");
         for key in ["device", "service", "client", "reason"] {
             assert_eq!(r.param(key).as_deref(), v[key].as_str(), "{key} of {r:?}");
@@ -348,4 +353,35 @@ fn moat_check_lists_every_siem_error() {
             "no error at line {line} for {field}:\n{text}"
         );
     }
+}
+
+/// `[siem]` is read at start: a reload that changes it applies the rest
+/// and says, once, that the sink keeps its settings until a restart.
+#[test]
+fn a_reload_that_changes_siem_warns_that_it_needs_a_restart() {
+    let ws = Workspace::new();
+    let echo = echo_upstream();
+    // No collector needed: the sink spools while it retries.
+    let address = closed_port().to_string();
+    let moat = Moat::start(&ws, &body(&ws, "", &address, &echo), &["raw"]);
+    let text = std::fs::read_to_string(&moat.config).unwrap();
+    let edited = text.replace(
+        "spool_dir = \"spool\"\n",
+        "spool_dir = \"spool\"\nspool_max_bytes = \"1MiB\"\n",
+    );
+    assert_ne!(text, edited);
+    std::fs::write(&moat.config, edited).unwrap();
+    moat.wait_event("reload_applied", |_| true);
+    wait_for_or(
+        "the restart warning for [siem]",
+        || {
+            let log = moat.stderr();
+            log.lines()
+                .any(|l| {
+                    l.contains("setting=\"siem\"") && l.contains("takes effect at the next restart")
+                })
+                .then_some(())
+        },
+        || moat.stderr(),
+    );
 }

@@ -44,6 +44,10 @@ pub struct SiemPolicy {
     pub hostname: String,
     /// RFC 5424 facility number (local4 = 20).
     pub facility: u8,
+    /// SHA-256 over the `[siem]` table's text and the CA, certificate and
+    /// key files: tells a reload that the sink's settings changed (they
+    /// take effect at the next restart).
+    pub fingerprint: String,
 }
 
 /// Counters the admin plane copies into `moat_siem_*` at each scrape.

@@ -151,6 +151,11 @@ impl Reloader {
         for (what, changed) in [
             ("gateway.audit_log", new.audit_log != old.audit_log),
             ("admin.listen", new.admin_listen != old.admin_listen),
+            (
+                "siem",
+                new.siem.as_ref().map(|s| &s.fingerprint)
+                    != old.siem.as_ref().map(|s| &s.fingerprint),
+            ),
             // Listeners a reload starts use the new value at once.
             (
                 "gateway.listen_backlog",

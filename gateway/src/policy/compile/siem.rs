@@ -20,6 +20,7 @@ const MIN_SPOOL_MAX: u64 = 4096;
 impl Compiler<'_> {
     pub(super) fn siem(&mut self, s: &Spanned<SiemSection>) -> Option<SiemPolicy> {
         let before = self.errors.len();
+        let table = s.span();
         let s = s.get_ref();
         let address = s.address.get_ref().trim().to_string();
         let host = match split_host_port(&address) {
@@ -121,7 +122,22 @@ impl Compiler<'_> {
                 }
             },
         };
+        let mut inputs = self
+            .cfg
+            .source
+            .get(table)
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec();
+        let files = [Some(&s.ca), s.client_cert.as_ref(), s.client_key.as_ref()];
+        for f in files.into_iter().flatten() {
+            let path = self.cfg.resolve(f.get_ref());
+            inputs.extend_from_slice(self.sources.get(&path).map_or(&[][..], |b| b));
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &inputs);
+        let fingerprint = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         Some(SiemPolicy {
+            fingerprint,
             address,
             server_name: server_name?,
             tls: Arc::new(tls),
