@@ -233,6 +233,13 @@ fn the_json_report_gives_the_exact_figures_of_the_trail() {
     assert_eq!(audit["lines_not_json"], 1);
     assert_eq!(audit["lines_not_json_at"], serde_json::json!([12]));
     assert_eq!(audit["lines_in_period"], 19);
+    // A crafted trail has no hash chain: the report says it cannot vouch
+    // for it, at its first line.
+    let chain = audit["hash_chain"].as_str().unwrap();
+    assert!(
+        chain.starts_with("ALTERED OR INCOMPLETE") && chain.contains(":1: "),
+        "{chain}"
+    );
 
     let old = device(&r, "old-ct");
     assert_eq!(old["support_status"], "past");
@@ -439,6 +446,9 @@ fn the_admin_report_answers_three_formats_and_400_on_a_bad_query() {
         r["audit"]
     );
     assert_eq!(device(&r, "old-ct")["support_status"], "past");
+    // moat's own trail is chained: the live report vouches for it.
+    let chain = r["audit"]["hash_chain"].as_str().unwrap();
+    assert!(chain.starts_with("intact (moat audit verify)"), "{chain}");
 
     let (status, ct, body) = admin(&moat, "/report?format=md");
     assert_eq!(status, 200);

@@ -9,20 +9,10 @@ use super::model::*;
 use super::svg;
 use crate::policy::SupportStatus;
 
-/// Escapes text for HTML element content and quoted attribute values.
+/// Escapes text for HTML element content and quoted attribute values:
+/// the portal's one escaper, owned (the renderer keeps what it builds).
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::auth::portal::escape_html(s).into_owned()
 }
 
 const STYLE: &str = "

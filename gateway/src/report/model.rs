@@ -65,7 +65,7 @@ pub struct AuditSource {
     pub lines_not_json_at: Vec<u64>,
     /// JSON lines without a readable `ts`.
     pub lines_without_ts: u64,
-    /// Whether the hash chain (`seq`, `prev`, `hash`) was checked.
+    /// What `moat audit verify` says of the file read (or why it was not checked).
     pub hash_chain: String,
 }
 

@@ -126,6 +126,7 @@ pub fn read_target(target: &AuditTarget, window: &Window) -> Tally {
         Ok(f) => {
             let mut t = read(std::io::BufReader::new(f), window);
             t.source.file = path.display().to_string();
+            t.source.hash_chain = chain_verdict(path);
             t
         }
         Err(e) => {
@@ -139,6 +140,18 @@ pub fn read_target(target: &AuditTarget, window: &Window) -> Tally {
             t.suppressed.note = SUPPRESSED_NOTE;
             t
         }
+    }
+}
+
+/// What `moat audit verify FILE` says of the whole file (not only the
+/// period: the chain runs through it). A streaming pass at SHA-256 speed.
+fn chain_verdict(path: &std::path::Path) -> String {
+    use crate::audit::verify::{check, Outcome};
+    let report = check(&[path.to_path_buf()]);
+    match report.outcome {
+        Outcome::Intact => format!("intact (moat audit verify): {}", report.summary.join("; ")),
+        Outcome::Broken(what) => format!("ALTERED OR INCOMPLETE (moat audit verify): {what}"),
+        Outcome::Unreadable(what) => format!("could not be checked: {what}"),
     }
 }
 
