@@ -177,6 +177,7 @@ fn expressions() -> Vec<(String, String)> {
         &std::fs::read_to_string(monitoring("grafana/moat-dashboard.json")).unwrap(),
     )
     .expect("the dashboard is valid JSON");
+    check_dashboard_shape(&dash);
     for p in dash["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().into_iter().flatten() {
             let title = p["title"].as_str().unwrap_or("?");
@@ -198,6 +199,46 @@ fn expressions() -> Vec<(String, String)> {
         ));
     }
     out
+}
+
+/// What Grafana needs to import the dashboard: a uid and title, unique
+/// panel ids, a type and a grid position for every panel, and every query
+/// on the `${datasource}` variable that the templating defines.
+fn check_dashboard_shape(dash: &Value) {
+    assert!(dash["uid"].is_string() && dash["title"].is_string());
+    assert!(dash["schemaVersion"].as_u64().unwrap() >= 36);
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        vars.contains(&"datasource") && vars.contains(&"device"),
+        "{vars:?}"
+    );
+    let mut ids = BTreeSet::new();
+    for p in dash["panels"].as_array().unwrap() {
+        let title = p["title"].as_str().unwrap_or("?");
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "duplicate id at {title}"
+        );
+        assert!(p["type"].is_string(), "{title}");
+        for k in ["h", "w", "x", "y"] {
+            assert!(p["gridPos"][k].is_u64(), "{title}: gridPos.{k}");
+        }
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title} has no query");
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
+            assert!(t["refId"].is_string() && t["expr"].is_string(), "{title}");
+        }
+    }
 }
 
 /// The `moat_*` identifiers in an expression.
