@@ -14,6 +14,7 @@ pub mod html;
 pub mod markdown;
 pub mod model;
 pub mod svg;
+pub mod tables;
 pub mod trail;
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use super::model::*;
 use super::svg;
+use super::tables::{self, Table};
 use crate::policy::SupportStatus;
 
 /// Escapes text for HTML element content and quoted attribute values:
@@ -57,6 +58,11 @@ fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
         out.push_str("</tr>");
     }
     out.push_str("</table>");
+}
+
+fn put(out: &mut String, t: &Table) {
+    let headers: Vec<&str> = t.headers.iter().map(String::as_str).collect();
+    table(out, &headers, &t.rows);
 }
 
 fn kv(out: &mut String, rows: &[(&str, String)]) {
@@ -205,40 +211,14 @@ fn gateway_wide(o: &mut String, r: &Report) {
         s.count,
         escape(s.note)
     );
-    if !s.by_reason.is_empty() {
-        let rows: Vec<Vec<String>> = s
-            .by_reason
-            .iter()
-            .map(|(k, v)| vec![k.clone(), v.to_string()])
-            .collect();
-        table(o, &["reason", "count"], &rows);
+    if let Some(t) = tables::suppressed(s) {
+        put(o, &t);
     }
 }
 
 fn summary(o: &mut String, r: &Report) {
     o.push_str("<h3>Devices</h3>");
-    let rows: Vec<Vec<String>> = r
-        .devices
-        .iter()
-        .map(|d| {
-            vec![
-                d.inventory.id.to_string(),
-                d.inventory.name.clone(),
-                d.support.to_string(),
-                d.denials.total.to_string(),
-                if d.missing_controls.is_empty() {
-                    "none".into()
-                } else {
-                    d.missing_controls.join(", ")
-                },
-            ]
-        })
-        .collect();
-    table(
-        o,
-        &["device", "name", "support", "denials", "missing controls"],
-        &rows,
-    );
+    put(o, &tables::devices(r));
 }
 
 fn short(hash: &str) -> String {
@@ -366,39 +346,14 @@ fn device(o: &mut String, d: &DeviceReport, bucket: &str) {
             );
         }
         o.push_str("</p>");
-        let rows: Vec<Vec<String>> = d
-            .denials
-            .totals
-            .iter()
-            .map(|(k, v)| vec![k.clone(), v.to_string()])
-            .collect();
-        table(o, &["reason", "total"], &rows);
-        let reasons: Vec<&str> = d.denials.by_reason.keys().map(String::as_str).collect();
-        let mut headers = vec![bucket];
-        headers.extend(&reasons);
-        let rows: Vec<Vec<String>> = d
-            .denials
-            .buckets
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| d.denials.by_reason.values().any(|c| c[*i] > 0))
-            .map(|(i, label)| {
-                let mut row = vec![label.clone()];
-                row.extend(d.denials.by_reason.values().map(|c| c[i].to_string()));
-                row
-            })
-            .collect();
-        table(o, &headers, &rows);
+        for t in tables::denials(&d.denials, bucket) {
+            put(o, &t);
+        }
     }
 
     o.push_str("<h3>Configuration changes touching this device</h3>");
     if !none_if_empty(o, d.changes.is_empty(), "None in the period.") {
-        let rows: Vec<Vec<String>> = d
-            .changes
-            .iter()
-            .map(|c| vec![c.ts.clone(), c.new_version.to_string(), c.change.clone()])
-            .collect();
-        table(o, &["time", "new version", "change"], &rows);
+        put(o, &tables::changes(d));
     }
 
     access(o, &d.access);
@@ -514,76 +469,7 @@ fn access(o: &mut String, a: &WhoHadAccess) {
         "<p>{} allowed connection(s) from {} distinct client address(es).</p>",
         a.allowed_connections, a.distinct_client_addresses
     );
-    if !a.permitted.is_empty() {
-        let rows: Vec<Vec<String>> = a
-            .permitted
-            .iter()
-            .map(|p| vec![p.service.clone(), p.users.join(", ")])
-            .collect();
-        table(o, &["service", "users the policy lets in"], &rows);
-    }
-    if !a.signed_in.is_empty() {
-        let rows: Vec<Vec<String>> = a
-            .signed_in
-            .iter()
-            .map(|(u, n)| vec![u.clone(), n.to_string()])
-            .collect();
-        table(o, &["signed in", "times"], &rows);
-    }
-    if !a.grants.is_empty() {
-        let rows: Vec<Vec<String>> = a
-            .grants
-            .iter()
-            .map(|g| {
-                vec![
-                    g.ts.clone(),
-                    g.user.clone(),
-                    g.service.clone(),
-                    g.binding.clone(),
-                    g.until.clone(),
-                    if g.break_glass { "yes" } else { "no" }.into(),
-                ]
-            })
-            .collect();
-        table(
-            o,
-            &[
-                "grant opened",
-                "user",
-                "service",
-                "binding",
-                "until",
-                "break-glass",
-            ],
-            &rows,
-        );
-    }
-    if !a.break_glass.is_empty() {
-        let rows: Vec<Vec<String>> = a
-            .break_glass
-            .iter()
-            .map(|b| {
-                vec![
-                    b.ts.clone(),
-                    b.user.clone(),
-                    b.service.clone(),
-                    b.code_id.clone(),
-                    b.until.clone(),
-                ]
-            })
-            .collect();
-        table(
-            o,
-            &["break-glass used", "user", "service", "code id", "until"],
-            &rows,
-        );
-    }
-    if !a.principals.is_empty() {
-        let rows: Vec<Vec<String>> = a
-            .principals
-            .iter()
-            .map(|(p, n)| vec![p.clone(), n.to_string()])
-            .collect();
-        table(o, &["identity seen", "times"], &rows);
+    for t in tables::access(a) {
+        put(o, &t);
     }
 }

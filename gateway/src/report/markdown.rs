@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::model::*;
+use super::tables::{self, Table};
 
 /// Escapes a table cell: pipes, markup characters and line breaks.
 pub fn cell(s: &str) -> String {
@@ -45,6 +46,11 @@ fn table(o: &mut String, headers: &[&str], rows: &[Vec<String>]) {
         );
     }
     o.push('\n');
+}
+
+fn put(o: &mut String, t: &Table) {
+    let headers: Vec<&str> = t.headers.iter().map(String::as_str).collect();
+    table(o, &headers, &t.rows);
 }
 
 fn kv(o: &mut String, rows: &[(&str, String)]) {
@@ -154,38 +160,12 @@ pub fn render(r: &Report) -> String {
         s.count,
         cell(s.note)
     );
-    if !s.by_reason.is_empty() {
-        let rows: Vec<Vec<String>> = s
-            .by_reason
-            .iter()
-            .map(|(k, v)| vec![k.clone(), v.to_string()])
-            .collect();
-        table(&mut o, &["reason", "count"], &rows);
+    if let Some(t) = tables::suppressed(s) {
+        put(&mut o, &t);
     }
 
     o.push_str("### Devices\n\n");
-    let rows: Vec<Vec<String>> = r
-        .devices
-        .iter()
-        .map(|d| {
-            vec![
-                d.inventory.id.to_string(),
-                d.inventory.name.clone(),
-                d.support.to_string(),
-                d.denials.total.to_string(),
-                if d.missing_controls.is_empty() {
-                    "none".into()
-                } else {
-                    d.missing_controls.join(", ")
-                },
-            ]
-        })
-        .collect();
-    table(
-        &mut o,
-        &["device", "name", "support", "denials", "missing controls"],
-        &rows,
-    );
+    put(&mut o, &tables::devices(r));
     for d in &r.devices {
         device(&mut o, d, r.period.bucket);
     }
@@ -374,40 +354,16 @@ fn device(o: &mut String, d: &DeviceReport, bucket: &str) {
     if d.denials.total == 0 {
         o.push_str("No denial in the period.\n\n");
     } else {
-        let rows: Vec<Vec<String>> = d
-            .denials
-            .totals
-            .iter()
-            .map(|(k, v)| vec![k.clone(), v.to_string()])
-            .collect();
-        table(o, &["reason", "total"], &rows);
-        let mut headers = vec![bucket];
-        headers.extend(d.denials.by_reason.keys().map(String::as_str));
-        let rows: Vec<Vec<String>> = d
-            .denials
-            .buckets
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| d.denials.by_reason.values().any(|c| c[*i] > 0))
-            .map(|(i, label)| {
-                let mut row = vec![label.clone()];
-                row.extend(d.denials.by_reason.values().map(|c| c[i].to_string()));
-                row
-            })
-            .collect();
-        table(o, &headers, &rows);
+        for t in tables::denials(&d.denials, bucket) {
+            put(o, &t);
+        }
     }
 
     o.push_str("### Configuration changes touching this device\n\n");
     if d.changes.is_empty() {
         o.push_str("None in the period.\n\n");
     } else {
-        let rows: Vec<Vec<String>> = d
-            .changes
-            .iter()
-            .map(|c| vec![c.ts.clone(), c.new_version.to_string(), c.change.clone()])
-            .collect();
-        table(o, &["time", "new version", "change"], &rows);
+        put(o, &tables::changes(d));
     }
 
     let a = &d.access;
@@ -416,76 +372,7 @@ fn device(o: &mut String, d: &DeviceReport, bucket: &str) {
         "### Who had access\n\n{} allowed connection(s) from {} distinct client address(es).\n",
         a.allowed_connections, a.distinct_client_addresses
     );
-    if !a.permitted.is_empty() {
-        let rows: Vec<Vec<String>> = a
-            .permitted
-            .iter()
-            .map(|p| vec![p.service.clone(), p.users.join(", ")])
-            .collect();
-        table(o, &["service", "users the policy lets in"], &rows);
-    }
-    if !a.signed_in.is_empty() {
-        let rows: Vec<Vec<String>> = a
-            .signed_in
-            .iter()
-            .map(|(u, n)| vec![u.clone(), n.to_string()])
-            .collect();
-        table(o, &["signed in", "times"], &rows);
-    }
-    if !a.grants.is_empty() {
-        let rows: Vec<Vec<String>> = a
-            .grants
-            .iter()
-            .map(|g| {
-                vec![
-                    g.ts.clone(),
-                    g.user.clone(),
-                    g.service.clone(),
-                    g.binding.clone(),
-                    g.until.clone(),
-                    if g.break_glass { "yes" } else { "no" }.into(),
-                ]
-            })
-            .collect();
-        table(
-            o,
-            &[
-                "grant opened",
-                "user",
-                "service",
-                "binding",
-                "until",
-                "break-glass",
-            ],
-            &rows,
-        );
-    }
-    if !a.break_glass.is_empty() {
-        let rows: Vec<Vec<String>> = a
-            .break_glass
-            .iter()
-            .map(|b| {
-                vec![
-                    b.ts.clone(),
-                    b.user.clone(),
-                    b.service.clone(),
-                    b.code_id.clone(),
-                    b.until.clone(),
-                ]
-            })
-            .collect();
-        table(
-            o,
-            &["break-glass used", "user", "service", "code id", "until"],
-            &rows,
-        );
-    }
-    if !a.principals.is_empty() {
-        let rows: Vec<Vec<String>> = a
-            .principals
-            .iter()
-            .map(|(p, n)| vec![p.clone(), n.to_string()])
-            .collect();
-        table(o, &["identity seen", "times"], &rows);
+    for t in tables::access(a) {
+        put(o, &t);
     }
 }
