@@ -196,44 +196,7 @@ fn device(o: &mut String, d: &DeviceReport, bucket: &str) {
         let _ = writeln!(o, "**Missing: {}**\n", cell(&d.missing_controls.join(", ")));
     }
     o.push_str("### Inventory\n\n");
-    kv(
-        o,
-        &[
-            ("id", inv.id.to_string()),
-            ("name", inv.name.clone()),
-            ("manufacturer", inv.manufacturer.clone()),
-            ("model", inv.model.clone()),
-            ("location", inv.location.clone()),
-            ("owner", inv.owner.clone()),
-            (
-                "end of support",
-                inv.end_of_support
-                    .clone()
-                    .unwrap_or_else(|| "not recorded".into()),
-            ),
-            ("serial number", inv.serial_number.clone()),
-            ("UDI", inv.udi.clone()),
-            ("software version", inv.software_version.clone()),
-            (
-                "lifecycle",
-                inv.lifecycle
-                    .map(|l| l.as_str().to_string())
-                    .unwrap_or_default(),
-            ),
-            (
-                "SBOM",
-                inv.sbom
-                    .as_ref()
-                    .map(|s| format!("{} (sha256 {}, verified)", s.path.display(), s.sha256))
-                    .unwrap_or_default(),
-            ),
-            ("MDS2", inv.mds2.clone()),
-            (
-                "known vulnerabilities",
-                inv.known_vulnerabilities.join(", "),
-            ),
-        ],
-    );
+    kv(o, &tables::inventory(inv));
     o.push_str("### Compensating controls\n\n");
     let rows: Vec<Vec<String>> = d
         .controls
@@ -263,91 +226,7 @@ fn device(o: &mut String, d: &DeviceReport, bucket: &str) {
             cell(&s.listen),
             cell(&s.upstream)
         );
-        let entries = |list: &[crate::policy::AccessEntry]| {
-            list.iter()
-                .map(|e| {
-                    format!(
-                        "{} ({} network(s), {}{})",
-                        e.entry,
-                        e.addresses,
-                        e.written_at,
-                        e.file
-                            .as_ref()
-                            .map(|f| format!(", from {}", f.display()))
-                            .unwrap_or_default()
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        let m = &s.access_mode;
-        let mut mode = m.mode.to_string();
-        if m.mode != "network" {
-            if m.anyone {
-                mode += ": every user";
-            } else {
-                mode += &format!(
-                    ": users [{}] groups [{}]",
-                    m.users.join(", "),
-                    m.groups.join(", ")
-                );
-            }
-        }
-        if let Some(g) = &m.max_grant {
-            mode += &format!("; grants up to {g}");
-        }
-        if let Some(b) = &m.break_glass {
-            mode += &format!("; break-glass grants of {b}");
-        }
-        let t = &s.timeouts;
-        let mut timeouts = format!(
-            "connect {}, idle {}, handshake {}",
-            t.connect, t.idle, t.handshake
-        );
-        if let Some(h) = &t.http {
-            timeouts += &format!(
-                "; http: header read {}, body read {}, response {}, keep-alive {}",
-                h.header_read, h.body_read, h.response, h.keepalive
-            );
-        }
-        kv(
-            o,
-            &[
-                (
-                    "encryption",
-                    match &s.tls {
-                        None => "PLAINTEXT".into(),
-                        Some(t) => format!(
-                            "TLS, minimum {}, client certificates {}",
-                            t.min_version, t.client_certificates
-                        ),
-                    },
-                ),
-                (
-                    "certificates",
-                    s.tls
-                        .iter()
-                        .flat_map(|t| &t.certificates)
-                        .map(|c| {
-                            format!(
-                                "{} (until {}{})",
-                                c.names.join(", "),
-                                c.not_after,
-                                if c.expired { ", EXPIRED" } else { "" }
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                ),
-                ("allow", entries(&s.allow)),
-                ("deny", entries(&s.deny)),
-                ("access", mode),
-                ("limits", s.limits.join("\n")),
-                ("guard", s.guard.clone().unwrap_or_else(|| "none".into())),
-                ("timeouts", timeouts),
-                ("max connections", s.max_connections.to_string()),
-            ],
-        );
+        kv(o, &tables::service_controls(s));
     }
 
     let _ = writeln!(o, "### Denials per {bucket}\n");
