@@ -99,59 +99,7 @@ pub fn render(r: &Report) -> String {
 
 fn header(o: &mut String, r: &Report) {
     let a = &r.audit;
-    kv(
-        o,
-        &[
-            ("moat version", r.moat_version.to_string()),
-            ("generated at", r.generated_at.clone()),
-            (
-                "period",
-                format!(
-                    "{} to {} (per {})",
-                    r.period.since, r.period.until, r.period.bucket
-                ),
-            ),
-            (
-                "policy",
-                format!(
-                    "version {}, hash {}",
-                    r.policy.version, r.policy.content_hash
-                ),
-            ),
-            ("policy files", r.policy.sources.join(", ")),
-            ("audit file read", a.file.clone()),
-            (
-                "audit lines",
-                format!(
-                    "{} read, {} in the period, {} not JSON{}, {} without a time",
-                    a.lines_total,
-                    a.lines_in_period,
-                    a.lines_not_json,
-                    if a.lines_not_json_at.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            " (line {})",
-                            a.lines_not_json_at
-                                .iter()
-                                .map(u64::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    },
-                    a.lines_without_ts
-                ),
-            ),
-            ("hash chain", a.hash_chain.clone()),
-            (
-                "audit trail off the host",
-                match &r.policy.siem {
-                    Some(s) => format!("yes: [siem] sends it to {s}"),
-                    None => "no [siem] configured".into(),
-                },
-            ),
-        ],
-    );
+    kv(o, &tables::header(r));
     if let Some(p) = &a.problem {
         let _ = write!(o, "<p class=\"problem\">{}</p>", escape(p));
     }

@@ -287,3 +287,59 @@ pub fn service_controls(s: &ServiceReport) -> Vec<(&'static str, String)> {
     rows.retain(|(k, v)| !v.is_empty() || *k == "allow");
     rows
 }
+
+/// The report's header: version, period, policy, the trail read and its
+/// hash chain, whether the trail leaves the host.
+pub fn header(r: &Report) -> Vec<(&'static str, String)> {
+    let a = &r.audit;
+    vec![
+        ("moat version", r.moat_version.to_string()),
+        ("generated at", r.generated_at.clone()),
+        (
+            "period",
+            format!(
+                "{} to {} (per {})",
+                r.period.since, r.period.until, r.period.bucket
+            ),
+        ),
+        (
+            "policy",
+            format!(
+                "version {}, hash {}",
+                r.policy.version, r.policy.content_hash
+            ),
+        ),
+        ("policy files", r.policy.sources.join(", ")),
+        ("audit file read", a.file.clone()),
+        (
+            "audit lines",
+            format!(
+                "{} read, {} in the period, {} not JSON{}, {} without a time",
+                a.lines_total,
+                a.lines_in_period,
+                a.lines_not_json,
+                if a.lines_not_json_at.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (line {})",
+                        a.lines_not_json_at
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                a.lines_without_ts
+            ),
+        ),
+        ("hash chain", a.hash_chain.clone()),
+        (
+            "audit trail off the host",
+            match &r.policy.siem {
+                Some(s) => format!("yes: [siem] sends it to {s}"),
+                None => "no [siem] configured".into(),
+            },
+        ),
+    ]
+}
