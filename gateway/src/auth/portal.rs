@@ -439,33 +439,24 @@ pub fn logged_out_page() -> String {
     )
 }
 
-/// Unix seconds as UTC date and time: (year, month, day, hour, minute,
-/// second). Total: any `u64` gives a date (years past 9999 included).
-fn civil(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
+/// Unix seconds as the UTC date (`YYYY-MM-DD`, the inventory's one date
+/// conversion) and time of day (hour, minute, second).
+fn civil(secs: u64) -> (String, u64, u64, u64) {
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's days-to-civil, for days since 1970-01-01 >= 0.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day, rem / 3600, rem / 60 % 60, rem % 60)
+    let date = crate::policy::inventory::date_from_days(days as i64);
+    (date, rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc_time(secs: u64) -> String {
-    let (y, mo, d, h, mi, s) = civil(secs);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+    let (date, h, mi, s) = civil(secs);
+    format!("{date} {h:02}:{mi:02}:{s:02} UTC")
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`, for `<time datetime>`.
 fn iso_time(secs: u64) -> String {
-    let (y, mo, d, h, mi, s) = civil(secs);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    let (date, h, mi, s) = civil(secs);
+    format!("{date}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 /// Parses an `application/x-www-form-urlencoded` body into its fields
