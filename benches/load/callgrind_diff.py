@@ -2,12 +2,17 @@
 """Which functions grew between two callgrind dumps of the same load.
 
     python3 benches/load/callgrind_diff.py OLD NEW REQUESTS [TOP]
+    python3 benches/load/callgrind_diff.py --per-request A B REQUESTS [TOP]
 
 Self cost (instructions spent in the function's own code, not its callees)
 per request, summed by function name; prints the TOP (25) that grew most and
 the 10 that shrank most. Inlining differs between builds, so read a pair of
 lines that move together (one shrinks, a caller or callee grows) as one.
 For inclusive costs: callgrind_annotate --inclusive=yes FILE.
+
+--per-request: A and B are dumps of the same process after two loads that
+differ by REQUESTS requests (instructions.sh); prints the TOP (25) functions
+by self cost per request of the difference, with their share.
 Standard library only.
 """
 import collections
@@ -38,7 +43,20 @@ def self_cost(path):
     return cost
 
 
+def per_request(a, b, n, top):
+    d = collections.Counter(b)
+    d.subtract(a)
+    total = sum(d.values())
+    print(f"per request: {total / n:.0f} instructions (self cost, by function)")
+    for k, v in d.most_common(top):
+        print(f"{v / n:8.0f} {v / total * 100:5.1f} %  {k[:140]}")
+
+
 def main():
+    if sys.argv[1] == "--per-request":
+        a, b, n = self_cost(sys.argv[2]), self_cost(sys.argv[3]), float(sys.argv[4])
+        per_request(a, b, n, int(sys.argv[5]) if len(sys.argv) > 5 else 25)
+        return
     old, new, n = self_cost(sys.argv[1]), self_cost(sys.argv[2]), float(sys.argv[3])
     top = int(sys.argv[4]) if len(sys.argv) > 4 else 25
     to, tn = sum(old.values()), sum(new.values())
