@@ -5,7 +5,9 @@
 //! controls, forward with clean headers, audit.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::h2_guard::{self, H2Guard};
 use super::relay::{Activity, Metered, RelayOutcome};
+use super::wake::{race, Raced};
 use crate::audit::{ClosedBy, ConnMeta};
 use crate::controls::rate::Bucket;
 use crate::controls::{self, ConnFacts, Denial, Principal, Reason};
@@ -147,19 +150,30 @@ where
     let signed_out = user_watch(&session, live.clone());
     tokio::pin!(signed_out);
     let mut revocation = None;
-    let (mut closed_by, mut error) = tokio::select! {
-        res = connection.as_mut() => match res {
-            Ok(()) => (ClosedBy::Client, None),
-            Err(e) => classify_connection_error(e, &live),
-        },
-        _ = activity.idle_expired(idle) => (ClosedBy::IdleTimeout, None),
-        // hyper's header timer covers HTTP/1 heads only; this one also
-        // covers an h2 preface and first HEADERS trickled in byte by byte.
-        _ = first_request_overdue(&live, http.header_read_timeout) => {
+    // Everything that may end the connection besides hyper, polled only
+    // when one of its own wakers fires (proxy::wake), not on every read.
+    let stop = async {
+        tokio::select! {
+            _ = activity.idle_expired(idle) => Ended::Idle,
+            // hyper's header timer covers HTTP/1 heads only; this one also
+            // covers an h2 preface and first HEADERS trickled in byte by byte.
+            _ = first_request_overdue(&live, http.header_read_timeout) => Ended::FirstRequestOverdue,
+            _ = rt.hard_stop.cancelled() => Ended::Shutdown,
+            _ = live.abusive.cancelled() => Ended::Abusive,
+            d = &mut revoked => Ended::Revoked(d),
+            (d, _) = &mut signed_out => Ended::Revoked(d),
+            _ = live.logged_out.cancelled() => Ended::LoggedOut,
+        }
+    };
+    let (mut closed_by, mut error) = match race(connection.as_mut(), stop).await {
+        Raced::Main(Ok(())) => (ClosedBy::Client, None),
+        Raced::Main(Err(e)) => classify_connection_error(e, &live),
+        Raced::Stop(Ended::Idle) => (ClosedBy::IdleTimeout, None),
+        Raced::Stop(Ended::FirstRequestOverdue) => {
             live.head_timed_out("no complete request in time".to_string())
         }
-        _ = rt.hard_stop.cancelled() => (ClosedBy::Shutdown, None),
-        _ = live.abusive.cancelled() => {
+        Raced::Stop(Ended::Shutdown) => (ClosedBy::Shutdown, None),
+        Raced::Stop(Ended::Abusive) => {
             let detail = format!("over {ABANDONED_LIMIT} abandoned requests at once (rapid reset?)");
             if verdict.cut(detail.clone()) {
                 // The guard sends GOAWAY and fails hyper's IO within its
@@ -168,15 +182,11 @@ where
             }
             (ClosedBy::ProtocolAbuse, Some(detail))
         }
-        d = &mut revoked => {
+        Raced::Stop(Ended::Revoked(d)) => {
             revocation = Some(d);
             (ClosedBy::Revoked, None)
         }
-        (d, _) = &mut signed_out => {
-            revocation = Some(d);
-            (ClosedBy::Revoked, None)
-        }
-        _ = live.logged_out.cancelled() => {
+        Raced::Stop(Ended::LoggedOut) => {
             // The logout answer is on its way: let it (and only briefly
             // anything else) finish, then the connection ends.
             connection.as_mut().graceful_shutdown();
@@ -226,6 +236,16 @@ const SERVER_BUF: usize = 32 * 1024;
 const H2_SEND_BUF: usize = 64 * 1024;
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONN_WINDOW: u32 = 512 * 1024;
+
+/// Why a client connection ended, when hyper did not end it itself.
+enum Ended {
+    Idle,
+    FirstRequestOverdue,
+    Shutdown,
+    Abusive,
+    Revoked(Denial),
+    LoggedOut,
+}
 
 /// Resolves if no request has arrived `limit` after the connection opened.
 async fn first_request_overdue(live: &Live, limit: Duration) {
@@ -413,9 +433,14 @@ fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<Stri
 /// Reads and drops a small request body before a refusal. An h2 client
 /// whose body is left unread gets the answer followed by RST_STREAM, which
 /// some clients (curl 7.88) report as an error instead of showing the 403.
-async fn drain_small_body(body: Incoming) {
+/// Boxed: a refusal's path, kept out of the request future's size
+/// (docs/benchmarks.md, "Performance (issue 15)").
+fn drain_small_body(body: Incoming) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     const LIMIT: usize = 64 * 1024;
-    let _ = tokio::time::timeout(Duration::from_secs(1), Limited::new(body, LIMIT).collect()).await;
+    Box::pin(async move {
+        let collect = Limited::new(body, LIMIT).collect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), collect).await;
+    })
 }
 
 /// Resolves when a newly published policy would refuse the upgrade request

@@ -9,6 +9,7 @@ pub mod headers;
 pub mod http;
 pub(crate) mod relay;
 pub mod tcp;
+pub(crate) mod wake;
 
 use crate::audit::ConnMeta;
 use crate::controls::{Denial, Reason};

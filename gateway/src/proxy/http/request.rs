@@ -185,7 +185,9 @@ async fn phases(
                     rule,
                     host: host.as_ref(),
                 };
-                let answer = portal::serve(req, &path, &portal, record).await;
+                // Boxed: the portal's pages (a login hashes a password) are
+                // a large future most requests never enter.
+                let answer = Box::pin(portal::serve(req, &path, &portal, record)).await;
                 return Err(answer);
             }
             if service.protocol == crate::config::schema::Protocol::Portal {

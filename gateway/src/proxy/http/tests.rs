@@ -25,3 +25,16 @@ fn occasional_abandoned_requests_never_run_out() {
         }
     }
 }
+
+/// The size of what `f` returns: for an async fn, its future.
+fn future_size<F, A, B, C, R>(_: &F) -> usize
+where
+    F: Fn(A, B, C) -> R,
+{
+    std::mem::size_of::<R>()
+}
+
+#[test]
+fn print_sizes() {
+    eprintln!("handle: {}", future_size(&handle));
+}
