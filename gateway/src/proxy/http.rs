@@ -107,7 +107,11 @@ where
         hyper::service::service_fn(move |req| {
             let session = session.clone();
             let live = live.clone();
-            async move { Ok::<_, Infallible>(handle(req, session, live).await) }
+            // Boxed once here, the request's future is not moved again
+            // by hyper or tokio (an h2 stream is a task of its own: spawned,
+            // then its stage rewritten on completion).
+            let handling = Box::pin(handle(req, session, live));
+            async move { Ok::<_, Infallible>(handling.await) }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
