@@ -196,25 +196,36 @@ pub fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> 
 /// and (for requests) the client-asserted ones. For an upgrade,
 /// `Connection: upgrade` and `Upgrade` must pass.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, client_asserted: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+    let named = connection_names(headers);
     let upgrade_value = if upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
     remove_matching(headers, |name| {
-        is_hop_by_hop(name) || named.contains(name) || (client_asserted && is_client_asserted(name))
+        is_hop_by_hop(name)
+            || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+            || (client_asserted && is_client_asserted(name))
     });
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// The headers a message's `Connection` header names, as text: no
+/// `HeaderName` is built, and `keep-alive` and `upgrade` (hop-by-hop
+/// anyway) are left out, so that most messages allocate nothing here.
+fn connection_names(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("upgrade"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// h2 clients send cookies as separate `cookie` fields (browsers split
@@ -274,18 +285,28 @@ pub fn strip_set_cookies(headers: &mut HeaderMap, names: &[&str]) {
 }
 
 /// HSTS (over TLS), `nosniff` and `SAMEORIGIN`, unless the device set its own.
+/// One pass over the names finds what is there (three hashed lookups cost
+/// more), then room for what is missing is made at once.
 pub fn harden(headers: &mut HeaderMap, tls: bool) {
-    if tls {
-        headers
-            .entry(header::STRICT_TRANSPORT_SECURITY)
-            .or_insert(HeaderValue::from_static("max-age=31536000"));
+    let (mut hsts, mut nosniff, mut frame) = (tls, true, true);
+    for name in headers.keys() {
+        hsts &= name != header::STRICT_TRANSPORT_SECURITY;
+        nosniff &= name != header::X_CONTENT_TYPE_OPTIONS;
+        frame &= name != header::X_FRAME_OPTIONS;
     }
-    headers
-        .entry(header::X_CONTENT_TYPE_OPTIONS)
-        .or_insert(HeaderValue::from_static("nosniff"));
-    headers
-        .entry(header::X_FRAME_OPTIONS)
-        .or_insert(HeaderValue::from_static("SAMEORIGIN"));
+    headers.reserve(usize::from(hsts) + usize::from(nosniff) + usize::from(frame));
+    if hsts {
+        headers.append(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    if nosniff {
+        headers.append(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    }
+    if frame {
+        headers.append(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN"));
+    }
 }
 
 /// The `Forwarded` element moat sends: `base` (`for=…;proto=…`) and the

@@ -170,6 +170,19 @@ fn an_upgrade_keeps_upgrade_and_connection() {
 }
 
 #[test]
+fn connection_tokens_match_in_any_case_and_keep_alive_is_hop_by_hop_anyway() {
+    let mut h = map(&[
+        ("connection", "Keep-Alive, X-Drop-Me , Close"),
+        ("x-drop-me", "1"),
+        ("keep-alive", "timeout=5"),
+        ("close", "named, so it goes too"),
+        ("server", "pump"),
+    ]);
+    strip_hop_by_hop(&mut h, false, false);
+    assert_eq!(names(&h), ["server"]);
+}
+
+#[test]
 fn nothing_to_remove_changes_nothing() {
     let mut h = map(&[("accept", "*/*"), ("host", "pump")]);
     let before = h.clone();
@@ -184,9 +197,11 @@ fn hardening_fills_in_only_what_is_missing() {
     assert_eq!(h.get("x-frame-options").unwrap(), "DENY");
     assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
     assert!(h.contains_key("strict-transport-security"));
+    assert_eq!(h.len(), 3);
     let mut h = HeaderMap::new();
     harden(&mut h, false);
     assert!(!h.contains_key("strict-transport-security"));
+    assert_eq!(h.len(), 2);
 }
 
 #[test]
