@@ -20,7 +20,8 @@
 # connection per test first (the first TLS handshake costs hundreds of
 # millions of instructions of one-off set-up).
 #
-# Tests: h1_tls, h2_tls, h1_plain. Output: a table, and under $OUT the dump
+# Tests: h1_tls, h2_tls, h1_plain (the default), and conn_tls, conn_plain
+# (per connection, see CONN_A). Output: a table, and under $OUT the dump
 # files and, for every system and test, the top functions per request (self
 # cost, from the difference of the two dumps: callgrind_diff.py).
 # About a minute per system and test.
@@ -35,6 +36,11 @@ TESTS=${TESTS:-"h1_tls h2_tls h1_plain"}
 CONNS=${CONNS:-10}
 N_A=${N_A:-2000}
 N_B=${N_B:-8000}
+# conn_tls, conn_plain: a new connection per request (full TLS handshake,
+# no resumption), CONN_A then CONN_B of them; prints instructions per
+# connection.
+CONN_A=${CONN_A:-50}
+CONN_B=${CONN_B:-200}
 TOP=${TOP:-10}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -65,18 +71,29 @@ port_of() { # TEST SYSTEM
     h1_tls:moat | h2_tls:moat) echo "$P_M_TLS" ;;
     h1_tls:nginx | h2_tls:nginx) echo "$P_N_TLS" ;;
     h1_tls:haproxy | h2_tls:haproxy) echo "$P_H_TLS" ;;
-    h1_plain:moat) echo "$P_M_HTTP" ;;
+    h1_plain:moat | conn_plain:moat) echo "$P_M_HTTP" ;;
+    conn_tls:moat) echo "$P_M_TLS" ;;
+    conn_tls:nginx) echo "$P_N_TLS" ;;
+    conn_tls:haproxy) echo "$P_H_TLS" ;;
+    conn_plain:nginx) echo "$P_N_HTTP" ;;
+    conn_plain:haproxy) echo "$P_H_HTTP" ;;
     h1_plain:nginx) echo "$P_N_HTTP" ;;
     h1_plain:haproxy) echo "$P_H_HTTP" ;;
     *) die "unknown test or system: $1 $2" ;;
   esac
 }
 url_of() { # TEST SYSTEM
-  case "$1" in h1_plain) echo "http://127.0.0.1:$(port_of "$1" "$2")/" ;; *) echo "https://127.0.0.1:$(port_of "$1" "$2")/" ;; esac
+  case "$1" in h1_plain | conn_plain) echo "http://127.0.0.1:$(port_of "$1" "$2")/" ;; *) echo "https://127.0.0.1:$(port_of "$1" "$2")/" ;; esac
 }
-h2load_args() { # TEST
-  case "$1" in h2_tls) echo "-c$CONNS -m10" ;; *) echo "--h1 -c$CONNS -m1" ;; esac
+h2load_args() { # TEST N
+  case "$1" in
+    h2_tls) echo "-c$CONNS -m10" ;;
+    conn_*) echo "--h1 -c$2 -m1" ;; # a connection per request: N of them
+    *) echo "--h1 -c$CONNS -m1" ;;
+  esac
 }
+# conn_*: the difference is in connections, not requests.
+count_of() { case "$1:$2" in conn_*:a) echo "$CONN_A" ;; conn_*:b) echo "$CONN_B" ;; *:a) echo "$N_A" ;; *) echo "$N_B" ;; esac; }
 # CMD: the command line of SYSTEM, run under callgrind.
 system_cmd() { # SYSTEM
   case "$1" in
@@ -92,7 +109,7 @@ ready_port() { case "$1" in moat) echo "$P_M_ADMIN" ;; *) port_of h1_plain "$1" 
 
 run_load() { # TEST SYSTEM N FILE
   local args
-  read -ra args <<<"$(h2load_args "$1")"
+  read -ra args <<<"$(h2load_args "$1" "$3")"
   taskset -c "$LOAD_CPU" h2load "${args[@]}" -n "$3" "$(url_of "$1" "$2")" >"$4" 2>&1 || true
   grep -q "requests: $3 total, $3 started, $3 done, $3 succeeded, 0 failed, 0 errored" "$4" \
     && grep -q "status codes: $3 2xx, 0 3xx, 0 4xx, 0 5xx" "$4" \
@@ -113,16 +130,18 @@ for sys in $SYSTEMS; do
   for test in $TESTS; do
     run_load "$test" "$sys" 10 "$WORK/warm.$sys.$test"
     callgrind_control -z "$vpid" >/dev/null 2>&1
-    run_load "$test" "$sys" "$N_A" "$WORK/a.$sys.$test"
+    n_a=$(count_of "$test" a); n_b=$(count_of "$test" b)
+    run_load "$test" "$sys" "$n_a" "$WORK/a.$sys.$test"
     callgrind_control -d "$test-a" "$vpid" >/dev/null 2>&1
     a="$OUT/callgrind.$sys.$test-a"; mv "$(last_dump "$cg.$vpid")" "$a"
-    run_load "$test" "$sys" "$N_B" "$WORK/b.$sys.$test"
+    run_load "$test" "$sys" "$n_b" "$WORK/b.$sys.$test"
     callgrind_control -d "$test-b" "$vpid" >/dev/null 2>&1
     b="$OUT/callgrind.$sys.$test-b"; mv "$(last_dump "$cg.$vpid")" "$b"
-    per=$(python3 -c "print(round(($(total_ir "$b") - $(total_ir "$a")) / ($N_B - $N_A)))")
+    per=$(python3 -c "print(round(($(total_ir "$b") - $(total_ir "$a")) / ($n_b - $n_a)))")
     printf '%s\t%s\t%s\n' "$sys" "$test" "$per" >>"$ROWS"
     log "$sys $test: $per instructions per request"
-    python3 "$HERE/callgrind_diff.py" --per-request "$a" "$b" "$((N_B - N_A))" "$TOP" >"$OUT/top.$sys.$test.txt"
+    python3 "$HERE/callgrind_diff.py" --per-request "$a" "$b" "$((n_b - n_a))" "$TOP" >"$OUT/top.$sys.$test.txt"
+    python3 "$HERE/callgrind_crates.py" "$a" "$b" "$((n_b - n_a))" >"$OUT/crates.$sys.$test.txt"
   done
   kill -TERM -- "-$vpid" 2>/dev/null || true
   wait "$vpid" 2>/dev/null || true
@@ -135,7 +154,7 @@ per = collections.defaultdict(dict)
 for s, t, v in rows:
     per[t][s] = int(v)
 systems = list(dict.fromkeys(s for s, _, _ in rows))
-print("instructions per request (callgrind, (B - A) / (N_B - N_A))")
+print("instructions per request (conn_*: per connection) (callgrind, (B - A) / (N_B - N_A))")
 print(f"{'test':10}" + "".join(f"{s:>10}" for s in systems) + "   moat / lower peer")
 for t, v in per.items():
     peers = [v[s] for s in ("nginx", "haproxy") if s in v]

@@ -302,10 +302,16 @@ pub fn harden(headers: &mut HeaderMap, tls: bool) {
         );
     }
     if nosniff {
-        headers.append(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        headers.append(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
     }
     if frame {
-        headers.append(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN"));
+        headers.append(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("SAMEORIGIN"),
+        );
     }
 }
 

@@ -154,49 +154,62 @@ where
     let signed_out = user_watch(&session, live.clone());
     tokio::pin!(signed_out);
     let mut revocation = None;
-    // Everything that may end the connection besides hyper, polled only
-    // when one of its own wakers fires (proxy::wake), not on every read.
-    let stop = async {
-        tokio::select! {
-            _ = activity.idle_expired(idle) => Ended::Idle,
-            // hyper's header timer covers HTTP/1 heads only; this one also
-            // covers an h2 preface and first HEADERS trickled in byte by byte.
-            _ = first_request_overdue(&live, http.header_read_timeout) => Ended::FirstRequestOverdue,
-            _ = rt.hard_stop.cancelled() => Ended::Shutdown,
-            _ = live.abusive.cancelled() => Ended::Abusive,
-            d = &mut revoked => Ended::Revoked(d),
-            (d, _) = &mut signed_out => Ended::Revoked(d),
-            _ = live.logged_out.cancelled() => Ended::LoggedOut,
-        }
-    };
-    let (mut closed_by, mut error) = match race(connection.as_mut(), stop).await {
-        Raced::Main(Ok(())) => (ClosedBy::Client, None),
-        Raced::Main(Err(e)) => classify_connection_error(e, &live),
-        Raced::Stop(Ended::Idle) => (ClosedBy::IdleTimeout, None),
-        Raced::Stop(Ended::FirstRequestOverdue) => {
-            live.head_timed_out("no complete request in time".to_string())
-        }
-        Raced::Stop(Ended::Shutdown) => (ClosedBy::Shutdown, None),
-        Raced::Stop(Ended::Abusive) => {
-            let detail = format!("over {ABANDONED_LIMIT} abandoned requests at once (rapid reset?)");
-            if verdict.cut(detail.clone()) {
-                // The guard sends GOAWAY and fails hyper's IO within its
-                // linger; the extra second only bounds a stuck hyper.
-                let _ = tokio::time::timeout(h2_guard::LINGER + Duration::from_secs(1), connection.as_mut()).await;
+    // (In a block: the stop signals borrow `revoked` and `signed_out`,
+    // which the tunnel wait below uses again.)
+    let (mut closed_by, mut error) = {
+        // Everything that may end the connection besides hyper, polled only
+        // when one of its own wakers fires (proxy::wake), not on every read.
+        let stop = async {
+            tokio::select! {
+                _ = activity.idle_expired(idle) => Ended::Idle,
+                // hyper's header timer covers HTTP/1 heads only; this one also
+                // covers an h2 preface and first HEADERS trickled in byte by byte.
+                _ = first_request_overdue(&live, http.header_read_timeout) => Ended::FirstRequestOverdue,
+                _ = rt.hard_stop.cancelled() => Ended::Shutdown,
+                _ = live.abusive.cancelled() => Ended::Abusive,
+                d = &mut revoked => Ended::Revoked(d),
+                (d, _) = &mut signed_out => Ended::Revoked(d),
+                _ = live.logged_out.cancelled() => Ended::LoggedOut,
             }
-            (ClosedBy::ProtocolAbuse, Some(detail))
-        }
-        Raced::Stop(Ended::Revoked(d)) => {
-            revocation = Some(d);
-            (ClosedBy::Revoked, None)
-        }
-        Raced::Stop(Ended::LoggedOut) => {
-            // The logout answer is on its way: let it (and only briefly
-            // anything else) finish, then the connection ends.
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(LOGOUT_FLUSH, connection.as_mut()).await;
-            revocation = Some(Denial::with_detail(Reason::SessionRevoked, "logged out on this connection"));
-            (ClosedBy::Revoked, None)
+        };
+        tokio::pin!(stop);
+        match race(connection.as_mut(), stop.as_mut()).await {
+            Raced::Main(Ok(())) => (ClosedBy::Client, None),
+            Raced::Main(Err(e)) => classify_connection_error(e, &live),
+            Raced::Stop(Ended::Idle) => (ClosedBy::IdleTimeout, None),
+            Raced::Stop(Ended::FirstRequestOverdue) => {
+                live.head_timed_out("no complete request in time".to_string())
+            }
+            Raced::Stop(Ended::Shutdown) => (ClosedBy::Shutdown, None),
+            Raced::Stop(Ended::Abusive) => {
+                let detail =
+                    format!("over {ABANDONED_LIMIT} abandoned requests at once (rapid reset?)");
+                if verdict.cut(detail.clone()) {
+                    // The guard sends GOAWAY and fails hyper's IO within its
+                    // linger; the extra second only bounds a stuck hyper.
+                    let _ = tokio::time::timeout(
+                        h2_guard::LINGER + Duration::from_secs(1),
+                        connection.as_mut(),
+                    )
+                    .await;
+                }
+                (ClosedBy::ProtocolAbuse, Some(detail))
+            }
+            Raced::Stop(Ended::Revoked(d)) => {
+                revocation = Some(d);
+                (ClosedBy::Revoked, None)
+            }
+            Raced::Stop(Ended::LoggedOut) => {
+                // The logout answer is on its way: let it (and only briefly
+                // anything else) finish, then the connection ends.
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(LOGOUT_FLUSH, connection.as_mut()).await;
+                revocation = Some(Denial::with_detail(
+                    Reason::SessionRevoked,
+                    "logged out on this connection",
+                ));
+                (ClosedBy::Revoked, None)
+            }
         }
     };
     // hyper ends a cut connection with an I/O error, or the client may

@@ -22,14 +22,16 @@ pub enum Raced<M, S> {
 }
 
 /// Runs `main` and `stop` until one finishes. When both are ready in the
-/// same poll, `main` wins: it was polled first.
-pub fn race<M: Future, S: Future>(main: M, stop: S) -> Race<M, S> {
+/// same poll, `main` wins: it was polled first. Both are pinned by the
+/// caller (`pin!`, then `as_mut()`): the race adds no allocation but its
+/// wakers.
+pub fn race<M: Future + Unpin, S: Future + Unpin>(main: M, stop: S) -> Race<M, S> {
     let task = Arc::new(AtomicWaker::new());
     let main_flag = Arc::new(Branch::new(task.clone()));
     let stop_flag = Arc::new(Branch::new(task.clone()));
     Race {
-        main: Box::pin(main),
-        stop: Box::pin(stop),
+        main,
+        stop,
         main_waker: Waker::from(main_flag.clone()),
         stop_waker: Waker::from(stop_flag.clone()),
         main_flag,
@@ -39,8 +41,8 @@ pub fn race<M: Future, S: Future>(main: M, stop: S) -> Race<M, S> {
 }
 
 pub struct Race<M, S> {
-    main: Pin<Box<M>>,
-    stop: Pin<Box<S>>,
+    main: M,
+    stop: S,
     main_flag: Arc<Branch>,
     stop_flag: Arc<Branch>,
     main_waker: Waker,
@@ -81,7 +83,7 @@ impl Wake for Branch {
     }
 }
 
-impl<M: Future, S: Future> Future for Race<M, S> {
+impl<M: Future + Unpin, S: Future + Unpin> Future for Race<M, S> {
     type Output = Raced<M::Output, S::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -91,13 +93,13 @@ impl<M: Future, S: Future> Future for Race<M, S> {
         let this = &mut *self;
         if this.main_flag.take() {
             let mut branch = Context::from_waker(&this.main_waker);
-            if let Poll::Ready(out) = this.main.as_mut().poll(&mut branch) {
+            if let Poll::Ready(out) = Pin::new(&mut this.main).poll(&mut branch) {
                 return Poll::Ready(Raced::Main(out));
             }
         }
         if this.stop_flag.take() {
             let mut branch = Context::from_waker(&this.stop_waker);
-            if let Poll::Ready(out) = this.stop.as_mut().poll(&mut branch) {
+            if let Poll::Ready(out) = Pin::new(&mut this.stop).poll(&mut branch) {
                 return Poll::Ready(Raced::Stop(out));
             }
         }

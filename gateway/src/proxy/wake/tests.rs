@@ -18,7 +18,8 @@ async fn the_branch_that_finishes_first_wins() {
     let (finish, done) = tokio::sync::oneshot::channel();
     let (_stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     finish.send(()).unwrap();
-    match race(counted(&polls, done), stop_rx).await {
+    let main = std::pin::pin!(counted(&polls, done));
+    match race(main, stop_rx).await {
         Raced::Main(out) => assert_eq!(out, "main"),
         Raced::Stop(_) => panic!("stop won"),
     }
@@ -30,7 +31,8 @@ async fn a_stop_wake_up_does_not_poll_main_and_stop_can_win() {
     let polls = AtomicUsize::new(0);
     let (_finish, done) = tokio::sync::oneshot::channel::<()>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<u8>();
-    let mut raced = std::pin::pin!(race(counted(&polls, done), stop_rx));
+    let main = std::pin::pin!(counted(&polls, done));
+    let mut raced = std::pin::pin!(race(main, stop_rx));
     // First poll: both branches, both pending.
     assert!(futures_poll(raced.as_mut()).is_pending());
     assert_eq!(polls.load(Ordering::Relaxed), 1);
@@ -42,7 +44,11 @@ async fn a_stop_wake_up_does_not_poll_main_and_stop_can_win() {
         Poll::Ready(Raced::Stop(Ok(7))) => {}
         _ => panic!("stop did not win"),
     }
-    assert_eq!(polls.load(Ordering::Relaxed), 1, "main was polled for stop's wake-up");
+    assert_eq!(
+        polls.load(Ordering::Relaxed),
+        1,
+        "main was polled for stop's wake-up"
+    );
 }
 
 /// When both are ready in one poll, main wins (the connection's own end
@@ -52,11 +58,15 @@ async fn main_wins_a_tie() {
     let polls = AtomicUsize::new(0);
     let (finish, done) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut raced = std::pin::pin!(race(counted(&polls, done), stop_rx));
+    let main = std::pin::pin!(counted(&polls, done));
+    let mut raced = std::pin::pin!(race(main, stop_rx));
     assert!(futures_poll(raced.as_mut()).is_pending());
     finish.send(()).unwrap();
     stop_tx.send(()).unwrap();
-    assert!(matches!(futures_poll(raced.as_mut()), Poll::Ready(Raced::Main("main"))));
+    assert!(matches!(
+        futures_poll(raced.as_mut()),
+        Poll::Ready(Raced::Main("main"))
+    ));
 }
 
 /// A branch woken while the task sleeps wakes the task.
