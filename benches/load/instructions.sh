@@ -155,10 +155,9 @@ for s, t, v in rows:
     per[t][s] = int(v)
 systems = list(dict.fromkeys(s for s, _, _ in rows))
 print("instructions per request (conn_*: per connection) (callgrind, (B - A) / (N_B - N_A))")
-print(f"{'test':10}" + "".join(f"{s:>10}" for s in systems) + "   moat / lower peer")
+print(f"{'test':10}" + "".join(f"{s:>10}" for s in systems) + "   moat/nginx  moat/haproxy")
 for t, v in per.items():
-    peers = [v[s] for s in ("nginx", "haproxy") if s in v]
-    ratio = f"   {v['moat'] / min(peers):.3f}" if "moat" in v and peers else ""
-    print(f"{t:10}" + "".join(f"{v.get(s, ''):>10}" for s in systems) + ratio)
+    ratios = "".join(f"{v['moat'] / v[p]:>12.3f}" if "moat" in v and p in v else " " * 12 for p in ("nginx", "haproxy"))
+    print(f"{t:10}" + "".join(f"{v.get(s, ''):>10}" for s in systems) + ratios)
 PY
 log "dumps and per-function tops (top.SYSTEM.TEST.txt) in $OUT"
