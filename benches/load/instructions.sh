@@ -66,24 +66,15 @@ mkdir -p "$OUT"
 start backend "$PROXY_CPU" nginx -p "$WORK/backend/" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf"
 $TOOL wait-port "$P_B_HTTP" 20 || die "the backend did not start: $(cat "$WORK/backend.err")"
 
-port_of() { # TEST SYSTEM
-  case "$1:$2" in
-    h1_tls:moat | h2_tls:moat) echo "$P_M_TLS" ;;
-    h1_tls:nginx | h2_tls:nginx) echo "$P_N_TLS" ;;
-    h1_tls:haproxy | h2_tls:haproxy) echo "$P_H_TLS" ;;
-    h1_plain:moat | conn_plain:moat) echo "$P_M_HTTP" ;;
-    conn_tls:moat) echo "$P_M_TLS" ;;
-    conn_tls:nginx) echo "$P_N_TLS" ;;
-    conn_tls:haproxy) echo "$P_H_TLS" ;;
-    conn_plain:nginx) echo "$P_N_HTTP" ;;
-    conn_plain:haproxy) echo "$P_H_HTTP" ;;
-    h1_plain:nginx) echo "$P_N_HTTP" ;;
-    h1_plain:haproxy) echo "$P_H_HTTP" ;;
-    *) die "unknown test or system: $1 $2" ;;
-  esac
+# conn_* reach the h1 services; port_of (peers.sh) knows the rest.
+test_port() { # TEST SYSTEM
+  local p
+  case "$1" in conn_tls) p=$(port_of h1_tls "$2") ;; conn_plain) p=$(port_of h1_plain "$2") ;; *) p=$(port_of "$1" "$2") ;; esac
+  [ -n "$p" ] || die "unknown test or system: $1 $2"
+  echo "$p"
 }
 url_of() { # TEST SYSTEM
-  case "$1" in h1_plain | conn_plain) echo "http://127.0.0.1:$(port_of "$1" "$2")/" ;; *) echo "https://127.0.0.1:$(port_of "$1" "$2")/" ;; esac
+  case "$1" in h1_plain | conn_plain) echo "http://127.0.0.1:$(test_port "$1" "$2")/" ;; *) echo "https://127.0.0.1:$(test_port "$1" "$2")/" ;; esac
 }
 h2load_args() { # TEST N
   case "$1" in
@@ -105,7 +96,7 @@ system_cmd() { # SYSTEM
 }
 # The port that says the system is up: moat binds every service before its
 # admin listener; nginx and HAProxy bind all theirs before serving.
-ready_port() { case "$1" in moat) echo "$P_M_ADMIN" ;; *) port_of h1_plain "$1" ;; esac; }
+ready_port() { case "$1" in moat) echo "$P_M_ADMIN" ;; *) test_port h1_plain "$1" ;; esac; }
 
 run_load() { # TEST SYSTEM N FILE
   local args

@@ -9,6 +9,8 @@
 #                         $WORK/backend/nginx.conf, $WORK/nginx/nginx.conf,
 #                         $WORK/haproxy.cfg, $WORK/moat.toml, and checks each
 #                         with its own tool.
+#   port_of TEST SYSTEM   the port a test reaches a system on (after
+#                         write_peers), or nothing when the pair is not measured
 # The stream module is either a loadable module (Debian: libnginx-mod-stream)
 # or compiled in.
 NGINX_STREAM_LOAD=""
@@ -258,4 +260,24 @@ nginx -t -q -p "$WORK/backend/" -e "$WORK/backend/error.log" -c "$WORK/backend/n
 nginx -t -q -p "$WORK/nginx/" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf"
 haproxy -c -q -f "$WORK/haproxy.cfg"
 "$MOAT_BIN" check -c "$WORK/moat.toml" >/dev/null
+}
+
+port_of() { # TEST SYSTEM -> port, or nothing when the pair is not measured
+  case "$1:$2" in
+    h1_tls:direct | h2_tls:direct | handshake*:direct) echo "$P_B_TLS" ;;
+    h1_tls:moat | h2_tls:moat | handshake*:moat) echo "$P_M_TLS" ;;
+    h1_tls:nginx | h2_tls:nginx | handshake*:nginx) echo "$P_N_TLS" ;;
+    h1_tls:haproxy | h2_tls:haproxy | handshake*:haproxy) echo "$P_H_TLS" ;;
+    h1_plain:direct) echo "$P_B_HTTP" ;;
+    h1_plain:moat) echo "$P_M_HTTP" ;;
+    h1_plain:nginx) echo "$P_N_HTTP" ;;
+    h1_plain:haproxy) echo "$P_H_HTTP" ;;
+    l4_tls:moat) echo "$P_S_MOAT" ;;
+    l4_tls:nginx) echo "$P_S_NGINX" ;;
+    l4_tls:haproxy) echo "$P_S_HAPROXY" ;;
+    l4_plain:direct) echo "$P_IPERF" ;;
+    l4_plain:moat) echo "$P_M_L4" ;;
+    l4_plain:nginx) echo "$P_N_L4" ;;
+    l4_plain:haproxy) echo "$P_H_L4" ;;
+  esac
 }

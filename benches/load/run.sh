@@ -164,25 +164,6 @@ done
 MOAT_THREADS=$(ls /proc/"$PG_moat"/task | wc -l)
 
 # ------------------------------------------------------------------ targets
-port_of() { # TEST SYSTEM -> port, or nothing when the pair is not measured
-  case "$1:$2" in
-    h1_tls:direct | h2_tls:direct | handshake*:direct) echo "$P_B_TLS" ;;
-    h1_tls:moat | h2_tls:moat | handshake*:moat) echo "$P_M_TLS" ;;
-    h1_tls:nginx | h2_tls:nginx | handshake*:nginx) echo "$P_N_TLS" ;;
-    h1_tls:haproxy | h2_tls:haproxy | handshake*:haproxy) echo "$P_H_TLS" ;;
-    h1_plain:direct) echo "$P_B_HTTP" ;;
-    h1_plain:moat) echo "$P_M_HTTP" ;;
-    h1_plain:nginx) echo "$P_N_HTTP" ;;
-    h1_plain:haproxy) echo "$P_H_HTTP" ;;
-    l4_tls:moat) echo "$P_S_MOAT" ;;
-    l4_tls:nginx) echo "$P_S_NGINX" ;;
-    l4_tls:haproxy) echo "$P_S_HAPROXY" ;;
-    l4_plain:direct) echo "$P_IPERF" ;;
-    l4_plain:moat) echo "$P_M_L4" ;;
-    l4_plain:nginx) echo "$P_N_L4" ;;
-    l4_plain:haproxy) echo "$P_H_L4" ;;
-  esac
-}
 proxy_pg() { case "$1" in moat) echo "$PG_moat" ;; nginx) echo "$PG_nginx" ;; haproxy) echo "$PG_haproxy" ;; esac; }
 backend_pg() { case "$1" in l4_*) echo "$PG_iperfs" ;; *) echo "$PG_backend" ;; esac; }
 
