@@ -110,7 +110,7 @@ pub fn check_overrides(
     headers: &HeaderMap,
 ) -> Result<(), Denial> {
     let bad = |detail: String| Err(Denial::with_detail(Reason::BadRequest, detail));
-    for pair in uri.query().unwrap_or("").split('&') {
+    for pair in uri.query().into_iter().flat_map(|q| q.split('&')) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if !name.contains(['%', '_', '-']) {
             continue;
@@ -134,7 +134,9 @@ pub fn check_overrides(
         check_rules(policy, &overridden, path)
             .map_err(|d| noting(d, format_args!("method read from the query: {overridden}")))?;
     }
-    let Some(destination) = headers.get("destination") else {
+    // A `HeaderName`, not a `&str`: a string key is parsed on every lookup.
+    const DESTINATION: http::HeaderName = http::HeaderName::from_static("destination");
+    let Some(destination) = headers.get(DESTINATION) else {
         return Ok(());
     };
     let Some(text) = destination.to_str().ok() else {

@@ -287,6 +287,36 @@ struct Resolved {
     client: UpstreamClient,
     authority: http::uri::Authority,
     host_rewrite: Option<HeaderValue>,
+    /// The last checked host of this connection under this policy version
+    /// (keep-alive requests repeat it): see [`HostMemo`].
+    host_memo: std::sync::Mutex<Option<HostMemo>>,
+}
+
+/// A request's `Host` and target authority, what `check_host` made of them
+/// and the `Forwarded` value moat sends with it. Both are functions of
+/// exactly these bytes, the policy version (a `Resolved` lives for one) and
+/// the connection, so a request with the same two values reuses them
+/// instead of parsing the host again (docs/benchmarks.md, "Performance
+/// (issue 15)"). Only allowed hosts are kept.
+struct HostMemo {
+    host_header: Option<HeaderValue>,
+    authority: Option<http::uri::Authority>,
+    host: Option<HeaderValue>,
+    forwarded: HeaderValue,
+}
+
+impl HostMemo {
+    /// Byte for byte (`Authority`'s own `==` ignores case).
+    fn is_for(
+        &self,
+        host_header: Option<&HeaderValue>,
+        authority: Option<&http::uri::Authority>,
+    ) -> bool {
+        self.host_header.as_ref().map(HeaderValue::as_bytes)
+            == host_header.map(HeaderValue::as_bytes)
+            && self.authority.as_ref().map(http::uri::Authority::as_str)
+                == authority.map(http::uri::Authority::as_str)
+    }
 }
 
 impl Live {
@@ -333,6 +363,7 @@ impl Live {
             identity_headers: policy.identity_headers.clone(),
             authority,
             host_rewrite: http.host_rewrite.as_deref().map(value),
+            host_memo: std::sync::Mutex::new(None),
             service,
         });
         *cache = Some(resolved.clone());

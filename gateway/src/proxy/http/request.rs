@@ -41,8 +41,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::portal::{self, SignedIn};
 use super::record::{AuditedBody, RequestRecord};
 use super::{
-    classify_upstream_error, drain_small_body, is_upgrade, rule_watch, value, BoxError, Live,
-    ProxyBody, Resolved, Session,
+    classify_upstream_error, drain_small_body, is_upgrade, rule_watch, value, BoxError, HostMemo,
+    Live, ProxyBody, Resolved, Session,
 };
 use crate::auth::AccessMode;
 use crate::controls::{self, Asking, Denial, Principal, Reason};
@@ -150,13 +150,7 @@ async fn phases(
 
     // 2. host: only a name of this service reaches the device, in Host or
     // any forwarding header.
-    let host = controls::request::check_host(
-        req.version(),
-        req.uri(),
-        req.headers(),
-        &http.hosts,
-        s.local,
-    )?;
+    let (host, forwarded) = checked_host(&current, &req, s, live)?;
 
     // 3. path
     let uri = req.uri().clone();
@@ -271,7 +265,15 @@ async fn phases(
             .map(|h| (h, value(&signed_in.user.name))),
         _ => None,
     };
-    let upstream_req = upstream_request(req, &current, live, &path, host, websocket, user_header);
+    let upstream_req = upstream_request(
+        req,
+        &current,
+        live,
+        &path,
+        (host, forwarded),
+        websocket,
+        user_header,
+    );
 
     // 10. exchange
     let mut resp = exchange(&current, upstream_req, permit).await?;
@@ -288,6 +290,52 @@ async fn phases(
         hardening: http.hardening_headers,
         tls: s.tls,
     })
+}
+
+/// Phase 2: the validated host (`None` for an HTTP/1.0 request without
+/// one) and the `Forwarded` value that names it, from the connection's
+/// memo when the request repeats the last one's `Host` and target.
+fn checked_host(
+    current: &Resolved,
+    req: &Request<Incoming>,
+    s: &Session,
+    live: &Live,
+) -> Result<(Option<HeaderValue>, HeaderValue), Denial> {
+    let mut values = req.headers().get_all(header::HOST).iter();
+    let host_header = values.next();
+    let authority = req.uri().authority();
+    // One `Host` at most (more is refused below), and something to key
+    // on: without either, the answer depends on the HTTP version.
+    let memo_key = values.next().is_none() && (host_header.is_some() || authority.is_some());
+    let lock = || {
+        current
+            .host_memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if memo_key {
+        if let Some(m) = lock().as_ref().filter(|m| m.is_for(host_header, authority)) {
+            return Ok((m.host.clone(), m.forwarded.clone()));
+        }
+    }
+    let http = current.service.http.as_ref().expect("an HTTP service");
+    let host = controls::request::check_host(
+        req.version(),
+        req.uri(),
+        req.headers(),
+        &http.hosts,
+        s.local,
+    )?;
+    let forwarded = crate::proxy::headers::forwarded(&live.forwarded_base, host.as_ref());
+    if memo_key {
+        *lock() = Some(HostMemo {
+            host_header: host_header.cloned(),
+            authority: authority.cloned(),
+            host: host.clone(),
+            forwarded: forwarded.clone(),
+        });
+    }
+    Ok((host, forwarded))
 }
 
 /// A slot among the requests the device may have in flight, if it caps
@@ -383,7 +431,7 @@ fn upstream_request(
     current: &Resolved,
     live: &Live,
     path: &str,
-    host: Option<HeaderValue>,
+    (host, forwarded): (Option<HeaderValue>, HeaderValue),
     websocket: bool,
     user: Option<(&HeaderName, HeaderValue)>,
 ) -> Request<ProxyBody> {
@@ -423,7 +471,6 @@ fn upstream_request(
     }
     headers.insert(X_FORWARDED_FOR, live.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, live.forwarded_proto.clone());
-    let forwarded = crate::proxy::headers::forwarded(&live.forwarded_base, host.as_ref());
     headers.insert(header::FORWARDED, forwarded);
     // `host` passed `check_host`: one of this service's names.
     if let Some(host) = &host {

@@ -44,3 +44,39 @@ fn the_request_future_stays_small() {
     let size = future_size(&handle);
     assert!(size <= 3584, "the request future is {size} bytes");
 }
+
+/// The host memo answers only for the very bytes it was made from: a
+/// request that changes the case, the port, or moves the name between
+/// `Host` and the target is checked again.
+#[test]
+fn the_host_memo_matches_byte_for_byte() {
+    let hv = |s: &'static str| HeaderValue::from_static(s);
+    let auth = |s: &'static str| http::uri::Authority::from_static(s);
+    let memo = HostMemo {
+        host_header: Some(hv("pump.example:8443")),
+        authority: None,
+        host: Some(hv("pump.example:8443")),
+        forwarded: hv("for=127.0.0.1;proto=https;host=\"pump.example:8443\""),
+    };
+    assert!(memo.is_for(Some(&hv("pump.example:8443")), None));
+    assert!(!memo.is_for(Some(&hv("PUMP.example:8443")), None));
+    assert!(!memo.is_for(Some(&hv("pump.example:8444")), None));
+    assert!(!memo.is_for(None, Some(&auth("pump.example:8443"))));
+    assert!(!memo.is_for(
+        Some(&hv("pump.example:8443")),
+        Some(&auth("pump.example:8443"))
+    ));
+    let h2 = HostMemo {
+        host_header: None,
+        authority: Some(auth("127.0.0.1:8443")),
+        host: Some(hv("127.0.0.1:8443")),
+        forwarded: hv("for=127.0.0.1;proto=https;host=\"127.0.0.1:8443\""),
+    };
+    assert!(h2.is_for(None, Some(&auth("127.0.0.1:8443"))));
+    // `Authority`'s own == ignores case; the memo does not.
+    assert!(!HostMemo {
+        authority: Some(auth("pump.example")),
+        ..h2
+    }
+    .is_for(None, Some(&auth("PUMP.example"))));
+}
