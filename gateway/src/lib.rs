@@ -21,6 +21,9 @@ pub mod certs;
 pub mod config;
 pub mod controls;
 pub mod demo;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod guard;
 pub mod log_limit;

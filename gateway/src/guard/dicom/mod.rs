@@ -13,6 +13,8 @@
 
 mod association;
 mod framer;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 mod pdu;
 mod policy;
 

@@ -31,6 +31,8 @@
 //! `type^trigger`), never its body.
 
 mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 mod msh;
 mod policy;
 mod pump;
