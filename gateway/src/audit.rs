@@ -21,7 +21,8 @@ use crate::policy::diff::PolicyDiff;
 use crate::policy::lifecycle::Trigger;
 use crate::policy::AuditTarget;
 
-mod chain;
+/// Public for the sealing benchmark (benches/benches/audit_chain.rs).
+pub mod chain;
 pub mod siem;
 pub mod verify;
 mod writer;

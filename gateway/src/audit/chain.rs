@@ -139,7 +139,8 @@ pub(crate) fn head_record(seq: u64, hash: &[u8; 64]) -> [u8; HEAD_RECORD_LEN] {
     out
 }
 
-pub(super) struct Chain {
+/// The running end of a trail's hash chain: what the next line links to.
+pub struct Chain {
     /// `seq` of the last line sealed (0 before the first line of a chain).
     last_seq: u64,
     last_hash: [u8; 64],
@@ -260,7 +261,8 @@ pub(crate) fn read_tail<R: Read + Seek>(file: &mut R) -> std::io::Result<Tail> {
 }
 
 impl Chain {
-    fn fresh() -> Chain {
+    /// A new chain: its first line links to the genesis hash.
+    pub fn fresh() -> Chain {
         Chain {
             last_seq: 0,
             last_hash: GENESIS,
@@ -380,7 +382,7 @@ impl Chain {
 
     /// Seals one serialised event (`{...}`, no newline) into the chain and
     /// returns its sequence number.
-    pub(super) fn seal(&mut self, line: &mut Vec<u8>) -> u64 {
+    pub fn seal(&mut self, line: &mut Vec<u8>) -> u64 {
         use std::io::Write;
         debug_assert_eq!(line.last(), Some(&b'}'));
         line.pop();

@@ -253,26 +253,3 @@ fn resume_goes_on_from_the_file_then_the_head_file() {
         (0, &GENESIS)
     );
 }
-
-/// Not a timed test: run by hand for the per-line cost of sealing
-/// (`cargo test --release -p moat --lib seal_cost -- --ignored --nocapture`).
-#[test]
-#[ignore]
-fn seal_cost() {
-    let template = br#"{"ts":"2026-12-02T20:00:00.000Z","event":"connection_closed","conn_id":123456,"device":"pacs-1","service":"dicom","client":"10.20.40.17:51514","listen":"0.0.0.0:2762","bytes_from_client":1234,"bytes_to_client":5678,"duration_ms":12,"closed_by":"client"}"#;
-    let mut chain = Chain::fresh();
-    let mut line = Vec::with_capacity(512);
-    let n = 1_000_000u32;
-    let start = std::time::Instant::now();
-    for _ in 0..n {
-        line.clear();
-        line.extend_from_slice(template);
-        std::hint::black_box(chain.seal(&mut line));
-    }
-    let elapsed = start.elapsed();
-    println!(
-        "sealed {n} lines of {} bytes in {elapsed:?}: {:.0} ns per line",
-        line.len(),
-        elapsed.as_nanos() as f64 / n as f64
-    );
-}
