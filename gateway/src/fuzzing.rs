@@ -24,8 +24,7 @@ pub fn policy(input: &[u8]) {
     let _ = crate::policy::compile(&cfg, 1);
 }
 
-/// Path normalisation and the request-line checks on a path, and the
-/// `Host` check on the same bytes.
+/// Path normalisation, and the `Host` check on the same bytes.
 pub fn request_path(input: &[u8]) {
     let Ok(text) = std::str::from_utf8(input) else {
         return;
