@@ -5,24 +5,15 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::siem::{ClientAuth, CollectorTls, Received, Rsyslog};
 use support::*;
 
 /// Reconnects back off up to 30 s; an outage in these tests is short, but
 /// give the reconnect its due.
-fn wait_long<T>(what: &str, mut f: impl FnMut() -> Option<T>, seen: impl Fn() -> String) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            panic!("timed out waiting for {what}; seen: {}", seen());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_long<T>(what: &str, f: impl FnMut() -> Option<T>, seen: impl Fn() -> String) -> T {
+    wait_for_within(what, Duration::from_secs(60), f, seen)
 }
 
 fn dev_collector(ws: &Workspace) -> CollectorTls {

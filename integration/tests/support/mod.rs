@@ -45,8 +45,15 @@ pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
 
 /// [`wait_for`], whose panic on timeout also says what was seen instead
 /// (`context`, read only then).
-pub fn wait_for_or<T>(
+pub fn wait_for_or<T>(what: &str, f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
+    wait_for_within(what, DEADLINE, f, context)
+}
+
+/// [`wait_for_or`] with its own deadline, for what takes longer by design
+/// (a reconnect after backoff).
+pub fn wait_for_within<T>(
     what: &str,
+    limit: Duration,
     mut f: impl FnMut() -> Option<T>,
     context: impl Fn() -> String,
 ) -> T {
@@ -55,7 +62,7 @@ pub fn wait_for_or<T>(
         if let Some(v) = f() {
             return v;
         }
-        if start.elapsed() > DEADLINE {
+        if start.elapsed() > limit {
             panic!("timed out waiting for {what}; seen: {}", context());
         }
         std::thread::sleep(Duration::from_millis(20));
