@@ -28,12 +28,7 @@ fn chain(ws: &Workspace) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::create_dir_all(&d).unwrap();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     let ossl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok("openssl", args);
     };
     let ec_key = |name: &str| {
         ossl(&[

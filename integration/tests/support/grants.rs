@@ -480,20 +480,7 @@ pub fn events_from(moat: &Moat, kind: &str, service: &str, ip: &str) -> Vec<Valu
 // ---------------------------------------------------------------------------
 // openssl: a second client certificate, key hashes, s_client
 
-fn run(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}): {}",
-        out.status,
-        text(&out)
-    );
-    out
-}
+use super::run_ok as run;
 
 /// Another client certificate from the dev CA (its key is the `ca.key`
 /// that `moat certs dev` writes), made with openssl: (cert, key).

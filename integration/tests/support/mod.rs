@@ -38,6 +38,24 @@ fn install_provider() {
     });
 }
 
+/// Runs `program` with `args` (stdin closed) and panics, with its output,
+/// unless it succeeds.
+pub fn run_ok(program: &str, args: &[&str]) -> std::process::Output {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Polls `f` until it returns `Some`, or panics after `DEADLINE`.
 pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     wait_for_or(what, f, || "nothing to show".into())
