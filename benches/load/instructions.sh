@@ -57,6 +57,7 @@ for t in valgrind callgrind_control h2load nginx haproxy python3 taskset; do
 done
 nginx_has_stream || die "nginx has no stream module (apt-get install libnginx-mod-stream)"
 [ "$N_B" -gt "$N_A" ] || die "N_B ($N_B) must be more than N_A ($N_A)"
+[ "$CONN_B" -gt "$CONN_A" ] || die "CONN_B ($CONN_B) must be more than CONN_A ($CONN_A)"
 build_moat
 work_dir
 chmod 755 "$WORK" # nginx workers run as nobody
