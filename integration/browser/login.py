@@ -22,7 +22,12 @@ import sys
 import tempfile
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -30,6 +35,18 @@ from selenium.webdriver.support.ui import WebDriverWait
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT = 60
+
+
+def body_text(driver):
+    """The current page's text, or None while a navigation replaces it.
+
+    An element found on the login page goes stale when the form's POST
+    lands on the next page; that is a page in flight, not a failure.
+    """
+    try:
+        return driver.find_element(By.TAG_NAME, "body").text
+    except (NoSuchElementException, StaleElementReferenceException):
+        return None
 
 
 def main():
@@ -65,7 +82,11 @@ def main():
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         driver.set_page_load_timeout(WAIT)
         driver.get(url)
-        wait = WebDriverWait(driver, WAIT)
+        wait = WebDriverWait(
+            driver,
+            WAIT,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )
         wait.until(lambda d: d.find_elements(By.NAME, "username"))
         print("LOGIN_URL", driver.current_url, flush=True)
         driver.find_element(By.NAME, "username").send_keys(username)
@@ -78,9 +99,8 @@ def main():
             buttons[0].click()
         else:
             driver.find_element(By.NAME, "code").submit()
-        wait.until(lambda d: marker in d.find_element(By.TAG_NAME, "body").text)
+        text = wait.until(lambda d: (t := body_text(d)) is not None and marker in t and t)
         print("FINAL_URL", driver.current_url, flush=True)
-        text = driver.find_element(By.TAG_NAME, "body").text
         print("PAGE_TEXT", json.dumps(text), flush=True)
         return 0
     except (TimeoutException, WebDriverException) as e:
