@@ -132,6 +132,10 @@ fn route(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
             rt.metrics
                 .inventory
                 .refresh(&policy, rt.clock.now(), rt.audit.siem_stats());
+            rt.metrics.process.refresh();
+            rt.metrics
+                .audit_writable
+                .set(i64::from(rt.audit.writable()));
             let accept: Vec<&str> = req
                 .headers()
                 .get_all(hyper::header::ACCEPT)

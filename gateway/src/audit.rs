@@ -8,7 +8,7 @@
 //! than stalling clinical traffic.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -343,6 +343,16 @@ pub enum Event {
     /// The audit file was rotated away ("renamed") or "deleted"; this is
     /// the first line of the new file, chained to the old file's last.
     AuditFileReopened { reason: &'static str },
+    /// `count` events could not be written to the audit file (the disk
+    /// was full, the file system failed) between `first_lost` and
+    /// `last_lost`; this is the first line written after. They are not in
+    /// the chain, which goes on verifiable. `error` is the last failure.
+    AuditRecordsLost {
+        count: u64,
+        first_lost: String,
+        last_lost: String,
+        error: String,
+    },
     /// The SIEM spool was full: `count` events since the last report did
     /// not go to the SIEM (they are in this file). At most once a second.
     SiemEventsDropped { count: u64, spool_max_bytes: u64 },
@@ -360,6 +370,8 @@ struct Line<'a> {
 enum Msg {
     Record(SystemTime, Box<Event>),
     Flush(oneshot::Sender<()>),
+    /// Once a second while the trail is not writable: try again.
+    Retry,
 }
 
 /// Denials written individually: 200 a second, bursts of 1000. Beyond
@@ -380,6 +392,8 @@ struct FloodGate {
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
+    /// Whether the writer's last write and flush reached the file.
+    writable: Arc<AtomicBool>,
     /// The SIEM sink's counters, when `[siem]` is configured.
     siem_stats: Option<Arc<siem::SiemStats>>,
     flood: Arc<FloodGate>,
@@ -404,7 +418,8 @@ impl Audit {
         // (or through the blocking pool of) the data-plane runtime.
         let dropped = Arc::new(AtomicU64::new(0));
         let lost = dropped.clone();
-        let mut w = writer::Writer::new(output, chain, siem, lost);
+        let writable = Arc::new(AtomicBool::new(true));
+        let mut w = writer::Writer::new(output, chain, siem, lost, writable.clone());
         std::thread::Builder::new()
             .name("moat-audit".into())
             .spawn(move || w.run(rx))?;
@@ -415,6 +430,7 @@ impl Audit {
         let audit = Audit {
             tx,
             dropped,
+            writable,
             siem_stats,
             flood: Arc::new(FloodGate {
                 limiter: governor::RateLimiter::direct(quota),
@@ -428,6 +444,9 @@ impl Audit {
             let mut tick = tokio::time::interval(window);
             loop {
                 tick.tick().await;
+                if !summary.writable() {
+                    let _ = summary.tx.try_send(Msg::Retry);
+                }
                 let count = summary.flood.suppressed.swap(0, Ordering::Relaxed);
                 if count > 0 {
                     let by_reason = Reason::ALL
@@ -501,9 +520,16 @@ impl Audit {
         }
     }
 
-    /// Events that could not be queued.
+    /// Events lost: not queued (the queue was full), or not written (the
+    /// file would not take them).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the trail is being written: false from a failed write or
+    /// flush (a full disk) until the file takes a batch again.
+    pub fn writable(&self) -> bool {
+        self.writable.load(Ordering::Relaxed)
     }
 
     /// The SIEM sink's counters, when `[siem]` is configured.

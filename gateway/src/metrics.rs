@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use crate::controls::Reason;
 
 pub mod inventory;
+pub mod process;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -41,6 +42,8 @@ pub struct Metrics {
     pub active: Family<ServiceLabels, Gauge>,
     pub bytes: Family<ByteLabels, Counter>,
     pub audit_dropped: Counter<u64, AtomicU64>,
+    /// 1 while the audit trail is being written, 0 while it cannot be.
+    pub audit_writable: Gauge,
     pub policy_version: Gauge,
     pub reloads: Family<ReloadLabels, Counter>,
     pub requests: Family<OutcomeLabels, Counter>,
@@ -66,6 +69,8 @@ pub struct Metrics {
     /// Inventory, support status, certificate expiry and the SIEM sink:
     /// set at each scrape.
     pub inventory: inventory::InventoryMetrics,
+    /// Memory, descriptors and tasks of the process: set at each scrape.
+    pub process: process::ProcessMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,6 +111,7 @@ impl Metrics {
         let active = Family::<ServiceLabels, Gauge>::default();
         let bytes = Family::<ByteLabels, Counter>::default();
         let audit_dropped = Counter::default();
+        let audit_writable = Gauge::default();
         let policy_version = Gauge::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let requests = Family::<OutcomeLabels, Counter>::default();
@@ -123,8 +129,13 @@ impl Metrics {
         registry.register("bytes", "Bytes proxied", bytes.clone());
         registry.register(
             "audit_dropped",
-            "Audit events dropped because the queue was full",
+            "Audit events lost: the queue was full, or the file would not take them (a full disk)",
             audit_dropped.clone(),
+        );
+        registry.register(
+            "audit_writable",
+            "1 while the audit trail is being written; 0 while writes fail (services with on_audit_failure = \"refuse\" refuse all)",
+            audit_writable.clone(),
         );
         registry.register(
             "policy_version",
@@ -209,8 +220,10 @@ impl Metrics {
             guard_refusals.clone(),
         );
         let inventory = inventory::InventoryMetrics::register(&mut registry);
+        let process = process::ProcessMetrics::register(&mut registry);
         Metrics {
             inventory,
+            process,
             guard_decisions,
             guard_refusals,
             grants_opened,
@@ -227,6 +240,7 @@ impl Metrics {
             active,
             bytes,
             audit_dropped,
+            audit_writable,
             policy_version,
             reloads,
             requests,

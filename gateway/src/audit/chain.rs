@@ -380,6 +380,18 @@ impl Chain {
         (self.last_seq, &self.last_hash)
     }
 
+    /// Where the chain ends now, to go back to with [`Chain::rewind`].
+    pub(super) fn mark(&self) -> (u64, [u8; 64]) {
+        (self.last_seq, self.last_hash)
+    }
+
+    /// Forgets the lines sealed since `mark`: they were never written, so
+    /// the next line links to the last one that was, and the file stays
+    /// verifiable across a loss (which the writer reports in the trail).
+    pub(super) fn rewind(&mut self, mark: (u64, [u8; 64])) {
+        (self.last_seq, self.last_hash) = mark;
+    }
+
     /// Seals one serialised event (`{...}`, no newline) into the chain and
     /// returns its sequence number.
     pub fn seal(&mut self, line: &mut Vec<u8>) -> u64 {

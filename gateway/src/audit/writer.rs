@@ -7,7 +7,7 @@
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -235,7 +235,20 @@ pub(super) struct Writer {
     siem: Option<SiemSink>,
     /// Records lost on the way to the file (counted with the queue drops).
     lost: Arc<AtomicU64>,
+    /// Whether the last write and flush reached the file (read by the
+    /// `on_audit_failure = "refuse"` gate and the metrics).
+    writable: Arc<AtomicBool>,
+    /// Records not written since the file last took one, reported in the
+    /// first line that is.
+    unwritten: Option<Unwritten>,
     line: Vec<u8>,
+}
+
+struct Unwritten {
+    count: u64,
+    first: SystemTime,
+    last: SystemTime,
+    error: String,
 }
 
 impl Writer {
@@ -244,13 +257,32 @@ impl Writer {
         chain: Chain,
         siem: Option<SiemSink>,
         lost: Arc<AtomicU64>,
+        writable: Arc<AtomicBool>,
     ) -> Writer {
         Writer {
             output,
             chain,
             siem,
             lost,
+            writable,
+            unwritten: None,
             line: Vec::with_capacity(512),
+        }
+    }
+
+    /// The end of a batch: everything buffered goes to the file. On a
+    /// failure the unwritten bytes stay buffered (whole lines, in order)
+    /// and go out with a later batch once the file takes them again.
+    fn finish_batch(&mut self) {
+        match self.output.finish_batch(&self.chain) {
+            // Writable again once the loss, if any, is on record too.
+            Ok(()) => self
+                .writable
+                .store(self.unwritten.is_none(), Ordering::Relaxed),
+            Err(e) => {
+                self.writable.store(false, Ordering::Relaxed);
+                crate::error_limited!(error = %e, "flushing audit trail failed");
+            }
         }
     }
 
@@ -277,8 +309,13 @@ impl Writer {
                         }
                         self.emit(at, &event);
                     }
+                    Msg::Retry => {
+                        // Nothing new to write while the disk is full: try
+                        // the loss report, then whatever is still buffered.
+                        let _ = self.report_loss();
+                    }
                     Msg::Flush(done) => {
-                        let _ = self.output.finish_batch(&self.chain);
+                        self.finish_batch();
                         // The stop sequence: the SIEM gets 2 s, then spools.
                         if let Some(siem) = &self.siem {
                             siem.flush();
@@ -288,32 +325,88 @@ impl Writer {
                 }
                 next = rx.try_recv().ok();
             }
-            if let Err(e) = self.output.finish_batch(&self.chain) {
-                crate::error_limited!(error = %e, "flushing audit trail failed");
-            }
+            self.finish_batch();
         }
     }
 
-    /// Serialises, seals and writes one event, and offers it to the SIEM.
+    /// Writes one event, after the report of any loss before it.
     fn emit(&mut self, at: SystemTime, event: &Event) {
+        let written = self
+            .report_loss()
+            .and_then(|()| self.write_event(at, event));
+        if let Err(e) = written {
+            self.lose(at, e);
+        }
+    }
+
+    /// Writes the `audit_records_lost` line for the records lost since the
+    /// file last took one, if any. It is also the probe that tells when a
+    /// full disk has room again.
+    fn report_loss(&mut self) -> std::io::Result<()> {
+        let Some(u) = &self.unwritten else {
+            return Ok(());
+        };
+        let report = Event::AuditRecordsLost {
+            count: u.count,
+            first_lost: rfc3339(u.first),
+            last_lost: rfc3339(u.last),
+            error: u.error.clone(),
+        };
+        let count = u.count;
+        self.write_event(SystemTime::now(), &report)?;
+        self.unwritten = None;
+        tracing::warn!(
+            count,
+            "audit trail writable again; the loss is recorded in it"
+        );
+        Ok(())
+    }
+
+    /// Serialises, seals and writes one event, then offers it to the SIEM.
+    /// A line the file would not take is taken back out of the chain, so
+    /// the chain only ever links lines that are in the file.
+    fn write_event(&mut self, at: SystemTime, event: &Event) -> std::io::Result<()> {
         let line = &mut self.line;
         line.clear();
         let record = Line {
-            ts: humantime::format_rfc3339_millis(at).to_string(),
+            ts: rfc3339(at),
             event,
         };
         if serde_json::to_writer(&mut *line, &record).is_err() {
-            return;
+            return Ok(());
         }
+        let mark = self.chain.mark();
         let seq = self.chain.seal(line);
-        if let Some(siem) = &self.siem {
-            siem.offer(at, seq, line);
-        }
         line.push(b'\n');
         if let Err(e) = self.output.write_line(line) {
-            // Counted with the queue drops: the record is lost either way.
-            self.lost.fetch_add(1, Ordering::Relaxed);
-            crate::error_limited!(error = %e, "writing audit trail failed");
+            self.chain.rewind(mark);
+            return Err(e);
         }
+        if let Some(siem) = &self.siem {
+            siem.offer(at, seq, &line[..line.len() - 1]);
+        }
+        Ok(())
     }
+
+    /// One record the file would not take: counted (with the queue drops:
+    /// it is lost either way), logged at a bounded rate, and remembered for
+    /// the report that the next written line carries.
+    fn lose(&mut self, at: SystemTime, e: std::io::Error) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+        self.writable.store(false, Ordering::Relaxed);
+        crate::error_limited!(error = %e, "writing audit trail failed; the record is lost");
+        let u = self.unwritten.get_or_insert_with(|| Unwritten {
+            count: 0,
+            first: at,
+            last: at,
+            error: String::new(),
+        });
+        u.count += 1;
+        u.last = at;
+        u.error = e.to_string();
+    }
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
 }

@@ -318,6 +318,19 @@ pub enum OnGrantEnd {
     Drain,
 }
 
+/// What a service does while the audit trail cannot be written (a full
+/// disk): keep serving, with the loss counted and reported, or refuse
+/// every new connection and request until recording resumes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAuditFailure {
+    /// Fail open (default): a clinical device stays reachable.
+    #[default]
+    Serve,
+    /// Fail closed: no unrecorded access (`audit_unavailable`).
+    Refuse,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSection {
@@ -345,6 +358,10 @@ pub struct ServiceSection {
     pub idle_timeout: HumanDuration,
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: HumanDuration,
+    /// "serve" (default) or "refuse" while the audit trail cannot be
+    /// written.
+    #[serde(default)]
+    pub on_audit_failure: OnAuditFailure,
     /// HTTP settings; only for `protocol = "http"`.
     pub http: Option<HttpSection>,
     /// Rate limits and the in-flight cap that shield the device.

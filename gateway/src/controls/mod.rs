@@ -32,7 +32,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 
 use crate::auth::grants::{GrantBinding, GrantLookup, Spki};
 use crate::auth::{AccessMode, User};
-use crate::config::schema::{ClientCertMode, OnGrantEnd};
+use crate::config::schema::{ClientCertMode, OnAuditFailure, OnGrantEnd};
 use crate::policy::{Service, SourceRefusal};
 
 /// A connection that passed the connection-level chain. Holding it holds
@@ -83,6 +83,20 @@ pub fn admit_connection(
         matched,
         slot: per_client_share(service, state, client, slot)?,
     })
+}
+
+/// The gate in front of the chain: a service set to
+/// `on_audit_failure = "refuse"` lets nobody on while the audit trail
+/// cannot be written (`trail_writable` false), so no access goes
+/// unrecorded. Run for every new connection and every HTTP request.
+pub fn audit_gate(service: &Service, trail_writable: bool) -> Result<(), Denial> {
+    if trail_writable || service.on_audit_failure == OnAuditFailure::Serve {
+        return Ok(());
+    }
+    Err(Denial::with_detail(
+        Reason::AuditUnavailable,
+        "the audit trail cannot be written",
+    ))
 }
 
 /// The grants in force, as the accept path reads them: the store's

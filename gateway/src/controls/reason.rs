@@ -71,6 +71,9 @@ pub enum Reason {
     ProtocolAbuse,
     /// moat ran out of file descriptors: the connection was shed.
     FdExhausted,
+    /// The audit trail cannot be written (a full disk) and the gateway is
+    /// set to refuse unrecorded access (`on_audit_failure = "refuse"`).
+    AuditUnavailable,
     /// An `mfa` service: the request carries no valid session (none, or
     /// one that is forged, expired, logged out or of another key).
     AuthRequired,
@@ -132,7 +135,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 52] = [
+    pub const ALL: [Reason; 53] = [
         Reason::NotAllowlisted,
         Reason::Denylisted,
         Reason::MaxConnections,
@@ -161,6 +164,7 @@ impl Reason {
         Reason::BodyTimeout,
         Reason::ProtocolAbuse,
         Reason::FdExhausted,
+        Reason::AuditUnavailable,
         Reason::AuthRequired,
         Reason::UserNotAuthorized,
         Reason::UserDisabled,
@@ -229,6 +233,7 @@ impl Reason {
             Reason::BodyTimeout => "body_timeout",
             Reason::ProtocolAbuse => "protocol_abuse",
             Reason::FdExhausted => "fd_exhausted",
+            Reason::AuditUnavailable => "audit_unavailable",
             Reason::AuthRequired => "auth_required",
             Reason::UserNotAuthorized => "user_not_authorized",
             Reason::UserDisabled => "user_disabled",
@@ -277,6 +282,7 @@ impl Reason {
                 | Reason::BodyTimeout
                 | Reason::ProtocolAbuse
                 | Reason::FdExhausted
+                | Reason::AuditUnavailable
                 | Reason::AuthRequired
                 | Reason::LoginRateLimited
                 | Reason::CsrfRejected
@@ -312,7 +318,8 @@ impl Reason {
             | Reason::GatewayShutdown
             | Reason::RateLimitedDevice
             | Reason::DeviceBusy
-            | Reason::FdExhausted => 503,
+            | Reason::FdExhausted
+            | Reason::AuditUnavailable => 503,
             _ => 403,
         }
     }

@@ -493,6 +493,7 @@ impl Compiler<'_> {
             connect_timeout: s.connect_timeout.0,
             idle_timeout: s.idle_timeout.0,
             handshake_timeout: s.handshake_timeout.0,
+            on_audit_failure: s.on_audit_failure,
             tls,
             http,
             limits,

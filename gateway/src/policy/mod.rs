@@ -125,6 +125,8 @@ pub struct Service {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// Serve on, or refuse, while the audit trail cannot be written.
+    pub on_audit_failure: crate::config::schema::OnAuditFailure,
     /// `None` means plaintext, which the config had to ask for explicitly.
     pub tls: Option<TlsTermination>,
     /// L7 policy; present exactly when `protocol` is HTTP.

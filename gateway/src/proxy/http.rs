@@ -442,6 +442,24 @@ impl Live {
     }
 }
 
+/// The h2 library's own flood limits (CONTINUATION frames without end,
+/// streams reset before they are served, pending resets): it ends such a
+/// connection with GOAWAY `ENHANCE_YOUR_CALM`. That is the client's abuse,
+/// audited and counted as `protocol_abuse` like the floods moat's own
+/// guard cuts, not a gateway error.
+fn h2_abuse(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            let calm = h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+            return (calm && h2.is_go_away() && !h2.is_remote())
+                .then(|| format!("h2 flood limit: {h2}"));
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// Distinct users one connection may carry requests for (a shared
 /// workstation's browser, a few people in turn); more is refused.
 const MAX_USERS_PER_CONNECTION: usize = 16;
@@ -458,6 +476,9 @@ fn classify_connection_error(e: BoxError, live: &Live) -> (ClosedBy, Option<Stri
         if h.is_incomplete_message() || h.is_canceled() {
             return (ClosedBy::Client, None);
         }
+    }
+    if let Some(detail) = h2_abuse(e.as_ref()) {
+        return (ClosedBy::ProtocolAbuse, Some(detail));
     }
     // The client went away: a TLS socket closed without close_notify, or
     // closed with data still unread, which the kernel turns into a reset

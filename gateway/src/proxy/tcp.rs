@@ -70,6 +70,9 @@ pub async fn accept_loop(
         let id = id.clone();
         rt.connections.spawn(async move {
             // Cheapest checks first, before the TLS handshake costs anything.
+            if let Err(denial) = controls::audit_gate(&service, rt2.audit.writable()) {
+                return deny(&rt2, conn, denial, None, None);
+            }
             let admitted = match controls::admit_connection_queued(
                 &service,
                 &state,

@@ -4,7 +4,8 @@
 //! metrics and the error page share.
 //!
 //! 1. **admit**: the method (never CONNECT), then the policy in force now:
-//!    the service is still there and still admits this connection.
+//!    the service is still there and still admits this connection, and
+//!    (`on_audit_failure = "refuse"`) the audit trail is being written.
 //! 2. **host**: `Host` / `:authority` names this service.
 //! 3. **path**: normalised; forms that servers read differently refused.
 //! 4. **portal** (`mfa` services): `/.moat/…` is answered by moat itself
@@ -142,6 +143,7 @@ async fn phases(
         .ok_or_else(|| Denial::new(Reason::ServiceRemoved))?;
     current.verdict.clone()?;
     let service = &current.service;
+    controls::audit_gate(service, s.rt.audit.writable())?;
     let http = service
         .http
         .as_ref()

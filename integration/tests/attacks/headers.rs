@@ -3,17 +3,15 @@
 //! Every test checks at a recording device exactly which headers and which
 //! `Host` arrived, or that nothing arrived at all.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
-use support::http_device::{self, HttpDevice};
-use support::{
+use crate::support::http_device::{self, HttpDevice};
+use crate::support::{
     connect_from, curl_with_ca, exchange, require, tls_client, tls_connect, Moat, Reply, Workspace,
 };
+use serde_json::Value;
 
 /// A request as the device received it: `METHOD PATH` and its headers.
 #[derive(Debug, Clone)]
@@ -330,7 +328,7 @@ fn a_foreign_host_is_misdirected_and_nothing_reaches_the_device() {
         );
     }
     // A raw h2 :authority.
-    if support::have("nghttp") {
+    if crate::support::have("nghttp") {
         let url = format!("https://127.0.0.1:{}/misdirected-nghttp", tls.port());
         let out = Command::new("nghttp")
             .args(["-v", "-H", ":authority: evil.example:443", &url])

@@ -1,12 +1,10 @@
 //! h2 control-frame floods and bounded buffering towards slow readers (issue 10, items 5 and 7)
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 /// A raw h2 client: preface, SETTINGS, one GET, waits for its answer, then
 /// `count` frames of `kind` (`settings`, `ping`, `priority` or

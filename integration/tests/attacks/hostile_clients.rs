@@ -4,23 +4,16 @@
 //! chosen loopback sources) and a device that records what reached it. One
 //! client's faults must stay its own: they never lock the others out, and
 //! never show up as a failing device. Every load is bounded in count and
-//! time, and the tests take a shared lock so that one test's load does not
+//! time, and the tests take the suite's `heavy` lock so that one test's load does not
 //! starve another's on a small machine.
-
-mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
-use support::http_device;
-use support::*;
-
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::support::http_device;
+use crate::support::*;
 
 // ---------------------------------------------------------------------------
 // A device that records every byte of every connection, and whether moat
@@ -172,7 +165,7 @@ fn assert_no_device_failure(moat: &Moat) {
 
 #[test]
 fn malformed_chunked_bodies_are_bad_requests_not_device_failures() {
-    let _serial = serial();
+    let _heavy = crate::heavy();
     let device = RawDevice::start();
     let ws = Workspace::new();
     let moat = Moat::start(&ws, &config(&plain_http(device.addr, "", "")), &["ui"]);
@@ -220,7 +213,7 @@ fn malformed_chunked_bodies_are_bad_requests_not_device_failures() {
 
 #[test]
 fn a_client_gone_mid_body_is_a_client_abort() {
-    let _serial = serial();
+    let _heavy = crate::heavy();
     let device = RawDevice::start();
     let ws = Workspace::new();
     let moat = Moat::start(&ws, &config(&plain_http(device.addr, "", "")), &["ui"]);
@@ -265,7 +258,7 @@ fn a_client_gone_mid_body_is_a_client_abort() {
 
 #[test]
 fn a_slow_body_is_cut_after_body_read_timeout_and_frees_its_device_slot() {
-    let _serial = serial();
+    let _heavy = crate::heavy();
     let device = RawDevice::start();
     let ws = Workspace::new();
     let svc = plain_http(
@@ -356,7 +349,7 @@ fn slowhttptest(mode: &str, url: &str) -> Attack {
 fn slow_clients_from_one_address_do_not_lock_out_another() {
     require("slowhttptest");
     require("curl");
-    let _serial = serial();
+    let _heavy = crate::heavy();
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let record = seen.clone();
     let device = http_device::serve(move |req| {
@@ -428,7 +421,7 @@ fn slow_clients_from_one_address_do_not_lock_out_another() {
 #[test]
 fn slowhttptest_slow_bodies_are_cut_with_body_timeout() {
     require("slowhttptest");
-    let _serial = serial();
+    let _heavy = crate::heavy();
     let device = RawDevice::start();
     let ws = Workspace::new();
     let svc = plain_http(
@@ -478,7 +471,7 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn h2_data_past_its_content_length_is_a_malformed_body() {
-    let _serial = serial();
+    let _heavy = crate::heavy();
     let device = RawDevice::start();
     let ws = Workspace::new();
     let moat = Moat::start(&ws, &config(&plain_http(device.addr, "", "")), &["ui"]);

@@ -5,15 +5,13 @@
 //! with the reason in `x-moat-reason` and the audit trail, and never
 //! reaches the device; ordinary requests still do, with the normalised path.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use support::http_device::{self, HttpDevice};
-use support::*;
+use crate::support::http_device::{self, HttpDevice};
+use crate::support::*;
 
 const CONFIG: &str = r#"
 [[device]]

@@ -1,0 +1,206 @@
+//! Thousands of connections that send nothing, or half a TLS ClientHello.
+//!
+//! One attacking address opens 2,000 connections to each service and goes
+//! silent (or stops in the middle of its ClientHello). moat holds at most
+//! the client's share (`max_connections_per_client`, 64 by default) and
+//! refuses the rest at once; the held ones are cut when the handshake (TLS)
+//! or the first request (plaintext HTTP) is overdue. Meanwhile the
+//! bystander is served on every service, and afterwards no slot,
+//! descriptor or handshake is left behind.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use crate::bystander;
+use crate::h2_abuse::gauge;
+use crate::support::http_device;
+use crate::support::*;
+
+/// Connections per service.
+const CROWD: usize = 2_000;
+
+/// The first 43 bytes of a ClientHello whose record announces 512: a TLS
+/// record header, the handshake header, the version and the random.
+const HALF_CLIENT_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x02, 0x00, // handshake record, 512 bytes
+    0x01, 0x00, 0x01, 0xfc, // ClientHello, 508 bytes
+    0x03, 0x03, // TLS 1.2 legacy version
+    0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x00,
+    0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x00,
+];
+
+/// Lifts this process's descriptor limit for the crowd (root may raise the
+/// hard limit too).
+fn enough_descriptors() {
+    let want = (4 * CROWD + 1_000) as libc::rlim_t;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max.max(want));
+            limit.rlim_max = limit.rlim_max.max(want);
+            assert_eq!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit),
+                0,
+                "raising RLIMIT_NOFILE to {want}"
+            );
+        }
+    }
+}
+
+struct Setup {
+    ws: Workspace,
+    moat: Moat,
+    _web: http_device::HttpDevice,
+    _echo: Echo,
+}
+
+fn start() -> Setup {
+    let ws = Workspace::new();
+    let web = http_device::serve(|_| "ok\n".to_string());
+    let echo = echo_upstream();
+    let service = |name: &str, protocol: &str, upstream: SocketAddr, tail: &str| {
+        format!(
+            "[[device.service]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nallow = [\"127.0.0.1\", \"{}\"]\nhandshake_timeout = \"3s\"\n{tail}\n",
+            bystander::SOURCE
+        )
+    };
+    let body = format!(
+        "[[device]]\nid = \"pump\"\nname = \"infusion pump\"\n\n{}{}{}",
+        service("ui", "http", web.addr, &ws.tls_table()),
+        service(
+            "plain",
+            "http",
+            web.addr,
+            "plaintext = true\n[device.service.http]\nheader_read_timeout = \"3s\""
+        ),
+        service("tcp", "tcp", echo.addr, &ws.tls_table()),
+    );
+    let moat = Moat::start(&ws, &body, &["ui", "plain", "tcp"]);
+    Setup {
+        ws,
+        moat,
+        _web: web,
+        _echo: echo,
+    }
+}
+
+/// `CROWD` connections to `to` from 127.0.0.1, each sending `first` (maybe
+/// nothing) and then nothing more.
+fn crowd(to: SocketAddr, first: &[u8]) -> Vec<TcpStream> {
+    (0..CROWD)
+        .map(|_| {
+            let mut s = TcpStream::connect(to).unwrap();
+            if !first.is_empty() {
+                // A refused connection may already be closed: fine.
+                let _ = s.write_all(first);
+            }
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// How many of `conns` moat has closed (EOF or reset) by now.
+fn closed(conns: &[TcpStream]) -> usize {
+    let mut buf = [0u8; 256];
+    conns
+        .iter()
+        .filter(|s| loop {
+            // `Read` is implemented for `&TcpStream`.
+            let mut stream: &TcpStream = s;
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                // A TLS alert or an HTTP 408 on the way out.
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        })
+        .count()
+}
+
+/// Refusals for the per-client share, summed over services.
+fn share_refusals(moat: &Moat) -> f64 {
+    moat.admin_get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with("moat_connections_total{") && l.contains("\"max_connections\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn hold_the_crowd(first: &[u8], attack: &str, services: &[&str]) {
+    let _heavy = crate::heavy();
+    enough_descriptors();
+    let s = start();
+    let fds_before = gauge(&s.moat, "moat_process_open_fds");
+    let mut conns = Vec::new();
+    for service in services {
+        conns.extend(crowd(s.moat.addr(service), first));
+    }
+    let total = conns.len();
+    // All but the share of each service refused at once.
+    let expect_refused = (total - 64 * services.len()) as f64;
+    wait_for(&format!("{attack}: the excess refused"), || {
+        (share_refusals(&s.moat) >= expect_refused).then_some(())
+    });
+    let held = total - closed(&conns);
+    assert_eq!(held, 64 * services.len(), "{attack}: connections held");
+    // The attacker holds its share; the bystander gets slots of its own.
+    for service in services {
+        match *service {
+            "ui" => bystander::served(attack, &s.ws, &format!("https://{}/", s.moat.addr("ui")), 3),
+            "plain" => bystander::served(
+                attack,
+                &s.ws,
+                &format!("http://{}/", s.moat.addr("plain")),
+                3,
+            ),
+            _ => bystander::echoed(attack, s.moat.addr("tcp"), Some(&s.ws), 3),
+        }
+    }
+    // The held ones are cut when their handshake or first request is
+    // overdue (3 s here), and nothing is left behind.
+    wait_for_within(
+        &format!("{attack}: every held connection cut"),
+        std::time::Duration::from_secs(20),
+        || (closed(&conns) == total).then_some(()),
+        || format!("{} of {total} closed", closed(&conns)),
+    );
+    let cut = s
+        .moat
+        .events("connection_denied")
+        .into_iter()
+        .chain(s.moat.events("connection_closed"))
+        .filter(|e| {
+            e["reason"] == "tls_handshake_timeout"
+                || e["closed_by"] == "header_timeout"
+                || e["closed_by"] == "idle_timeout"
+        })
+        .count();
+    assert!(
+        cut >= 64 * services.len(),
+        "{attack}: {cut} cut for an overdue handshake or request"
+    );
+    drop(conns);
+    wait_for(&format!("{attack}: gauges back at rest"), || {
+        let active = gauge(&s.moat, "moat_connections_active");
+        let handshakes = gauge(&s.moat, "moat_tls_handshakes_in_progress");
+        let fds = gauge(&s.moat, "moat_process_open_fds");
+        (active == 0.0 && handshakes == 0.0 && fds <= fds_before + 2.0).then_some(())
+    });
+}
+
+#[test]
+fn thousands_of_silent_connections_hold_only_their_share() {
+    hold_the_crowd(b"", "silent connections", &["ui", "plain", "tcp"]);
+}
+
+#[test]
+fn thousands_of_half_client_hellos_hold_only_their_share() {
+    hold_the_crowd(HALF_CLIENT_HELLO, "half ClientHellos", &["ui", "tcp"]);
+}
