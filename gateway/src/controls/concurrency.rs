@@ -5,7 +5,11 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use std::time::Duration;
+
 use governor::clock::DefaultClock;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::rate::{Limiters, LimitsPolicy};
 
@@ -19,6 +23,17 @@ pub struct ServiceState {
     /// Connections held per client (see `limits.max_connections_per_client`).
     per_client: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
     limiters: RwLock<Option<Arc<Limiters>>>,
+    /// Connections still in their TLS handshake, oldest first: a full
+    /// service sheds the oldest stalled one for a new client
+    /// ([`ServiceState::shed_stalled_handshake`]).
+    unfinished: std::sync::Mutex<std::collections::VecDeque<Unfinished>>,
+    next_unfinished: std::sync::atomic::AtomicU64,
+}
+
+struct Unfinished {
+    id: u64,
+    since: Instant,
+    shed: CancellationToken,
 }
 
 impl std::fmt::Debug for ServiceState {
@@ -75,6 +90,48 @@ impl ServiceState {
         {
             l.collect_garbage();
         }
+    }
+
+    /// Marks a connection as in its TLS handshake until the guard drops;
+    /// the guard's [`Handshaking::shed`] resolves if the connection is
+    /// shed for a newer one.
+    pub fn handshake_started(self: &Arc<Self>) -> Handshaking {
+        let id = self.next_unfinished.fetch_add(1, Ordering::Relaxed);
+        let shed = CancellationToken::new();
+        self.unfinished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(Unfinished {
+                id,
+                since: Instant::now(),
+                shed: shed.clone(),
+            });
+        Handshaking {
+            state: self.clone(),
+            id,
+            shed,
+        }
+    }
+
+    /// At the connection cap: sheds the oldest connection whose handshake
+    /// has lasted `stalled_after` or more (it sent nothing, or half a
+    /// ClientHello), so that silent connections from many addresses cannot
+    /// hold every slot until `handshake_timeout`. Returns whether one was
+    /// shed; its slot comes free as its task ends.
+    pub fn shed_stalled_handshake(&self, stalled_after: Duration) -> bool {
+        let unfinished = self
+            .unfinished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Shed ones leave the queue when their task drops the guard.
+        let Some(oldest) = unfinished.iter().find(|u| !u.shed.is_cancelled()) else {
+            return false;
+        };
+        if oldest.since.elapsed() < stalled_after {
+            return false;
+        }
+        oldest.shed.cancel();
+        true
     }
 
     pub fn active(&self) -> u32 {
@@ -135,6 +192,55 @@ impl ServiceState {
     }
 }
 
+/// A connection in its TLS handshake, registered with its service.
+pub struct Handshaking {
+    state: Arc<ServiceState>,
+    id: u64,
+    shed: CancellationToken,
+}
+
+impl Handshaking {
+    /// Resolves when the service sheds this handshake for a newer client.
+    pub async fn shed(&self) {
+        self.shed.cancelled().await
+    }
+
+    /// How long the handshake has lasted.
+    pub fn age(&self) -> Duration {
+        let unfinished = self
+            .state
+            .unfinished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        unfinished
+            .iter()
+            .find(|u| u.id == self.id)
+            .map_or(Duration::ZERO, |u| u.since.elapsed())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let mut unfinished = self
+            .state
+            .unfinished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Nearly always at or near the front: handshakes end in order.
+        if let Some(i) = unfinished.iter().position(|u| u.id == self.id) {
+            unfinished.remove(i);
+        }
+    }
+}
+
+/// How long a handshake must have lasted before a full service may shed
+/// it for a new client: a quarter of `handshake_timeout`, between 250 ms
+/// and 2 s. A real client's handshake takes milliseconds, even on a busy
+/// clinical Wi-Fi.
+pub fn stalled_after(handshake_timeout: Duration) -> Duration {
+    (handshake_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(2))
+}
+
 /// One held connection slot; released on drop.
 #[derive(Debug)]
 pub struct ConnectionSlot {
@@ -176,6 +282,47 @@ mod tests {
         assert_eq!(state.active(), 2);
         drop(a);
         assert!(state.try_acquire(2).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_service_sheds_only_a_stalled_handshake_and_the_oldest_first() {
+        let state = ServiceState::new();
+        let old = state.handshake_started();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let young = state.handshake_started();
+        // Too young to shed, however full the service.
+        assert!(!state.shed_stalled_handshake(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(state.shed_stalled_handshake(Duration::from_secs(1)));
+        tokio::time::timeout(Duration::from_millis(1), old.shed())
+            .await
+            .expect("the oldest is shed");
+        assert!(tokio::time::timeout(Duration::from_millis(1), young.shed())
+            .await
+            .is_err());
+        // The shed one is not shed twice: the next is the younger.
+        assert!(state.shed_stalled_handshake(Duration::from_secs(1)));
+        drop(old);
+        young.shed().await;
+        drop(young);
+        assert!(!state.shed_stalled_handshake(Duration::ZERO));
+        assert!(state.unfinished.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stalled_after_is_a_quarter_of_the_handshake_timeout_within_bounds() {
+        assert_eq!(
+            stalled_after(Duration::from_secs(10)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            stalled_after(Duration::from_secs(4)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            stalled_after(Duration::from_millis(100)),
+            Duration::from_millis(250)
+        );
     }
 
     #[test]

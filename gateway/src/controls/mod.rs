@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-pub use concurrency::{ConnectionSlot, ServiceState};
+pub use concurrency::{stalled_after, ConnectionSlot, Handshaking, ServiceState};
 pub use principal::Principal;
 pub use reason::{Denial, Reason};
 
@@ -55,17 +55,35 @@ pub async fn admit_connection_queued(
     let matched = check_before_cap(service, state, client, grants)?;
     let slot = match state.try_acquire(service.max_connections) {
         Some(slot) => slot,
-        None if !service.limits.queue_timeout.is_zero() => state
-            .acquire_within(service.max_connections, service.limits.queue_timeout)
-            .await
-            .ok_or_else(|| cap_reached(service))?,
-        None => return Err(cap_reached(service)),
+        None => {
+            // Full: a TLS service sheds its oldest stalled handshake (a
+            // silent connection, half a ClientHello) and this connection
+            // waits the moment its slot takes to come free.
+            let shed = service.tls.is_some()
+                && state.shed_stalled_handshake(stalled_after(service.handshake_timeout));
+            let wait = if shed {
+                service.limits.queue_timeout.max(SHED_WAIT)
+            } else {
+                service.limits.queue_timeout
+            };
+            if wait.is_zero() {
+                return Err(cap_reached(service));
+            }
+            state
+                .acquire_within(service.max_connections, wait)
+                .await
+                .ok_or_else(|| cap_reached(service))?
+        }
     };
     Ok(Admitted {
         matched,
         slot: per_client_share(service, state, client, slot)?,
     })
 }
+
+/// How long a connection that made a full service shed a stalled
+/// handshake waits for that slot.
+const SHED_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Runs the connection-level chain for a client of `service`, refusing at
 /// once at the connection cap.

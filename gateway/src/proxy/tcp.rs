@@ -17,7 +17,7 @@ use super::relay::Ends;
 use crate::audit::{ClosedBy, ConnMeta, Event, TlsInfo};
 use crate::config::schema::Protocol;
 use crate::controls::Principal;
-use crate::controls::{self, Asking, ConnFacts, Denial, Reason};
+use crate::controls::{self, Asking, ConnFacts, Denial, Reason, ServiceState};
 use crate::guard::{self, GuardCx};
 use crate::metrics::{ByteLabels, ServiceLabels};
 use crate::policy::{ListenerId, Policy, Service};
@@ -86,7 +86,7 @@ pub async fn accept_loop(
             };
             let _slot = admitted.slot;
             let matched = admitted.matched.to_string();
-            handle(socket, service, id, conn, matched, rt2).await;
+            handle(socket, service, &state, id, conn, matched, rt2).await;
         });
     }
 }
@@ -94,6 +94,7 @@ pub async fn accept_loop(
 async fn handle(
     socket: TcpStream,
     service: Arc<Service>,
+    state: &Arc<ServiceState>,
     id: ListenerId,
     conn: ConnMeta,
     matched: String,
@@ -115,12 +116,33 @@ async fn handle(
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
     // It holds a descriptor and a connection slot: visible while it lasts.
     let handshaking = rt.metrics.tls_handshake(&conn.device, &conn.service);
-    let handshake = timeout(service.handshake_timeout, acceptor.accept(socket));
+    // Registered so that a full service can shed it if it stalls.
+    let unfinished = state.handshake_started();
+    let handshake = async {
+        tokio::select! {
+            done = timeout(service.handshake_timeout, acceptor.accept(socket)) => Some(done),
+            () = unfinished.shed() => None,
+        }
+    };
     let handshake = or_hard_stop(&rt, handshake).await;
     drop(handshaking);
     let Some(handshake) = handshake else {
         return deny(&rt, conn, Denial::new(Reason::GatewayShutdown), None, None);
     };
+    let Some(handshake) = handshake else {
+        let detail = format!(
+            "handshake unfinished after {} ms, shed for a new connection (service full)",
+            unfinished.age().as_millis()
+        );
+        return deny(
+            &rt,
+            conn,
+            Denial::with_detail(Reason::MaxConnections, detail),
+            None,
+            None,
+        );
+    };
+    drop(unfinished);
     let mut stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return deny(&rt, conn, classify_tls_error(&e), None, None),

@@ -59,14 +59,15 @@ struct Setup {
     _echo: Echo,
 }
 
-fn start() -> Setup {
+/// Services `ui` (HTTPS), `plain` (HTTP) and `tcp` (TLS echo), each with
+/// this `handshake_timeout` (and `header_read_timeout` on `plain`).
+fn start(timeout: &str) -> Setup {
     let ws = Workspace::new();
     let web = http_device::serve(|_| "ok\n".to_string());
     let echo = echo_upstream();
     let service = |name: &str, protocol: &str, upstream: SocketAddr, tail: &str| {
         format!(
-            "[[device.service]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nallow = [\"127.0.0.1\", \"{}\"]\nhandshake_timeout = \"3s\"\n{tail}\n",
-            bystander::SOURCE
+            "[[device.service]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nallow = [\"127.0.0.0/8\"]\nhandshake_timeout = \"{timeout}\"\n{tail}\n"
         )
     };
     let body = format!(
@@ -76,7 +77,9 @@ fn start() -> Setup {
             "plain",
             "http",
             web.addr,
-            "plaintext = true\n[device.service.http]\nheader_read_timeout = \"3s\""
+            &format!(
+                "plaintext = true\n[device.service.http]\nheader_read_timeout = \"{timeout}\""
+            )
         ),
         service("tcp", "tcp", echo.addr, &ws.tls_table()),
     );
@@ -89,12 +92,12 @@ fn start() -> Setup {
     }
 }
 
-/// `CROWD` connections to `to` from 127.0.0.1, each sending `first` (maybe
+/// `n` connections to `to` from `source`, each sending `first` (maybe
 /// nothing) and then nothing more.
-fn crowd(to: SocketAddr, first: &[u8]) -> Vec<TcpStream> {
-    (0..CROWD)
+fn crowd(source: &str, to: SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {
+    (0..n)
         .map(|_| {
-            let mut s = TcpStream::connect(to).unwrap();
+            let mut s = connect_from(source, to);
             if !first.is_empty() {
                 // A refused connection may already be closed: fine.
                 let _ = s.write_all(first);
@@ -136,11 +139,11 @@ fn share_refusals(moat: &Moat) -> f64 {
 fn hold_the_crowd(first: &[u8], attack: &str, services: &[&str]) {
     let _heavy = crate::heavy();
     enough_descriptors();
-    let s = start();
+    let s = start("3s");
     let fds_before = gauge(&s.moat, "moat_process_open_fds");
     let mut conns = Vec::new();
     for service in services {
-        conns.extend(crowd(s.moat.addr(service), first));
+        conns.extend(crowd("127.0.0.1", s.moat.addr(service), CROWD, first));
     }
     let total = conns.len();
     // All but the share of each service refused at once.
@@ -203,4 +206,72 @@ fn thousands_of_silent_connections_hold_only_their_share() {
 #[test]
 fn thousands_of_half_client_hellos_hold_only_their_share() {
     hold_the_crowd(HALF_CLIENT_HELLO, "half ClientHellos", &["ui", "tcp"]);
+}
+
+/// Silent connections from eight addresses (64 each, their share) fill
+/// every one of `max_connections` (256) on a TLS service, where slots would
+/// otherwise be held for the whole `handshake_timeout` (10 s). A new
+/// client makes moat shed the oldest stalled handshake (one older than
+/// `handshake_timeout / 4`) and is served, on L7 and L4 alike; the shed
+/// connection is audited as such.
+#[test]
+fn silent_connections_from_many_addresses_are_shed_for_a_new_client() {
+    let _heavy = crate::heavy();
+    enough_descriptors();
+    let s = start("10s");
+    let started = std::time::Instant::now();
+    let mut conns = Vec::new();
+    for service in ["ui", "tcp"] {
+        for host in 10..18 {
+            let source = format!("127.0.0.{host}");
+            conns.extend(crowd(&source, s.moat.addr(service), 64, b""));
+        }
+    }
+    // Each holds its slot in its handshake.
+    wait_for_or(
+        "both services full",
+        || (gauge(&s.moat, "moat_tls_handshakes_in_progress") == 512.0).then_some(()),
+        || {
+            format!(
+                "{} handshakes",
+                gauge(&s.moat, "moat_tls_handshakes_in_progress")
+            )
+        },
+    );
+    let limit = std::time::Duration::from_secs(8);
+    let url = format!("https://{}/", s.moat.addr("ui"));
+    let asks = [
+        bystander::Ask::Page(&s.ws, &url),
+        bystander::Ask::Echo(s.moat.addr("tcp"), Some(&s.ws)),
+    ];
+    for ask in &asks {
+        bystander::answered_within("silent connections from 8 addresses", ask, limit);
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "served only after {:?}, when the handshake timeout would have freed slots anyway",
+        started.elapsed()
+    );
+    let shed: Vec<_> = s
+        .moat
+        .events("connection_denied")
+        .into_iter()
+        .filter(|e| {
+            e["reason"] == "max_connections"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("shed for a new connection"))
+        })
+        .collect();
+    let services: std::collections::BTreeSet<_> =
+        shed.iter().map(|e| e["service"].to_string()).collect();
+    assert_eq!(services.len(), 2, "{shed:?}");
+    // Of the 1,024 opened, 512 found the services full and were refused;
+    // of the rest only what the new clients needed was shed.
+    let closed = closed(&conns);
+    assert!(
+        closed <= 512 + shed.len() + 8,
+        "{closed} closed, {} shed",
+        shed.len()
+    );
 }
