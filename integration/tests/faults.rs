@@ -20,18 +20,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// The sum of a gauge's (or counter's) series on `/metrics`.
-fn metric(moat: &Moat, name: &str) -> f64 {
-    moat.admin_get("/metrics")
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The status code curl got (000: no answer), from 127.0.0.1.
 fn status_of(args: &[&str]) -> String {
     let out = Command::new("curl")
@@ -170,9 +158,9 @@ fn device_config(services: &str) -> String {
 /// `(active connections, tasks, descriptors)` now.
 fn at_rest(moat: &Moat) -> (f64, f64, f64) {
     (
-        metric(moat, "moat_connections_active"),
-        metric(moat, "moat_runtime_tasks"),
-        metric(moat, "moat_process_open_fds"),
+        moat.metric("moat_connections_active"),
+        moat.metric("moat_runtime_tasks"),
+        moat.metric("moat_process_open_fds"),
     )
 }
 
@@ -262,21 +250,25 @@ fn device_faults_end_in_audited_answers_and_leave_nothing_behind() {
     assert!(!moat.stderr().contains("panicked"), "{}", moat.stderr());
 }
 
-/// A device that goes up and down every 200 ms while 6 clients keep
-/// asking: every request gets an answer (200 while it is up, 502 while it
-/// is down), none hangs, and once the load stops nothing is left behind.
-#[test]
-fn a_flapping_device_under_load_gets_answers_not_hangs() {
-    let port = closed_port().port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flapper = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
+/// A device on a fixed port that is up for 200 ms (answering each read
+/// with `answer`, or nothing) and down for 200 ms (connections refused,
+/// the open ones reset), until dropped.
+struct Flapping {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Flapping {
+    fn start(answer: fn(&[u8]) -> Option<Vec<u8>>) -> Flapping {
+        let addr: SocketAddr = format!("127.0.0.1:{}", closed_port().port())
+            .parse()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
             let mut up_cycles = 0;
-            while !stop.load(Ordering::SeqCst) {
-                // Up: answer whatever comes for 200 ms, then go away with
-                // every connection.
+            while !stopped.load(Ordering::SeqCst) {
                 let Ok(listener) = TcpListener::bind(addr) else {
                     continue;
                 };
@@ -290,10 +282,9 @@ fn a_flapping_device_under_load_gets_answers_not_hangs() {
                     }
                     for s in &mut conns {
                         let mut buf = [0u8; 4096];
-                        if let Ok(n) = s.read(&mut buf) {
-                            if n > 0 && buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                                let _ = s
-                                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+                        if let Ok(n @ 1..) = s.read(&mut buf) {
+                            if let Some(reply) = answer(&buf[..n]) {
+                                let _ = s.write_all(&reply);
                             }
                         }
                     }
@@ -304,15 +295,39 @@ fn a_flapping_device_under_load_gets_answers_not_hangs() {
                     reset(s);
                 }
                 up_cycles += 1;
-                // Down for 200 ms: connections are refused.
                 let until = Instant::now() + Duration::from_millis(200);
-                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                while Instant::now() < until && !stopped.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
             up_cycles
-        })
-    };
+        });
+        Flapping {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it; how many times it was up.
+    fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// A device that goes up and down every 200 ms while 6 clients keep
+/// asking: every request gets an answer (200 while it is up, 502 while it
+/// is down), none hangs, and once the load stops nothing is left behind.
+#[test]
+fn a_flapping_device_under_load_gets_answers_not_hangs() {
+    let flapping = Flapping::start(|request| {
+        request
+            .windows(4)
+            .any(|w| w == b"\r\n\r\n")
+            .then(|| b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n".to_vec())
+    });
+    let addr = flapping.addr;
     let ws = Workspace::new();
     let moat = Moat::start(&ws, &device_config(&http_service("ui", addr, "")), &["ui"]);
     let (_, tasks_before, fds_before) = at_rest(&moat);
@@ -341,8 +356,7 @@ fn a_flapping_device_under_load_gets_answers_not_hangs() {
             .flat_map(|c| c.join().unwrap())
             .collect()
     });
-    stop.store(true, Ordering::SeqCst);
-    let up_cycles = flapper.join().unwrap();
+    let up_cycles = flapping.stop();
     assert!(up_cycles >= 5, "the device flapped {up_cycles} times");
     let ok = outcomes.iter().filter(|(s, _)| *s == 200).count();
     let down = outcomes.iter().filter(|(s, _)| *s == 502).count();
@@ -364,6 +378,88 @@ fn a_flapping_device_under_load_gets_answers_not_hangs() {
         || {
             let (active, tasks, fds) = at_rest(&moat);
             (active == 0.0 && tasks <= tasks_before + 1.0 && fds <= fds_before + 1.0).then_some(())
+        },
+        || {
+            format!(
+                "{:?} (before: tasks {tasks_before}, fds {fds_before})",
+                at_rest(&moat)
+            )
+        },
+    );
+}
+
+/// The same flapping device behind an L4 (TCP) service, echoing: each
+/// client connection is echoed, or closed when the device is down or goes
+/// down under it (never left hanging), each end is audited, and nothing
+/// is left behind.
+#[test]
+fn a_flapping_device_behind_an_l4_service_closes_connections_cleanly() {
+    let flapping = Flapping::start(|data| Some(data.to_vec()));
+    let ws = Workspace::new();
+    let service = format!(
+        "[[device.service]]\nname = \"tcp\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"127.0.0.1\"]\nplaintext = true\nconnect_timeout = \"1s\"\n",
+        flapping.addr
+    );
+    let moat = Moat::start(&ws, &device_config(&service), &["tcp"]);
+    let (_, tasks_before, fds_before) = at_rest(&moat);
+    let tcp = moat.addr("tcp");
+    let outcomes: Vec<(bool, Duration)> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..6)
+            .map(|i| {
+                scope.spawn(move || {
+                    let mut seen = Vec::new();
+                    let until = Instant::now() + Duration::from_secs(4);
+                    while Instant::now() < until {
+                        let started = Instant::now();
+                        let mut s = connect_from("127.0.0.1", tcp);
+                        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        let line = format!("client {i}\n");
+                        let mut echo = vec![0u8; line.len()];
+                        let echoed = s.write_all(line.as_bytes()).is_ok()
+                            && s.read_exact(&mut echo).is_ok()
+                            && echo == line.as_bytes();
+                        // Not echoed: the connection must have been closed,
+                        // not left open.
+                        let closed = echoed || {
+                            let mut rest = Vec::new();
+                            match s.read_to_end(&mut rest) {
+                                Ok(_) => true,
+                                Err(e) => !matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ),
+                            }
+                        };
+                        assert!(closed, "a connection left hanging");
+                        seen.push((echoed, started.elapsed()));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let up_cycles = flapping.stop();
+    assert!(up_cycles >= 5, "the device flapped {up_cycles} times");
+    let echoed = outcomes.iter().filter(|(e, _)| *e).count();
+    let cut = outcomes.len() - echoed;
+    let slowest = outcomes.iter().map(|(_, d)| *d).max().unwrap();
+    assert!(echoed > 10 && cut > 10, "{echoed} echoed, {cut} cut");
+    assert!(slowest < Duration::from_secs(3), "slowest {slowest:?}");
+    let refused = moat
+        .events("connection_denied")
+        .into_iter()
+        .filter(|e| e["reason"] == "upstream_unreachable")
+        .count();
+    assert!(refused > 0, "the device being down is audited");
+    wait_for_or(
+        "the gauges back at rest",
+        || {
+            let (active, tasks, fds) = at_rest(&moat);
+            (active == 0.0 && tasks <= tasks_before && fds <= fds_before + 1.0).then_some(())
         },
         || {
             format!(
@@ -454,7 +550,7 @@ fn a_full_audit_disk_is_counted_reported_and_survived() {
     let serve = format!("http://{}/ok", moat.addr("serve"));
     let refuse = format!("http://{}/ok", moat.addr("refuse"));
     assert_eq!(status_of(&[&refuse]), "200");
-    assert_eq!(metric(&moat, "moat_audit_writable"), 1.0);
+    assert_eq!(moat.metric("moat_audit_writable"), 1.0);
     // A keep-alive connection to the refusing service, open before.
     let mut kept = connect_from("127.0.0.1", moat.addr("refuse"));
     let get = "GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
@@ -469,9 +565,9 @@ fn a_full_audit_disk_is_counted_reported_and_survived() {
     }
     drop(s);
     wait_for("the trail reported unwritable", || {
-        (metric(&moat, "moat_audit_writable") == 0.0).then_some(())
+        (moat.metric("moat_audit_writable") == 0.0).then_some(())
     });
-    assert!(metric(&moat, "moat_audit_dropped_total") > 0.0);
+    assert!(moat.metric("moat_audit_dropped_total") > 0.0);
     assert_eq!(status_of(&[&serve]), "200");
     // The refusing service: a request on the open connection gets 503,
     // a new connection is refused at accept like any other connection
@@ -480,8 +576,7 @@ fn a_full_audit_disk_is_counted_reported_and_survived() {
     assert_eq!(reply.status, 503, "{reply:?}");
     assert_eq!(reply.header("x-moat-reason"), Some("audit_unavailable"));
     assert_eq!(status_of(&[&refuse]), "000");
-    let refused = metric(
-        &moat,
+    let refused = moat.metric(
         "moat_connections_total{device=\"pump\",service=\"refuse\",outcome=\"audit_unavailable\"}",
     );
     assert_eq!(refused, 1.0);
@@ -490,13 +585,13 @@ fn a_full_audit_disk_is_counted_reported_and_survived() {
     // Room again: recording resumes by itself (moat retries every second).
     std::fs::remove_file(&filler).unwrap();
     wait_for("the trail writable again", || {
-        (metric(&moat, "moat_audit_writable") == 1.0).then_some(())
+        (moat.metric("moat_audit_writable") == 1.0).then_some(())
     });
     assert_eq!(status_of(&[&refuse]), "200");
     let lost = wait_for("the loss on record", || {
         moat.events("audit_records_lost").into_iter().next()
     });
-    let dropped = metric(&moat, "moat_audit_dropped_total");
+    let dropped = moat.metric("moat_audit_dropped_total");
     assert_eq!(lost["count"].as_f64().unwrap(), dropped, "{lost}");
     assert!(
         lost["error"].as_str().unwrap().contains("No space left"),
@@ -534,7 +629,7 @@ fn a_sighup_storm_changes_nothing_and_stops_nothing() {
         &["ui"],
     );
     let ui = moat.addr("ui");
-    let version = metric(&moat, "moat_policy_version");
+    let version = moat.metric("moat_policy_version");
     let served = std::thread::scope(|scope| {
         let client = scope.spawn(|| {
             let mut s = connect_from("127.0.0.1", ui);
@@ -552,7 +647,7 @@ fn a_sighup_storm_changes_nothing_and_stops_nothing() {
     assert_eq!(status_of(&[&format!("http://{ui}/ok")]), "200");
     assert!(moat.admin_get("/healthz").contains("ok"));
     // Nothing changed, so nothing was applied or rejected.
-    assert_eq!(metric(&moat, "moat_policy_version"), version);
+    assert_eq!(moat.metric("moat_policy_version"), version);
     assert!(moat.events("reload_rejected").is_empty());
 }
 

@@ -251,7 +251,7 @@ fn zero_window_readers_are_cut_at_keepalive_timeout_and_free_the_device() {
     let _heavy = crate::heavy();
     let s = Setup::start("response_timeout = \"2s\"\nkeepalive_timeout = \"3s\"");
     let device_port = s.device.addr.port();
-    let baseline_tasks = gauge(&s.moat, "moat_runtime_tasks");
+    let baseline_tasks = s.moat.metric("moat_runtime_tasks");
     let results = std::thread::scope(|scope| {
         let readers: Vec<_> = (0..40)
             .map(|i| {
@@ -305,8 +305,8 @@ fn zero_window_readers_are_cut_at_keepalive_timeout_and_free_the_device() {
     // a stalled reader, no task.
     let at_rest = || {
         (
-            gauge(&s.moat, "moat_connections_active"),
-            gauge(&s.moat, "moat_runtime_tasks"),
+            s.moat.metric("moat_connections_active"),
+            s.moat.metric("moat_runtime_tasks"),
             established_to(device_port),
         )
     };
@@ -325,18 +325,6 @@ fn zero_window_readers_are_cut_at_keepalive_timeout_and_free_the_device() {
             )
         },
     );
-}
-
-/// The sum of a gauge's series.
-pub fn gauge(moat: &Moat, name: &str) -> f64 {
-    moat.admin_get("/metrics")
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Established TCP connections to a local port (`ss`), i.e. moat's

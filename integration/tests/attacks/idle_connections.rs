@@ -12,7 +12,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use crate::bystander;
-use crate::h2_abuse::gauge;
 use crate::support::http_device;
 use crate::support::*;
 
@@ -140,7 +139,7 @@ fn hold_the_crowd(first: &[u8], attack: &str, services: &[&str]) {
     let _heavy = crate::heavy();
     enough_descriptors();
     let s = start("3s");
-    let fds_before = gauge(&s.moat, "moat_process_open_fds");
+    let fds_before = s.moat.metric("moat_process_open_fds");
     let mut conns = Vec::new();
     for service in services {
         conns.extend(crowd("127.0.0.1", s.moat.addr(service), CROWD, first));
@@ -191,9 +190,9 @@ fn hold_the_crowd(first: &[u8], attack: &str, services: &[&str]) {
     );
     drop(conns);
     wait_for(&format!("{attack}: gauges back at rest"), || {
-        let active = gauge(&s.moat, "moat_connections_active");
-        let handshakes = gauge(&s.moat, "moat_tls_handshakes_in_progress");
-        let fds = gauge(&s.moat, "moat_process_open_fds");
+        let active = s.moat.metric("moat_connections_active");
+        let handshakes = s.moat.metric("moat_tls_handshakes_in_progress");
+        let fds = s.moat.metric("moat_process_open_fds");
         (active == 0.0 && handshakes == 0.0 && fds <= fds_before + 2.0).then_some(())
     });
 }
@@ -230,11 +229,11 @@ fn silent_connections_from_many_addresses_are_shed_for_a_new_client() {
     // Each holds its slot in its handshake.
     wait_for_or(
         "both services full",
-        || (gauge(&s.moat, "moat_tls_handshakes_in_progress") == 512.0).then_some(()),
+        || (s.moat.metric("moat_tls_handshakes_in_progress") == 512.0).then_some(()),
         || {
             format!(
                 "{} handshakes",
-                gauge(&s.moat, "moat_tls_handshakes_in_progress")
+                s.moat.metric("moat_tls_handshakes_in_progress")
             )
         },
     );

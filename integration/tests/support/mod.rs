@@ -331,6 +331,21 @@ impl Moat {
         s.read_to_string(&mut out).unwrap();
         out
     }
+
+    /// A metric on `/metrics` (Prometheus text format), summed over its
+    /// series: `name` is a family (`moat_connections_active`) or one
+    /// series written out (`moat_x_total{service="ui",outcome="allowed"}`).
+    /// 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.admin_get("/metrics")
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
 }
 
 impl Drop for Moat {
