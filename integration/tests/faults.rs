@@ -155,6 +155,11 @@ fn device_config(services: &str) -> String {
     format!("[[device]]\nid = \"pump\"\nname = \"Infusion pump\"\n\n{services}")
 }
 
+/// moat with one plaintext `http` service, `ui`, in front of `device`.
+fn start_ui(ws: &Workspace, device: SocketAddr) -> Moat {
+    Moat::start(ws, &device_config(&http_service("ui", device, "")), &["ui"])
+}
+
 /// `(active connections, tasks, descriptors)` now.
 fn at_rest(moat: &Moat) -> (f64, f64, f64) {
     (
@@ -169,11 +174,7 @@ fn device_faults_end_in_audited_answers_and_leave_nothing_behind() {
     require("curl");
     let device = FaultyDevice::start();
     let ws = Workspace::new();
-    let moat = Moat::start(
-        &ws,
-        &device_config(&http_service("ui", device.addr, "")),
-        &["ui"],
-    );
+    let moat = start_ui(&ws, device.addr);
     let ui = moat.addr("ui");
     let (_, tasks_before, fds_before) = at_rest(&moat);
     let url = |path: &str| format!("http://{ui}{path}");
@@ -329,7 +330,7 @@ fn a_flapping_device_under_load_gets_answers_not_hangs() {
     });
     let addr = flapping.addr;
     let ws = Workspace::new();
-    let moat = Moat::start(&ws, &device_config(&http_service("ui", addr, "")), &["ui"]);
+    let moat = start_ui(&ws, addr);
     let (_, tasks_before, fds_before) = at_rest(&moat);
     let ui = moat.addr("ui");
     let outcomes: Vec<(u16, Duration)> = std::thread::scope(|scope| {
@@ -623,11 +624,7 @@ fn a_sighup_storm_changes_nothing_and_stops_nothing() {
     require("curl");
     let device = FaultyDevice::start();
     let ws = Workspace::new();
-    let moat = Moat::start(
-        &ws,
-        &device_config(&http_service("ui", device.addr, "")),
-        &["ui"],
-    );
+    let moat = start_ui(&ws, device.addr);
     let ui = moat.addr("ui");
     let version = moat.metric("moat_policy_version");
     let served = std::thread::scope(|scope| {
@@ -659,8 +656,7 @@ fn a_sighup_storm_changes_nothing_and_stops_nothing() {
 fn reloads_during_shutdown_are_not_applied_and_the_stop_is_clean() {
     let device = FaultyDevice::start();
     let ws = Workspace::new();
-    let services = http_service("ui", device.addr, "");
-    let mut moat = Moat::start(&ws, &device_config(&services), &["ui"]);
+    let mut moat = start_ui(&ws, device.addr);
     let ui = moat.addr("ui");
     // A request in flight at the device when the stop begins.
     let mut s = connect_from("127.0.0.1", ui);
