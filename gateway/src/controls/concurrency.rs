@@ -98,17 +98,19 @@ impl ServiceState {
     pub fn handshake_started(self: &Arc<Self>) -> Handshaking {
         let id = self.next_unfinished.fetch_add(1, Ordering::Relaxed);
         let shed = CancellationToken::new();
+        let since = Instant::now();
         self.unfinished
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push_back(Unfinished {
                 id,
-                since: Instant::now(),
+                since,
                 shed: shed.clone(),
             });
         Handshaking {
             state: self.clone(),
             id,
+            since,
             shed,
         }
     }
@@ -196,6 +198,7 @@ impl ServiceState {
 pub struct Handshaking {
     state: Arc<ServiceState>,
     id: u64,
+    since: Instant,
     shed: CancellationToken,
 }
 
@@ -207,15 +210,7 @@ impl Handshaking {
 
     /// How long the handshake has lasted.
     pub fn age(&self) -> Duration {
-        let unfinished = self
-            .state
-            .unfinished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        unfinished
-            .iter()
-            .find(|u| u.id == self.id)
-            .map_or(Duration::ZERO, |u| u.since.elapsed())
+        self.since.elapsed()
     }
 }
 

@@ -3,8 +3,10 @@
 //! connection on or refuses it with a typed [`Reason`].
 //!
 //! The connection-level chain, in order, cheapest first and before any TLS
-//! work: source allow/deny list, per-client connection rate, (TCP) the
-//! device's rate, the service's connection cap, the client's share of it.
+//! work: (on services with `on_audit_failure = "refuse"`) [`audit_gate`],
+//! source allow/deny list, per-client connection rate, (TCP) the
+//! device's rate, the service's connection cap (a full TLS service sheds
+//! its oldest stalled handshake first), the client's share of it.
 //! Controls that need the TLS session (client certificate) run after the
 //! handshake, in [`crate::proxy`], and report through the same [`Denial`].
 //!
@@ -24,7 +26,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-pub use concurrency::{stalled_after, ConnectionSlot, Handshaking, ServiceState};
+use concurrency::stalled_after;
+pub use concurrency::{ConnectionSlot, ServiceState};
 pub use principal::Principal;
 pub use reason::{Denial, Reason};
 
