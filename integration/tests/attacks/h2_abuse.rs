@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::bystander;
+use crate::h2_floods;
 use crate::support::http_device::{self, HttpDevice};
 use crate::support::*;
 
@@ -148,14 +149,8 @@ impl Setup {
             (cut.len() >= n).then_some(cut)
         });
         assert_eq!(cut.len(), n, "{cut:?}");
-        let counted: u64 = self
-            .moat
-            .admin_get("/metrics")
-            .lines()
-            .filter(|l| l.starts_with("moat_connections_total{") && l.contains("protocol_abuse"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum();
+        let counted =
+            h2_floods::abuse_count(&self.moat, "ui") + h2_floods::abuse_count(&self.moat, "plain");
         assert_eq!(counted, n as u64);
     }
 }

@@ -115,7 +115,7 @@ fn start(ws: &Workspace) -> (Moat, http_device::HttpDevice) {
 }
 
 /// `moat_connections_total{outcome="protocol_abuse"}` of a service.
-fn abuse_count(moat: &Moat, service: &str) -> u64 {
+pub fn abuse_count(moat: &Moat, service: &str) -> u64 {
     let label = format!("service=\"{service}\",outcome=\"protocol_abuse\"");
     moat.admin_get("/metrics")
         .lines()

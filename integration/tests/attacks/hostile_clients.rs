@@ -99,7 +99,7 @@ fn plain_http(upstream: SocketAddr, http: &str, limits: &str) -> String {
 }
 
 /// `moat_<family>_total{…outcome="<outcome>"…}`, summed over services.
-fn metric(moat: &Moat, family: &str, outcome: &str) -> u64 {
+pub fn metric(moat: &Moat, family: &str, outcome: &str) -> u64 {
     let text = moat.admin_get("/metrics");
     let prefix = format!("moat_{family}_total{{");
     let label = format!("outcome=\"{outcome}\"");

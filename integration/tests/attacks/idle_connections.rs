@@ -12,6 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use crate::bystander;
+use crate::hostile_clients;
 use crate::support::http_device;
 use crate::support::*;
 
@@ -126,15 +127,6 @@ fn closed(conns: &[TcpStream]) -> usize {
         .count()
 }
 
-/// Refusals for the per-client share, summed over services.
-fn share_refusals(moat: &Moat) -> f64 {
-    moat.admin_get("/metrics")
-        .lines()
-        .filter(|l| l.starts_with("moat_connections_total{") && l.contains("\"max_connections\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn hold_the_crowd(first: &[u8], attack: &str, services: &[&str]) {
     let _heavy = crate::heavy();
     enough_descriptors();
@@ -146,9 +138,10 @@ fn hold_the_crowd(first: &[u8], attack: &str, services: &[&str]) {
     }
     let total = conns.len();
     // All but the share of each service refused at once.
-    let expect_refused = (total - 64 * services.len()) as f64;
+    let expect_refused = (total - 64 * services.len()) as u64;
     wait_for(&format!("{attack}: the excess refused"), || {
-        (share_refusals(&s.moat) >= expect_refused).then_some(())
+        (hostile_clients::metric(&s.moat, "connections", "max_connections") >= expect_refused)
+            .then_some(())
     });
     let held = total - closed(&conns);
     assert_eq!(held, 64 * services.len(), "{attack}: connections held");
