@@ -5,6 +5,11 @@
 #   benches/load/instructions.sh                      # every system and test
 #   SYSTEMS=moat TESTS=h2_tls SKIP_BUILD=1 benches/load/instructions.sh
 #   MOAT_BIN=/other/tree/target/release/moat SYSTEMS=moat benches/load/instructions.sh
+#   SYSTEMS="moat floor" benches/load/instructions.sh
+#
+# `floor` is benches/examples/floor_proxy.rs: moat's stack (tokio, hyper,
+# rustls, mimalloc) configured as moat configures it, doing the job with
+# none of moat's controls; what is left between it and moat is moat's own.
 #
 # The job is run.sh's (peers.sh writes the configurations for both): TLS 1.3
 # with the ECDSA P-256 development certificate and no resumption, a source
@@ -31,6 +36,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BENCH=instructions
 MOAT_BIN=${MOAT_BIN:-$ROOT/target/release/moat}
+FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/floor_proxy}
 SYSTEMS=${SYSTEMS:-"moat nginx haproxy"}
 TESTS=${TESTS:-"h1_tls h2_tls h1_plain"}
 CONNS=${CONNS:-10}
@@ -59,6 +65,15 @@ nginx_has_stream || die "nginx has no stream module (apt-get install libnginx-mo
 [ "$N_B" -gt "$N_A" ] || die "N_B ($N_B) must be more than N_A ($N_A)"
 [ "$CONN_B" -gt "$CONN_A" ] || die "CONN_B ($CONN_B) must be more than CONN_A ($CONN_A)"
 build_moat
+case " $SYSTEMS " in
+  *" floor "*)
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+      log "building the floor proxy (cargo build --release -p moat-benches --example floor_proxy)"
+      (cd "$ROOT" && cargo build --release -p moat-benches --example floor_proxy)
+    fi
+    [ -x "$FLOOR_BIN" ] || die "no floor proxy at $FLOOR_BIN"
+    ;;
+esac
 work_dir
 chmod 755 "$WORK" # nginx workers run as nobody
 write_peers
@@ -92,7 +107,8 @@ system_cmd() { # SYSTEM
     moat) CMD=("$MOAT_BIN" run -c "$WORK/moat.toml") ;;
     nginx) CMD=(nginx -p "$WORK/nginx/" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" -g "master_process off;") ;;
     haproxy) CMD=(haproxy -db -f "$WORK/haproxy.cfg") ;;
-    *) die "unknown system $1 (moat, nginx, haproxy)" ;;
+    floor) CMD=("$FLOOR_BIN" "127.0.0.1:$P_F_TLS" "127.0.0.1:$P_F_HTTP" "127.0.0.1:$P_B_HTTP" "$CERTS/server.pem" "$CERTS/server.key") ;;
+    *) die "unknown system $1 (moat, nginx, haproxy, floor)" ;;
   esac
 }
 # The port that says the system is up: moat binds every service before its
@@ -147,9 +163,9 @@ for s, t, v in rows:
     per[t][s] = int(v)
 systems = list(dict.fromkeys(s for s, _, _ in rows))
 print("instructions per request (conn_*: per connection) (callgrind, (B - A) / (N_B - N_A))")
-print(f"{'test':10}" + "".join(f"{s:>10}" for s in systems) + "   moat/nginx  moat/haproxy")
+print(f"{'test':10}" + "".join(f"{s:>10}" for s in systems) + "   moat/nginx  moat/haproxy  moat/floor")
 for t, v in per.items():
-    ratios = "".join(f"{v['moat'] / v[p]:>12.3f}" if "moat" in v and p in v else " " * 12 for p in ("nginx", "haproxy"))
+    ratios = "".join(f"{v['moat'] / v[p]:>12.3f}" if "moat" in v and p in v else " " * 12 for p in ("nginx", "haproxy", "floor"))
     print(f"{t:10}" + "".join(f"{v.get(s, ''):>10}" for s in systems) + ratios)
 PY
 log "dumps and per-function tops (top.SYSTEM.TEST.txt) in $OUT"

@@ -26,7 +26,7 @@ nginx_has_stream() {
 write_peers() {
 read -r P_B_HTTP P_B_TLS P_IPERF P_M_TLS P_M_HTTP P_M_L4TLS P_M_L4 P_M_ADMIN \
   P_N_TLS P_N_HTTP P_N_L4TLS P_N_L4 P_H_TLS P_H_HTTP P_H_L4TLS P_H_L4 \
-  P_S_MOAT P_S_NGINX P_S_HAPROXY <<<"$($TOOL ports 19)"
+  P_S_MOAT P_S_NGINX P_S_HAPROXY P_F_TLS P_F_HTTP <<<"$($TOOL ports 21)"
 
 CERTS="$WORK/certs"
 "$MOAT_BIN" certs dev "$CERTS" >/dev/null
@@ -268,10 +268,12 @@ port_of() { # TEST SYSTEM -> port, or nothing when the pair is not measured
     h1_tls:moat | h2_tls:moat | handshake*:moat) echo "$P_M_TLS" ;;
     h1_tls:nginx | h2_tls:nginx | handshake*:nginx) echo "$P_N_TLS" ;;
     h1_tls:haproxy | h2_tls:haproxy | handshake*:haproxy) echo "$P_H_TLS" ;;
+    h1_tls:floor | h2_tls:floor | handshake*:floor) echo "$P_F_TLS" ;;
     h1_plain:direct) echo "$P_B_HTTP" ;;
     h1_plain:moat) echo "$P_M_HTTP" ;;
     h1_plain:nginx) echo "$P_N_HTTP" ;;
     h1_plain:haproxy) echo "$P_H_HTTP" ;;
+    h1_plain:floor) echo "$P_F_HTTP" ;;
     l4_tls:moat) echo "$P_S_MOAT" ;;
     l4_tls:nginx) echo "$P_S_NGINX" ;;
     l4_tls:haproxy) echo "$P_S_HAPROXY" ;;
