@@ -34,25 +34,31 @@ pub fn check_request(
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(), Denial> {
+    // One pass over the fields for their size, the cookie crumbs and the
+    // first Content-Length (comparing a standard name costs less than
+    // looking one up).
+    let (mut size, mut crumbs, mut content_length) = (0usize, 0usize, None);
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
+        if name == http::header::COOKIE {
+            crumbs += 1;
+        } else if name == http::header::CONTENT_LENGTH && content_length.is_none() {
+            content_length = Some(value);
+        }
+    }
     // h2 clients send each cookie as its own field (RFC 9113 §8.2.3) and
     // they reach the device as one line: count them as one, as HTTP/1.1
     // clients send them.
-    let crumbs = headers.get_all(http::header::COOKIE).iter().count();
     let count = headers.len() - crumbs.saturating_sub(1);
     if count > policy.max_headers {
         let detail = format!("{count} headers, limit {}", policy.max_headers);
         return Err(Denial::with_detail(Reason::HeadersTooLarge, detail));
     }
-    let size: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
     if size > policy.max_header_bytes {
         let detail = format!("{size} header bytes, limit {}", policy.max_header_bytes);
         return Err(Denial::with_detail(Reason::HeadersTooLarge, detail));
     }
-    if let Some(len) = headers
-        .get(http::header::CONTENT_LENGTH)
+    if let Some(len) = content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
     {

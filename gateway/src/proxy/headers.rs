@@ -183,12 +183,13 @@ fn with_dashes(name: &HeaderName, picks: impl Fn(&str) -> bool) -> bool {
     }
 }
 
-/// Removes the headers `doomed` picks, looking at each name once (most
-/// messages have none to remove, and then nothing is allocated).
+/// Removes the headers `doomed` picks. Most messages have none, or one
+/// (a response's `Connection`): each is found by a pass over the names and
+/// removed, and the search goes on, so nothing is collected or allocated
+/// (cloning a standard name copies a tag).
 pub fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
-    for name in names {
-        headers.remove(name);
+    while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
+        headers.remove(&name);
     }
 }
 

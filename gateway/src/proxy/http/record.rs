@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::{version_name, BoxError, Live, ProxyBody, Session};
 use crate::audit::Event;
 use crate::controls::{Denial, Principal, Reason};
+use crate::upstream::DeviceBody;
 
 /// What the audit record of one request needs, until its response ends.
 pub(super) struct RequestRecord {
@@ -202,7 +203,9 @@ const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// A response body that counts what reaches the client and writes the
 /// request's audit record when it ends (or the client goes away).
 pub(super) struct AuditedBody {
-    pub inner: ProxyBody,
+    /// The device's body itself, not boxed: this body is boxed once, for
+    /// hyper.
+    pub inner: DeviceBody,
     pub bytes: u64,
     pub record: Option<(RequestRecord, u16)>,
     /// The device's in-flight slot, held until the response is delivered.
@@ -217,7 +220,9 @@ impl Body for AuditedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        let res = Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from);
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

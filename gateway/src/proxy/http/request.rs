@@ -119,7 +119,7 @@ impl Proxied {
             parts.headers.append(header::SET_COOKIE, cookie);
         }
         let body = AuditedBody {
-            inner: body.map_err(BoxError::from).boxed(),
+            inner: body,
             bytes: 0,
             record: Some((record, status.as_u16())),
             _permit: self.permit,
@@ -421,6 +421,11 @@ fn tunnel(
     });
 }
 
+/// Headers beyond the client's that the upstream request's map makes room
+/// for: moat's five, and enough for a typical device answer plus the three
+/// hardening headers.
+const UPSTREAM_ROOM: usize = 12;
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -455,15 +460,24 @@ fn upstream_request(
     parts.version = Version::HTTP_11;
 
     let headers = &mut parts.headers;
+    // Room, at once, for the five headers moat adds here and for the
+    // device's answer: hyper parses the response into this same map (it
+    // keeps a sent message's map for the next one it reads), and the
+    // hardening headers then fit without the map growing again.
+    headers.reserve(UPSTREAM_ROOM);
     // moat states who the client is and what it asked for; nothing the
     // client sent about that survives (proxy::headers has the list).
     strip_hop_by_hop(headers, websocket, true);
-    if from_h2 {
-        crate::proxy::headers::join_cookie_crumbs(headers);
+    // (Both cookie steps look the header up: one look first, for the many
+    // requests that carry none.)
+    if headers.contains_key(header::COOKIE) {
+        if from_h2 {
+            crate::proxy::headers::join_cookie_crumbs(headers);
+        }
+        // The device never sees moat's cookies, on any service: browsers
+        // send a host's cookies to every port of it.
+        crate::auth::session::strip_cookies(headers, portal::MOAT_COOKIES);
     }
-    // The device never sees moat's cookies, on any service: browsers send
-    // a host's cookies to every port of it.
-    crate::auth::session::strip_cookies(headers, portal::MOAT_COOKIES);
     // Whatever the client wrote in any service's user header, in any
     // spelling, on every service: a device that trusts the header because
     // an mfa service sets it must not hear it from a network service.
