@@ -218,20 +218,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, client_asserted:
 /// `HeaderName` is built, and `keep-alive` and `upgrade` (hop-by-hop
 /// anyway) are left out, so that most messages allocate nothing here.
 fn connection_names(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // (An empty token, from `a,,b`, names nothing.)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("keep-alive")
-                && !t.eq_ignore_ascii_case("upgrade")
-        })
-        .map(str::to_owned)
-        .collect()
+    let mut names = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            // (An empty token, from `a,,b`, names nothing.)
+            if !token.is_empty()
+                && !token.eq_ignore_ascii_case("keep-alive")
+                && !token.eq_ignore_ascii_case("upgrade")
+            {
+                names.push(token.to_owned());
+            }
+        }
+    }
+    names
 }
 
 /// h2 clients send cookies as separate `cookie` fields (browsers split
