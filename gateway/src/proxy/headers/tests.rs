@@ -267,3 +267,21 @@ fn a_device_cannot_set_or_clear_moat_s_cookies() {
         ]
     );
 }
+
+#[test]
+fn remove_matching_takes_every_value_of_every_doomed_name_and_keeps_the_rest() {
+    // Interleaved, repeated, and as many as a hostile client may send:
+    // each doomed name is found and removed whole (all its values), the
+    // others keep their values and order.
+    let mut pairs = vec![("accept", "*/*")];
+    let doomed: Vec<String> = (0..100).map(|i| format!("x-forwarded-{i}")).collect();
+    for d in &doomed {
+        pairs.push((d.as_str(), "a"));
+        pairs.push(("cookie", "k=v"));
+        pairs.push((d.as_str(), "b"));
+    }
+    let mut h = map(&pairs);
+    remove_matching(&mut h, is_forwarding);
+    assert_eq!(names(&h), ["accept", "cookie"]);
+    assert_eq!(h.get_all("cookie").iter().count(), 100);
+}
