@@ -425,6 +425,10 @@ fn service_report(s: &Service, now: u64) -> ServiceReport {
             }),
         },
         max_connections: s.max_connections,
+        on_audit_failure: match s.on_audit_failure {
+            crate::config::schema::OnAuditFailure::Serve => "serve",
+            crate::config::schema::OnAuditFailure::Refuse => "refuse",
+        },
     }
 }
 

@@ -133,6 +133,9 @@ pub struct ServiceReport {
     pub guard: Option<String>,
     pub timeouts: Timeouts,
     pub max_connections: u32,
+    /// What the service does while the audit trail cannot be written:
+    /// `serve` (fail open) or `refuse` (fail closed).
+    pub on_audit_failure: &'static str,
 }
 
 #[derive(Debug, Serialize)]

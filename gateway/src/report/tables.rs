@@ -283,6 +283,13 @@ pub fn service_controls(s: &ServiceReport) -> Vec<(&'static str, String)> {
         ("guard", s.guard.clone().unwrap_or_else(|| "none".into())),
         ("timeouts", timeouts),
         ("max connections", s.max_connections.to_string()),
+        (
+            "audit trail unwritable",
+            match s.on_audit_failure {
+                "refuse" => "refuse: no unrecorded access (fail closed)".to_string(),
+                _ => "serve: stays reachable, unrecorded (fail open)".to_string(),
+            },
+        ),
     ];
     rows.retain(|(k, v)| !v.is_empty() || *k == "allow");
     rows

@@ -267,3 +267,37 @@ fn query_values_are_checked() {
         .unwrap_err()
         .contains("colour"));
 }
+
+#[test]
+fn each_service_says_whether_it_fails_open_or_closed_without_an_audit_trail() {
+    let body = PLAIN_OPEN.replace(
+        "allow = [\"10.0.0.0/24\"]\n",
+        "allow = [\"10.0.0.0/24\"]\non_audit_failure = \"refuse\"\n",
+    );
+    let r = build(
+        &policy(&body),
+        day("2026-12-03"),
+        Duration::from_secs(86_400),
+        None,
+    );
+    let row = |device: &str| {
+        let d = r
+            .devices
+            .iter()
+            .find(|d| &*d.inventory.id == device)
+            .unwrap();
+        let s = &d.services[0];
+        let rows = super::tables::service_controls(s);
+        let (_, text) = rows
+            .into_iter()
+            .find(|(k, _)| *k == "audit trail unwritable")
+            .unwrap();
+        (s.on_audit_failure, text)
+    };
+    let (raw, raw_text) = row("old");
+    assert_eq!(raw, "serve");
+    assert!(raw_text.contains("fail open"), "{raw_text}");
+    let (ui, ui_text) = row("web");
+    assert_eq!(ui, "refuse");
+    assert!(ui_text.contains("fail closed"), "{ui_text}");
+}
