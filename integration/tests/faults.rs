@@ -229,6 +229,22 @@ fn device_faults_end_in_audited_answers_and_leave_nothing_behind() {
     assert!(!moat.stderr().contains("panicked"), "{}", moat.stderr());
 }
 
+/// A free loopback port below Linux's ephemeral range (32768 and up): a
+/// port from `closed_port()` is ephemeral, and while the flapping device
+/// is down any outgoing connection of the parallel tests may take it as
+/// its source port, so that the device could not come back up.
+fn port_below_the_ephemeral_range() -> SocketAddr {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 8_000) as u16;
+    loop {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4_000;
+        let addr = SocketAddr::from(([127, 0, 0, 1], base + step));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
 /// A device on a fixed port that is up for 200 ms (answering each read
 /// with `answer`, or nothing) and down for 200 ms (connections refused,
 /// the open ones reset), until stopped.
@@ -240,9 +256,7 @@ struct Flapping {
 
 impl Flapping {
     fn start(answer: fn(&[u8]) -> Option<Vec<u8>>) -> Flapping {
-        let addr: SocketAddr = format!("127.0.0.1:{}", closed_port().port())
-            .parse()
-            .unwrap();
+        let addr = port_below_the_ephemeral_range();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         // Waits up to `d` for the stop; true once asked to stop.
         let asked_to_stop = move |d: Duration| {
@@ -255,6 +269,10 @@ impl Flapping {
             let mut up_cycles = 0;
             loop {
                 let Ok(listener) = TcpListener::bind(addr) else {
+                    // Held for a moment by something else: still down.
+                    if asked_to_stop(Duration::from_millis(20)) {
+                        return up_cycles;
+                    }
                     continue;
                 };
                 listener.set_nonblocking(true).unwrap();
