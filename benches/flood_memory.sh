@@ -57,34 +57,14 @@ SLACK_KIB=${FLOOD_SLACK_KIB:-$(( 8 * 1024 ))}
 TOOL="python3 $ROOT/benches/load/loadtool.py"
 SECONDS=0
 
-log() { printf '[flood-memory] %s\n' "$*" >&2; }
+BENCH=flood-memory
+KEEP_WORK=${FLOOD_KEEP:-0}
+# shellcheck source=load/lib.sh
+source "$ROOT/benches/load/lib.sh"
 die() { log "FAIL: $*"; exit 1; }
 [ -x "$MOAT_BIN" ] || die "no moat binary at $MOAT_BIN (build it, or set MOAT_BIN)"
 ulimit -n "$(ulimit -Hn)"
-
-WORK=$(mktemp -d /tmp/moat-flood.XXXXXX)
-PGIDS=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local p
-  for p in "${PGIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PGIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "$rc" -ne 0 ]; then
-    log "moat stderr (last lines):"; tail -n 20 "$WORK/moat.err" >&2 2>/dev/null || true
-  fi
-  if [ "$rc" -ne 0 ] || [ "${FLOOD_KEEP:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-start() {
-  local name=$1; shift
-  setsid "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" </dev/null &
-  PGIDS+=("$!")
-}
+work_dir
 
 read -r P_HTTP P_ECHO P_M_HTTP P_M_TCP P_ADMIN <<<"$($TOOL ports 5)"
 cat >"$WORK/moat.toml" <<EOF
@@ -123,12 +103,12 @@ name = "flood memory backend"
     connections_per_client = "$CONN_RATE"
 EOF
 
-start backend $TOOL http-backend "$P_HTTP"
-start echo $TOOL echo-server "$P_ECHO"
+start backend - $TOOL http-backend "$P_HTTP"
+start echo - $TOOL echo-server "$P_ECHO"
 purge=()
 [ -n "${FLOOD_PURGE_DELAY:-}" ] && purge=(MIMALLOC_PURGE_DELAY="$FLOOD_PURGE_DELAY")
-start moat env MOAT_LOG=warn "${purge[@]}" "$MOAT_BIN" run -c "$WORK/moat.toml"
-MOAT_PID=${PGIDS[-1]}
+start moat - env MOAT_LOG=warn "${purge[@]}" "$MOAT_BIN" run -c "$WORK/moat.toml"
+MOAT_PID=$LAST_PID
 for p in $P_HTTP $P_ECHO $P_ADMIN; do
   $TOOL wait-port "$p" 20 || die "127.0.0.1:$p did not come up"
 done

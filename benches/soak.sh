@@ -57,7 +57,10 @@ fi
 SOAK=(python3 "$HERE/soak/soak.py")
 LOADTOOL=(python3 "$HERE/load/loadtool.py")
 
-log() { printf '[soak] %s\n' "$*" >&2; }
+BENCH=soak
+KEEP_WORK=${SOAK_KEEP:-0}
+# shellcheck source=load/lib.sh
+source "$HERE/load/lib.sh"
 fail() { log "FAIL: $*"; exit 1; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
@@ -86,43 +89,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # ------------------------------------------------------------------ processes
-WORK=$(mktemp -d /tmp/moat-soak.XXXXXX)
+# Every process group `start` launches (servers and traffic generators) is
+# stopped on exit by lib.sh's cleanup.
+work_dir
 chmod 755 "$WORK" # nginx workers may run as nobody
-PGIDS=()  # servers: nginx, echo backend, moat
 GENS=()   # traffic generators of the running phase
 COUNTS=() # the count file every generator must leave
 GEN_FAILED=()
-stop_groups() { # SIGNAL PGID...
-  local sig=$1 p; shift
-  for p in "$@"; do kill "-$sig" -- "-$p" 2>/dev/null || true; done
-}
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_groups TERM "${GENS[@]}" "${PGIDS[@]}"
-  # moat drains for shutdown_grace (2 s) after SIGTERM: wait for each group,
-  # with a deadline, then kill what is left.
-  local p i
-  for p in "${GENS[@]}" "${PGIDS[@]}"; do
-    for ((i = 0; i < 50; i++)); do kill -0 -- "-$p" 2>/dev/null || break; sleep 0.1; done
-  done
-  stop_groups KILL "${GENS[@]}" "${PGIDS[@]}"
-  wait 2>/dev/null || true
-  if [ "$rc" -ne 0 ]; then
-    log "moat stderr (last lines):"; tail -n 20 "$WORK/moat.err" >&2 2>/dev/null || true
-  fi
-  if [ "${SOAK_KEEP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start NAME CMD...: CMD in its own process group (stopped as a group).
-start() {
-  local name=$1; shift
-  setsid "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" </dev/null &
-  LAST_PID=$!
-}
 
 read -r P_BACKEND P_ECHO P_HTTPS P_HTTP P_L4 P_ADMIN <<<"$("${LOADTOOL[@]}" ports 6)"
 "$MOAT_BIN" certs dev "$WORK/certs" >/dev/null
@@ -221,13 +194,10 @@ write_conf
 "${SOAK[@]}" allow "$WORK/conf.json"
 "$MOAT_BIN" check -c "$WORK/moat.toml" >"$WORK/check.out" || { cat "$WORK/check.out" >&2; fail "moat check refused the policy"; }
 
-start backend nginx -p "$WORK/nginx/" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf"
-PGIDS+=("$LAST_PID")
-start echo "${LOADTOOL[@]}" echo-server "$P_ECHO"
-PGIDS+=("$LAST_PID")
-start moat env MOAT_LOG=warn "$MOAT_BIN" run -c "$WORK/moat.toml"
+start backend - nginx -p "$WORK/nginx/" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf"
+start echo - "${LOADTOOL[@]}" echo-server "$P_ECHO"
+start moat - env MOAT_LOG=warn "$MOAT_BIN" run -c "$WORK/moat.toml"
 MOAT_PID=$LAST_PID
-PGIDS+=("$MOAT_PID")
 # moat binds every service before its admin listener: waiting for the admin
 # port does not open (and audit) a connection to a service.
 for p in $P_BACKEND $P_ECHO $P_ADMIN; do
@@ -250,7 +220,7 @@ traffic() {
   local c="$WORK/conf.json"
   local hs="https://localhost:$P_HTTPS" hp="http://127.0.0.1:$P_HTTP"
   GENS=()
-  gen() { start "$phase.$1" timeout "$lim" "${@:2}"; GENS+=("$LAST_PID"); COUNTS+=("$d/count.$1.json"); }
+  gen() { start "$phase.$1" - timeout "$lim" "${@:2}"; GENS+=("$LAST_PID"); COUNTS+=("$d/count.$1.json"); }
   gen wrk wrk -t1 -c"$SOAK_WRK_CONNS" -d"${secs}s" --timeout 5s -s "$WORK/pace.lua" \
     "https://127.0.0.1:$P_HTTPS/"
   gen curl-https "${SOAK[@]}" curl "$c" 127.0.0.2 "$secs" "$d/count.curl-https.json" allowed "$hs/" "$hs/big" "$hs/" "$hs/"

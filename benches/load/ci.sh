@@ -23,7 +23,10 @@ ECHO_ROUNDS=${CI_ECHO_ROUNDS:-5}
 TOOL="python3 $HERE/loadtool.py"
 SECONDS=0
 
-log() { printf '[ci-load] %s\n' "$*" >&2; }
+BENCH=ci-load
+KEEP_WORK=${CI_LOAD_KEEP:-0}
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 fail() { log "FAIL: $*"; exit 1; }
 
 need=()
@@ -40,30 +43,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ -x "$MOAT_BIN" ] || fail "no moat binary at $MOAT_BIN (build it first, or set MOAT_BIN)"
 
-WORK=$(mktemp -d /tmp/moat-ci-load.XXXXXX)
-PGIDS=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local p
-  for p in "${PGIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PGIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "$rc" -ne 0 ]; then
-    log "moat stderr (last lines):"; tail -n 20 "$WORK/moat.err" >&2 2>/dev/null || true
-  fi
-  if [ "${CI_LOAD_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start() {
-  local name=$1; shift
-  setsid "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" </dev/null &
-  PGIDS+=("$!")
-}
+work_dir
 
 read -r P_HTTP P_ECHO P_M_TLS P_M_L4 P_ADMIN <<<"$($TOOL ports 5)"
 "$MOAT_BIN" certs dev "$WORK/certs" >/dev/null
@@ -101,9 +81,9 @@ name = "CI load backend"
     certificates = [{ cert = "$WORK/certs/server.pem", key = "$WORK/certs/server.key" }]
 EOF
 
-start backend $TOOL http-backend "$P_HTTP"
-start echo $TOOL echo-server "$P_ECHO"
-start moat env MOAT_LOG=warn "$MOAT_BIN" run -c "$WORK/moat.toml"
+start backend - $TOOL http-backend "$P_HTTP"
+start echo - $TOOL echo-server "$P_ECHO"
+start moat - env MOAT_LOG=warn "$MOAT_BIN" run -c "$WORK/moat.toml"
 # moat binds every service before its admin listener: waiting for the admin
 # port does not open (and audit) a connection to a service.
 for p in $P_HTTP $P_ECHO $P_ADMIN; do
