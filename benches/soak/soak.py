@@ -186,6 +186,23 @@ def host_for(port, tls):
     return "localhost" if tls else f"127.0.0.1:{port}"
 
 
+def served(c, name, src, tls, http):
+    """A connection from src to service `name` that has had one answer (a
+    200, or a 256-byte echo); raises if it had none."""
+    s = connect(c, c["ports"][name], src, tls)
+    try:
+        if http:
+            st = http_get(s, host_for(c["ports"][name], tls))
+            if st != 200:
+                raise ConnectionError(f"status {st}")
+        else:
+            echo(s, 256)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def try_denied(c, port, src, tls, http):
     """A new connection from SRC: True when moat refuses it (no answer gets through)."""
     try:
@@ -441,15 +458,8 @@ def cmd_control(conf, secs, out):
         held = []
         for name, tls, http in services:
             try:
-                s = connect(c, c["ports"][name], REVOKED, tls)
-                if http:
-                    st = http_get(s, host_for(c["ports"][name], tls))
-                    if st != 200:
-                        raise ConnectionError(f"status {st}")
-                else:
-                    echo(s, 256)
+                held.append((name, served(c, name, REVOKED, tls, http)))
                 n.ok("allowed")
-                held.append((name, s))
             except (OSError, ssl.SSLError, ValueError) as e:
                 n.bad("allowed", f"{name} from {REVOKED} before revocation: {e!r}")
         stats["revocations"] += 1
@@ -480,16 +490,7 @@ def cmd_control(conf, secs, out):
             errors.append("restore: policy version did not move")
         for name, tls, http in services:
             try:
-                s = connect(c, c["ports"][name], REVOKED, tls)
-                try:
-                    if http:
-                        st = http_get(s, host_for(c["ports"][name], tls))
-                        if st != 200:
-                            raise ConnectionError(f"status {st}")
-                    else:
-                        echo(s, 256)
-                finally:
-                    s.close()
+                served(c, name, REVOKED, tls, http).close()
                 n.ok("allowed")
             except (OSError, ssl.SSLError, ValueError) as e:
                 n.bad("allowed", f"{name} from {REVOKED} after it was restored: {e!r}")
