@@ -425,10 +425,7 @@ fn service_report(s: &Service, now: u64) -> ServiceReport {
             }),
         },
         max_connections: s.max_connections,
-        on_audit_failure: match s.on_audit_failure {
-            crate::config::schema::OnAuditFailure::Serve => "serve",
-            crate::config::schema::OnAuditFailure::Refuse => "refuse",
-        },
+        on_audit_failure: s.on_audit_failure.as_str(),
     }
 }
 

@@ -331,6 +331,16 @@ pub enum OnAuditFailure {
     Refuse,
 }
 
+impl OnAuditFailure {
+    /// As written in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnAuditFailure::Serve => "serve",
+            OnAuditFailure::Refuse => "refuse",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSection {
