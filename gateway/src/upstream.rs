@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -20,7 +21,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::policy::{Service, Upstream};
 
@@ -63,8 +64,22 @@ struct Pool {
 }
 
 struct Pooled {
-    sender: SendRequest<ProxyBody>,
+    conn: DeviceConn,
     returned: Instant,
+}
+
+/// One connection to the device, with the timer of the request on it.
+///
+/// A connection carries one request at a time, so its timer is reused
+/// from request to request: moving a registered tokio timer's deadline
+/// later is one compare-and-swap (the wheel re-files the entry if it
+/// reaches the old deadline first), where a timer per request costs a
+/// wheel insertion and a removal (docs/benchmarks.md, "Third pass").
+/// Between requests the timer holds the waker of the last request's task
+/// until it next fires, at most `response_timeout` later.
+struct DeviceConn {
+    sender: SendRequest<ProxyBody>,
+    timer: Pin<Box<Sleep>>,
 }
 
 /// Why a request did not get a response from the device.
@@ -74,6 +89,8 @@ pub enum UpstreamError {
     ConnectTimeout(Duration),
     Tls(std::io::Error),
     Http(hyper::Error),
+    /// No response head within the service's `response_timeout`.
+    ResponseTimeout(Duration),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -83,6 +100,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::ConnectTimeout(t) => write!(f, "no connection within {t:?}"),
             UpstreamError::Tls(e) => write!(f, "tls handshake with the device failed: {e}"),
             UpstreamError::Http(e) => write!(f, "{e}"),
+            UpstreamError::ResponseTimeout(t) => write!(f, "no response within {t:?}"),
         }
     }
 }
@@ -91,7 +109,7 @@ impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             UpstreamError::Connect(e) | UpstreamError::Tls(e) => e.source(),
-            UpstreamError::ConnectTimeout(_) => None,
+            UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_) => None,
             UpstreamError::Http(e) => std::error::Error::source(e),
         }
     }
@@ -137,31 +155,47 @@ impl UpstreamClient {
     }
 
     /// Sends `req` (origin-form, with a `Host` header) to the device on an
-    /// idle pooled connection, or a new one.
+    /// idle pooled connection, or a new one, and waits for the response
+    /// head for at most `response_timeout` (connecting included).
     pub async fn request(
         &self,
         mut req: Request<ProxyBody>,
+        response_timeout: Duration,
     ) -> Result<Response<DeviceBody>, UpstreamError> {
+        let deadline = Instant::now() + response_timeout;
         loop {
-            let (mut sender, reused) = match self.checkout() {
-                Some(sender) => (sender, true),
+            let (mut conn, reused) = match self.checkout() {
+                Some(conn) => (conn, true),
                 // Boxed: connecting (TCP, TLS) is rare next to reusing a
                 // pooled connection, and its future is large.
-                None => (Box::pin(self.connect()).await?, false),
+                None => (
+                    Box::pin(self.connect(deadline, response_timeout)).await?,
+                    false,
+                ),
             };
-            match sender.try_send_request(req).await {
-                Ok(response) => {
+            conn.timer.as_mut().reset(deadline);
+            let DeviceConn { sender, timer } = &mut conn;
+            let mut sent = pin!(sender.try_send_request(req));
+            let sent = std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+            })
+            .await;
+            match sent {
+                Some(Ok(response)) => {
                     // Returned with the body, not now: until the body is
                     // read the connection is busy, and a request arriving
                     // meanwhile would open another one.
-                    let checkin = Some((sender, self.pool.clone()));
+                    let checkin = Some((conn, self.pool.clone()));
                     return Ok(response.map(|inner| DeviceBody { inner, checkin }));
                 }
+                // Dropped with its request in flight: hyper closes it.
+                None => return Err(UpstreamError::ResponseTimeout(response_timeout)),
                 // A pooled connection the device closed while it sat idle
                 // is only found out when used. The request never left, so
                 // it goes out on the next connection; each retry uses up a
                 // pooled one, and a fresh connection is not retried.
-                Err(mut e) => match e.take_message() {
+                Some(Err(mut e)) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
                     _ => return Err(UpstreamError::Http(e.into_error())),
                 },
@@ -181,22 +215,22 @@ impl UpstreamClient {
         let now = Instant::now();
         self.pool
             .lock()
-            .retain(|p| !p.sender.is_closed() && now - p.returned < self.pool.idle_timeout);
+            .retain(|p| !p.conn.sender.is_closed() && now - p.returned < self.pool.idle_timeout);
     }
 
-    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+    fn checkout(&self) -> Option<DeviceConn> {
         let now = Instant::now();
         let mut conns = self.pool.lock();
         let mut i = conns.len();
         while i > 0 {
             i -= 1;
             let p = &conns[i];
-            if p.sender.is_closed() || now - p.returned >= self.pool.idle_timeout {
+            if p.conn.sender.is_closed() || now - p.returned >= self.pool.idle_timeout {
                 // Everything above `i` was already looked at, so moving
                 // the last entry here skips nothing.
                 conns.swap_remove(i);
-            } else if p.sender.is_ready() {
-                return Some(conns.swap_remove(i).sender);
+            } else if p.conn.sender.is_ready() {
+                return Some(conns.swap_remove(i).conn);
             }
         }
         None
@@ -204,7 +238,14 @@ impl UpstreamClient {
 }
 
 impl UpstreamClient {
-    async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    /// A new connection, by the connect timeout or the request's
+    /// `deadline` (`response_timeout` from the request's start), whichever
+    /// comes first.
+    async fn connect(
+        &self,
+        deadline: Instant,
+        response_timeout: Duration,
+    ) -> Result<DeviceConn, UpstreamError> {
         let pool = &self.pool;
         let target = (pool.upstream.host.as_str(), pool.upstream.port);
         // The TLS handshake counts towards the connect timeout too: a
@@ -225,9 +266,17 @@ impl UpstreamClient {
                 }
             }
         };
-        timeout(pool.connect_timeout, connect)
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout(pool.connect_timeout))?
+        let connect_by = Instant::now() + pool.connect_timeout;
+        match timeout_at(connect_by.min(deadline), connect).await {
+            Ok(sender) => Ok(DeviceConn {
+                sender: sender?,
+                timer: Box::pin(sleep_until(deadline)),
+            }),
+            Err(_) if connect_by <= deadline => {
+                Err(UpstreamError::ConnectTimeout(pool.connect_timeout))
+            }
+            Err(_) => Err(UpstreamError::ResponseTimeout(response_timeout)),
+        }
     }
 }
 
@@ -236,7 +285,7 @@ impl Pool {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn checkin(&self, sender: SendRequest<ProxyBody>) {
+    fn checkin(&self, conn: DeviceConn) {
         if self.retired.load(Ordering::Relaxed) {
             return;
         }
@@ -245,7 +294,7 @@ impl Pool {
         // response in progress, then closes it.
         if conns.len() < MAX_POOLED {
             conns.push(Pooled {
-                sender,
+                conn,
                 returned: Instant::now(),
             });
         }
@@ -257,7 +306,7 @@ impl Pool {
 /// given up, in which case hyper closes the connection.
 pub struct DeviceBody {
     inner: Incoming,
-    checkin: Option<(SendRequest<ProxyBody>, Arc<Pool>)>,
+    checkin: Option<(DeviceConn, Arc<Pool>)>,
 }
 
 impl Body for DeviceBody {
@@ -282,8 +331,8 @@ impl Body for DeviceBody {
 
 impl Drop for DeviceBody {
     fn drop(&mut self) {
-        if let Some((sender, pool)) = self.checkin.take() {
-            pool.checkin(sender);
+        if let Some((conn, pool)) = self.checkin.take() {
+            pool.checkin(conn);
         }
     }
 }

@@ -578,7 +578,10 @@ fn classify_upstream_error(e: &UpstreamError, service: &Service) -> Denial {
     // The whole cause chain: "tcp connect error: Connection refused", or a
     // body error behind hyper's "error from user's Body stream".
     let mut detail = format!("{}: {e}", service.upstream);
-    let mut timed_out = matches!(e, UpstreamError::ConnectTimeout(_));
+    let mut timed_out = matches!(
+        e,
+        UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_)
+    );
     // Out of descriptors is moat's own failure, not the device's.
     let mut fd_exhausted = false;
     if let UpstreamError::Connect(io) | UpstreamError::Tls(io) = e {

@@ -10,8 +10,14 @@ use tokio::net::TcpListener;
 
 use super::*;
 
-/// A device that answers `ok` (or 4 MiB for `/big`), counting the
-/// connections it accepted and those that have ended.
+/// Long enough never to cut a request in these tests.
+const LONG: Duration = Duration::from_secs(60);
+/// How long the device takes to answer `/late`.
+const LATE: Duration = Duration::from_millis(300);
+
+/// A device that answers `ok` (4 MiB for `/big`, `late` after [`LATE`]
+/// for `/late`, never for `/hang`), counting the connections it accepted
+/// and those that have ended.
 struct Device {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -32,6 +38,11 @@ async fn device() -> Device {
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let body = match req.uri().path() {
                         "/big" => Bytes::from(vec![b'x'; 4 << 20]),
+                        "/late" => {
+                            tokio::time::sleep(LATE).await;
+                            Bytes::from_static(b"late")
+                        }
+                        "/hang" => std::future::pending().await,
                         _ => Bytes::from_static(b"ok"),
                     };
                     Ok::<_, Infallible>(Response::new(Full::new(body)))
@@ -105,7 +116,7 @@ async fn one_connection_per_request_in_flight_reused_afterwards() {
     let dev = device().await;
     let client = client(dev.addr);
     for _ in 0..5 {
-        let body = read_to_end(client.request(get()).await.unwrap()).await;
+        let body = read_to_end(client.request(get(), LONG).await.unwrap()).await;
         assert_eq!(body, "ok");
     }
     assert_eq!(
@@ -118,7 +129,7 @@ async fn one_connection_per_request_in_flight_reused_afterwards() {
     // busy, so the second and third request each need a new one.
     let mut open = Vec::new();
     for _ in 0..3 {
-        open.push(client.request(get()).await.unwrap());
+        open.push(client.request(get(), LONG).await.unwrap());
     }
     assert_eq!(dev.accepted.load(Ordering::SeqCst), 3);
     for response in open {
@@ -132,9 +143,9 @@ async fn one_connection_per_request_in_flight_reused_afterwards() {
 
 async fn three_at_once(client: &UpstreamClient) -> [Bytes; 3] {
     let (a, b, c) = tokio::join!(
-        client.request(get()),
-        client.request(get()),
-        client.request(get())
+        client.request(get(), LONG),
+        client.request(get(), LONG),
+        client.request(get(), LONG)
     );
     let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
     [
@@ -148,7 +159,7 @@ async fn three_at_once(client: &UpstreamClient) -> [Bytes; 3] {
 async fn an_abandoned_response_closes_its_connection() {
     let dev = device().await;
     let client = client(dev.addr);
-    let response = client.request(get_path("/big")).await.unwrap();
+    let response = client.request(get_path("/big"), LONG).await.unwrap();
     // Dropped with most of its body still to come: hyper cannot reuse
     // the connection, so it closes, and the next request opens another.
     drop(response);
@@ -157,7 +168,7 @@ async fn an_abandoned_response_closes_its_connection() {
     })
     .await;
     assert_eq!(
-        read_to_end(client.request(get()).await.unwrap()).await,
+        read_to_end(client.request(get(), LONG).await.unwrap()).await,
         "ok"
     );
     assert_eq!(dev.accepted.load(Ordering::SeqCst), 2);
@@ -169,7 +180,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     let mut client = client(dev.addr);
     Arc::get_mut(&mut client.pool).unwrap().idle_timeout = Duration::from_millis(50);
     assert_eq!(
-        read_to_end(client.request(get()).await.unwrap()).await,
+        read_to_end(client.request(get(), LONG).await.unwrap()).await,
         "ok"
     );
     assert_eq!(dev.ended.load(Ordering::SeqCst), 0);
@@ -186,10 +197,10 @@ async fn a_retired_pool_closes_its_connections() {
     let dev = device().await;
     let client = client(dev.addr);
     assert_eq!(
-        read_to_end(client.request(get()).await.unwrap()).await,
+        read_to_end(client.request(get(), LONG).await.unwrap()).await,
         "ok"
     );
-    let in_use = client.request(get()).await.unwrap();
+    let in_use = client.request(get(), LONG).await.unwrap();
     assert_eq!(dev.accepted.load(Ordering::SeqCst), 1);
     client.retire();
     assert_eq!(read_to_end(in_use).await, "ok");
@@ -206,11 +217,88 @@ async fn a_device_that_is_down_is_a_connect_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    match client(addr).request(get()).await {
+    match client(addr).request(get(), LONG).await {
         Err(UpstreamError::Connect(e)) => {
             assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused)
         }
         Err(other) => panic!("expected a connect error, got {other:?}"),
         Ok(r) => panic!("a response from a device that is down: {}", r.status()),
     }
+}
+
+#[tokio::test]
+async fn a_device_that_does_not_answer_in_time_loses_the_connection() {
+    let dev = device().await;
+    let client = client(dev.addr);
+    assert_eq!(
+        read_to_end(client.request(get(), LONG).await.unwrap()).await,
+        "ok"
+    );
+    // The pooled connection (and its timer) carries the next request.
+    let start = Instant::now();
+    let limit = Duration::from_millis(200);
+    match client.request(get_path("/hang"), limit).await {
+        Err(UpstreamError::ResponseTimeout(t)) => assert_eq!(t, limit),
+        Err(other) => panic!("expected a response timeout, got {other:?}"),
+        Ok(r) => panic!("an answer from a device that never answers: {}", r.status()),
+    }
+    let waited = start.elapsed();
+    assert!(waited >= limit && waited < LONG, "cut after {waited:?}");
+    assert_eq!(dev.accepted.load(Ordering::SeqCst), 1);
+    // Its request is still at the device: the connection is closed, not
+    // pooled, and the next request gets a new one.
+    until("the device to see the connection end", || {
+        dev.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(
+        read_to_end(client.request(get(), LONG).await.unwrap()).await,
+        "ok"
+    );
+    assert_eq!(dev.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_reused_timer_keeps_each_requests_own_deadline() {
+    let dev = device().await;
+    let client = client(dev.addr);
+    // A short deadline, met: the connection's timer is left registered
+    // at it.
+    let short = Duration::from_millis(100);
+    let first = Instant::now();
+    assert_eq!(
+        read_to_end(client.request(get(), short).await.unwrap()).await,
+        "ok"
+    );
+    // The next request on the same connection is still waiting for its
+    // answer when that old deadline passes; it must not be cut then.
+    let started = Instant::now();
+    let late = client.request(get_path("/late"), LONG).await.unwrap();
+    assert!(started.elapsed() >= LATE && Instant::now() > first + short);
+    assert_eq!(read_to_end(late).await, "late");
+    assert_eq!(
+        dev.accepted.load(Ordering::SeqCst),
+        1,
+        "one connection, one timer"
+    );
+
+    // Idle past the deadline of the last request: the timer fired with no
+    // one waiting. A new, shorter deadline on it still cuts.
+    let now = Instant::now();
+    until("the last deadline to pass while idle", || {
+        Instant::now() >= now + short
+    })
+    .await;
+    match client.request(get_path("/late"), short).await {
+        Err(UpstreamError::ResponseTimeout(_)) => {}
+        other => panic!(
+            "expected a response timeout, got {:?}",
+            other.map(|r| r.status())
+        ),
+    }
+    assert_eq!(
+        dev.accepted.load(Ordering::SeqCst),
+        1,
+        "the same connection"
+    );
 }

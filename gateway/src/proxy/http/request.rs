@@ -368,10 +368,7 @@ async fn exchange(
     let response_timeout = service.http.as_ref().expect("HTTP").response_timeout;
     let client = current.client.clone();
     let capped = permit.is_some();
-    let exchange = async move {
-        let result = tokio::time::timeout(response_timeout, client.request(upstream_req)).await;
-        (result, permit)
-    };
+    let exchange = async move { (client.request(upstream_req, response_timeout).await, permit) };
     // With an in-flight cap, the exchange runs in its own task that owns
     // the slot: a client that gives up (hyper drops this handler) must not
     // free a slot while its request is still at the device.
@@ -384,15 +381,8 @@ async fn exchange(
         exchange.await
     };
     match result {
-        Ok(Ok(r)) => Ok((r, permit)),
-        Ok(Err(e)) => Err(classify_upstream_error(&e, service)),
-        Err(_) => {
-            let detail = format!(
-                "{}: no response within {:?}",
-                service.upstream, response_timeout
-            );
-            Err(Denial::with_detail(Reason::UpstreamTimeout, detail))
-        }
+        Ok(r) => Ok((r, permit)),
+        Err(e) => Err(classify_upstream_error(&e, service)),
     }
 }
 
