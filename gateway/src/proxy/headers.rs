@@ -193,45 +193,142 @@ pub fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> 
     }
 }
 
+/// What one pass over a message's fields found, after the hop-by-hop
+/// headers are gone: which of the fields moat looks at next are there, so
+/// that each later step that has nothing to do costs no lookup.
+#[derive(Debug, Default)]
+pub struct Fields {
+    /// A `Cookie` field (request).
+    pub cookie: bool,
+    /// A `Set-Cookie` field (response).
+    pub set_cookie: bool,
+    hardening: Hardening,
+}
+
+/// Which of the hardening headers a response already carries.
+#[derive(Debug, Default, Clone, Copy)]
+struct Hardening {
+    hsts: bool,
+    nosniff: bool,
+    frame_options: bool,
+}
+
+impl Hardening {
+    fn note(&mut self, name: &HeaderName) {
+        self.hsts |= name == header::STRICT_TRANSPORT_SECURITY;
+        self.nosniff |= name == header::X_CONTENT_TYPE_OPTIONS;
+        self.frame_options |= name == header::X_FRAME_OPTIONS;
+    }
+}
+
+/// The pass itself: what must go, and what stays.
+#[derive(Default)]
+struct Survey {
+    /// The names `Connection` lists besides `keep-alive` and `upgrade`
+    /// (hop-by-hop anyway), as text: no `HeaderName` is built, and most
+    /// messages list none, so nothing is allocated.
+    named: Vec<String>,
+    /// A `Connection` field.
+    connection: bool,
+    /// Any other field to remove.
+    others: bool,
+    fields: Fields,
+}
+
+impl Survey {
+    fn of(headers: &HeaderMap, client_asserted: bool) -> Survey {
+        let mut s = Survey::default();
+        for (name, value) in headers {
+            if name == header::CONNECTION {
+                s.connection = true;
+                connection_names(value, &mut s.named);
+            } else if is_hop_by_hop(name) || (client_asserted && is_client_asserted(name)) {
+                s.others = true;
+            } else if name == header::COOKIE {
+                s.fields.cookie = true;
+            } else if name == header::SET_COOKIE {
+                s.fields.set_cookie = true;
+            } else {
+                s.fields.hardening.note(name);
+            }
+        }
+        // What `Connection` lists is removed: it is not there for the
+        // steps after (a device's `Connection: X-Frame-Options` must not
+        // keep moat's own `X-Frame-Options` out).
+        for t in &s.named {
+            let named = |h: HeaderName| t.eq_ignore_ascii_case(h.as_str());
+            let f = &mut s.fields;
+            f.cookie &= !named(header::COOKIE);
+            f.set_cookie &= !named(header::SET_COOKIE);
+            f.hardening.hsts &= !named(header::STRICT_TRANSPORT_SECURITY);
+            f.hardening.nosniff &= !named(header::X_CONTENT_TYPE_OPTIONS);
+            f.hardening.frame_options &= !named(header::X_FRAME_OPTIONS);
+        }
+        s
+    }
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names,
 /// and (for requests) the client-asserted ones. For an upgrade,
-/// `Connection: upgrade` and `Upgrade` must pass.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, client_asserted: bool) {
-    let named = connection_names(headers);
+/// `Connection: upgrade` and `Upgrade` must pass. Returns what the message
+/// still holds.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, client_asserted: bool) -> Fields {
+    let survey = Survey::of(headers, client_asserted);
     let upgrade_value = if upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    remove_matching(headers, |name| {
-        is_hop_by_hop(name)
-            || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
-            || (client_asserted && is_client_asserted(name))
-    });
+    if survey.others || !survey.named.is_empty() {
+        let named = &survey.named;
+        remove_matching(headers, |name| {
+            is_hop_by_hop(name)
+                || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+                || (client_asserted && is_client_asserted(name))
+        });
+    } else if survey.connection {
+        // The common case of a device's answer (`Connection: keep-alive`
+        // from nginx and most HTTP/1.1 servers): one removal, no search.
+        headers.remove(header::CONNECTION);
+    }
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    survey.fields
 }
 
-/// The headers a message's `Connection` header names, as text: no
-/// `HeaderName` is built, and `keep-alive` and `upgrade` (hop-by-hop
-/// anyway) are left out, so that most messages allocate nothing here.
-fn connection_names(headers: &HeaderMap) -> Vec<String> {
-    let mut names = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            // (An empty token, from `a,,b`, names nothing.)
-            if !token.is_empty()
-                && !token.eq_ignore_ascii_case("keep-alive")
-                && !token.eq_ignore_ascii_case("upgrade")
-            {
-                names.push(token.to_owned());
-            }
+/// Adds to `named` the headers one `Connection` value names.
+fn connection_names(value: &HeaderValue, named: &mut Vec<String>) {
+    let Ok(value) = value.to_str() else { return };
+    for token in value.split(',').map(str::trim) {
+        // (An empty token, from `a,,b`, names nothing.)
+        if !token.is_empty()
+            && !token.eq_ignore_ascii_case("keep-alive")
+            && !token.eq_ignore_ascii_case("upgrade")
+        {
+            named.push(token.to_owned());
         }
     }
-    names
+}
+
+/// A device's answer made fit for the client: hop-by-hop headers out
+/// (`upgrade` for a `101`), the hardening headers in when `hardening` is
+/// `Some(tls)`, and no `Set-Cookie` of `own_cookies`. One pass over the
+/// fields serves all three.
+pub fn clean_response(
+    headers: &mut HeaderMap,
+    upgrade: bool,
+    hardening: Option<bool>,
+    own_cookies: &[&str],
+) {
+    let fields = strip_hop_by_hop(headers, upgrade, false);
+    if let Some(tls) = hardening {
+        add_hardening(headers, tls, fields.hardening);
+    }
+    if fields.set_cookie {
+        strip_set_cookies(headers, own_cookies);
+    }
 }
 
 /// h2 clients send cookies as separate `cookie` fields (browsers split
@@ -291,15 +388,19 @@ pub fn strip_set_cookies(headers: &mut HeaderMap, names: &[&str]) {
 }
 
 /// HSTS (over TLS), `nosniff` and `SAMEORIGIN`, unless the device set its own.
-/// One pass over the names finds what is there (three hashed lookups cost
-/// more), then room for what is missing is made at once.
 pub fn harden(headers: &mut HeaderMap, tls: bool) {
-    let (mut hsts, mut nosniff, mut frame) = (tls, true, true);
+    let mut present = Hardening::default();
     for name in headers.keys() {
-        hsts &= name != header::STRICT_TRANSPORT_SECURITY;
-        nosniff &= name != header::X_CONTENT_TYPE_OPTIONS;
-        frame &= name != header::X_FRAME_OPTIONS;
+        present.note(name);
     }
+    add_hardening(headers, tls, present);
+}
+
+/// The hardening headers that `present` says are missing, room for them
+/// made at once.
+fn add_hardening(headers: &mut HeaderMap, tls: bool, present: Hardening) {
+    let hsts = tls && !present.hsts;
+    let (nosniff, frame) = (!present.nosniff, !present.frame_options);
     headers.reserve(usize::from(hsts) + usize::from(nosniff) + usize::from(frame));
     if hsts {
         headers.append(

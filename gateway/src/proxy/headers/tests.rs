@@ -204,6 +204,80 @@ fn hardening_fills_in_only_what_is_missing() {
     assert_eq!(h.len(), 2);
 }
 
+/// What the pass reports is what is left: a cookie that `Connection`
+/// named is gone, and the report says so.
+#[test]
+fn stripping_reports_the_cookie_that_is_left() {
+    let mut h = map(&[("cookie", "a=1"), ("accept", "*/*")]);
+    assert!(strip_hop_by_hop(&mut h, false, true).cookie);
+    let mut h = map(&[("accept", "*/*")]);
+    assert!(!strip_hop_by_hop(&mut h, false, true).cookie);
+    let mut h = map(&[("connection", "Cookie"), ("cookie", "a=1")]);
+    assert!(!strip_hop_by_hop(&mut h, false, true).cookie);
+    assert!(h.is_empty());
+}
+
+/// A device's answer: `Connection: keep-alive` out, its own headers kept,
+/// moat's hardening added where missing, moat's cookies never set.
+#[test]
+fn a_cleaned_response_keeps_the_device_s_own_and_adds_the_missing() {
+    let mut h = map(&[
+        ("server", "pump"),
+        ("connection", "keep-alive"),
+        ("x-content-type-options", "nosniff"),
+        ("set-cookie", "SESSIONID=abc"),
+        ("set-cookie", "__Host-moat-session=forged"),
+    ]);
+    clean_response(&mut h, false, Some(true), &["__Host-moat-session"]);
+    // (A removal moves the last name into the gap: compare as a set.)
+    let mut left = names(&h);
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        [
+            "server",
+            "set-cookie",
+            "strict-transport-security",
+            "x-content-type-options",
+            "x-frame-options"
+        ]
+    );
+    assert_eq!(h.get_all("set-cookie").iter().count(), 1);
+    assert_eq!(h.get("set-cookie").unwrap(), "SESSIONID=abc");
+    // Hardening off: nothing added, the rest the same.
+    let mut h = map(&[("connection", "keep-alive"), ("server", "pump")]);
+    clean_response(&mut h, false, None, &["__Host-moat-session"]);
+    assert_eq!(names(&h), ["server"]);
+}
+
+/// A hardening header that `Connection` names is removed as hop-by-hop;
+/// moat's own takes its place (the device cannot opt out of framing
+/// protection that way).
+#[test]
+fn a_hardening_header_named_by_connection_is_replaced_by_moat_s() {
+    let mut h = map(&[
+        ("connection", "X-Frame-Options, strict-transport-security"),
+        ("x-frame-options", "ALLOWALL"),
+        ("strict-transport-security", "max-age=0"),
+        ("x-content-type-options", "nosniff"),
+    ]);
+    clean_response(&mut h, false, Some(true), &[]);
+    assert_eq!(h.get("x-frame-options").unwrap(), "SAMEORIGIN");
+    assert_eq!(
+        h.get("strict-transport-security").unwrap(),
+        "max-age=31536000"
+    );
+    assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
+    assert_eq!(h.len(), 3);
+    // And a `Set-Cookie` it names is gone before moat looks for its own.
+    let mut h = map(&[
+        ("connection", "set-cookie"),
+        ("set-cookie", "__Host-moat-session=forged"),
+    ]);
+    clean_response(&mut h, false, None, &["__Host-moat-session"]);
+    assert!(h.is_empty());
+}
+
 #[test]
 fn forwarded_quotes_hosts_with_ports_or_brackets() {
     let base = "for=127.0.0.1;proto=https";

@@ -47,7 +47,7 @@ use super::{
 };
 use crate::auth::AccessMode;
 use crate::controls::{self, Asking, Denial, Principal, Reason};
-use crate::proxy::headers::{harden, strip_hop_by_hop};
+use crate::proxy::headers::{clean_response, strip_hop_by_hop};
 use crate::upstream::DeviceBody;
 
 /// How a request ends before or instead of the device answering.
@@ -106,15 +106,12 @@ impl Proxied {
     fn into_response(self, record: RequestRecord) -> Response<ProxyBody> {
         let status = self.resp.status();
         let (mut parts, body) = self.resp.into_parts();
-        strip_hop_by_hop(
+        clean_response(
             &mut parts.headers,
             status == StatusCode::SWITCHING_PROTOCOLS,
-            false,
+            self.hardening.then_some(self.tls),
+            portal::MOAT_COOKIES,
         );
-        if self.hardening {
-            harden(&mut parts.headers, self.tls);
-        }
-        crate::proxy::headers::strip_set_cookies(&mut parts.headers, portal::MOAT_COOKIES);
         if let Some(cookie) = self.set_cookie {
             parts.headers.append(header::SET_COOKIE, cookie);
         }
@@ -457,10 +454,10 @@ fn upstream_request(
     headers.reserve(UPSTREAM_ROOM);
     // moat states who the client is and what it asked for; nothing the
     // client sent about that survives (proxy::headers has the list).
-    strip_hop_by_hop(headers, websocket, true);
-    // (Both cookie steps look the header up: one look first, for the many
-    // requests that carry none.)
-    if headers.contains_key(header::COOKIE) {
+    let fields = strip_hop_by_hop(headers, websocket, true);
+    // (Both cookie steps look the header up: the pass above saw whether
+    // there is one, and most requests carry none.)
+    if fields.cookie {
         if from_h2 {
             crate::proxy::headers::join_cookie_crumbs(headers);
         }
