@@ -25,25 +25,33 @@ pub fn check_method(method: &Method) -> Result<(), Denial> {
     Ok(())
 }
 
-/// Checks a request against the service's L7 policy. `method` must have
-/// passed [`check_method`] and `path` been normalised with
-/// [`normalize_path`].
+/// A `HeaderName`, not a `&str`: a string key is parsed on every use.
+const DESTINATION: http::HeaderName = http::HeaderName::from_static("destination");
+
+/// Checks a request against the service's L7 policy: header and body
+/// limits, the rules, and the other readings of it ([`check_overrides`]).
+/// `method` must have passed [`check_method`] and `path` (from `uri`) been
+/// normalised with [`normalize_path`].
 pub fn check_request(
     policy: &HttpPolicy,
     method: &Method,
     path: &str,
+    uri: &http::Uri,
     headers: &HeaderMap,
 ) -> Result<(), Denial> {
-    // One pass over the fields for their size, the cookie crumbs and the
-    // first Content-Length (comparing a standard name costs less than
-    // looking one up).
-    let (mut size, mut crumbs, mut content_length) = (0usize, 0usize, None);
+    // One pass over the fields for their size, the cookie crumbs, the
+    // first Content-Length and the first Destination (comparing a name
+    // costs less than looking one up).
+    let (mut size, mut crumbs) = (0usize, 0usize);
+    let (mut content_length, mut destination) = (None, None);
     for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
         if name == http::header::COOKIE {
             crumbs += 1;
-        } else if name == http::header::CONTENT_LENGTH && content_length.is_none() {
-            content_length = Some(value);
+        } else if name == http::header::CONTENT_LENGTH {
+            content_length = content_length.or(Some(value));
+        } else if name == DESTINATION {
+            destination = destination.or(Some(value));
         }
     }
     // h2 clients send each cookie as its own field (RFC 9113 §8.2.3) and
@@ -67,7 +75,8 @@ pub fn check_request(
             return Err(Denial::with_detail(Reason::BodyTooLarge, detail));
         }
     }
-    check_rules(policy, method, path)
+    check_rules(policy, method, path)?;
+    check_overrides(policy, method, path, uri, destination)
 }
 
 /// Rules are evaluated against every reading a common web server may give
@@ -108,12 +117,12 @@ pub const METHOD_OVERRIDE_NAMES: [&str; 3] = [
 /// read is refused rather than guessed at. (Method-override headers are
 /// stripped instead, by `proxy::headers`; a `_method` inside a form body
 /// is not seen: docs/security.md, residual risks.)
-pub fn check_overrides(
+fn check_overrides(
     policy: &HttpPolicy,
     method: &Method,
     path: &str,
     uri: &http::Uri,
-    headers: &HeaderMap,
+    destination: Option<&http::HeaderValue>,
 ) -> Result<(), Denial> {
     let bad = |detail: String| Err(Denial::with_detail(Reason::BadRequest, detail));
     for pair in uri.query().into_iter().flat_map(|q| q.split('&')) {
@@ -140,9 +149,7 @@ pub fn check_overrides(
         check_rules(policy, &overridden, path)
             .map_err(|d| noting(d, format_args!("method read from the query: {overridden}")))?;
     }
-    // A `HeaderName`, not a `&str`: a string key is parsed on every lookup.
-    const DESTINATION: http::HeaderName = http::HeaderName::from_static("destination");
-    let Some(destination) = headers.get(DESTINATION) else {
+    let Some(destination) = destination else {
         return Ok(());
     };
     let Some(text) = destination.to_str().ok() else {

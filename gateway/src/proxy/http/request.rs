@@ -230,10 +230,8 @@ async fn phases(
     }
 
     // 7. rules
-    let checked = controls::request::check_request(http, req.method(), &path, req.headers())
-        .and_then(|()| {
-            controls::request::check_overrides(http, req.method(), &path, req.uri(), req.headers())
-        });
+    let checked =
+        controls::request::check_request(http, req.method(), &path, req.uri(), req.headers());
     if let Err(d) = checked {
         if d.reason == Reason::RequestDenied {
             drain_small_body(req.into_body()).await;
