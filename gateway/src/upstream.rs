@@ -162,9 +162,11 @@ impl UpstreamClient {
         mut req: Request<ProxyBody>,
         response_timeout: Duration,
     ) -> Result<Response<DeviceBody>, UpstreamError> {
-        let deadline = Instant::now() + response_timeout;
+        // One clock read serves the deadline and the pool's idle check.
+        let start = Instant::now();
+        let deadline = start + response_timeout;
         loop {
-            let (mut conn, reused) = match self.checkout() {
+            let (mut conn, reused) = match self.checkout(start) {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (TCP, TLS) is rare next to reusing a
                 // pooled connection, and its future is large.
@@ -218,8 +220,9 @@ impl UpstreamClient {
             .retain(|p| !p.conn.sender.is_closed() && now - p.returned < self.pool.idle_timeout);
     }
 
-    fn checkout(&self) -> Option<DeviceConn> {
-        let now = Instant::now();
+    /// The most recently returned connection that is open, ready and not
+    /// idle for too long at `now`.
+    fn checkout(&self, now: Instant) -> Option<DeviceConn> {
         let mut conns = self.pool.lock();
         let mut i = conns.len();
         while i > 0 {
