@@ -45,46 +45,111 @@ pub fn is_forwarding(name: &HeaderName) -> bool {
     with_dashes(name, forwarding)
 }
 
+// The lists, lower-case and with `-` for `_`. They are data rather than
+// `match` arms so that the first-letter gate below is derived from them
+// and cannot fall out of step.
+
+/// Whole families: `x-forwarded-anything-new` too.
+const FORWARDING_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-envoy-",
+    "x-ssl-",
+    "ssl-client-",
+    "x-client-cert",
+];
+
+const FORWARDING_NAMES: &[&str] = &[
+    "x-forwarded",
+    "forwarded",
+    "forwarded-for",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "fastly-client-ip",
+    "akamai-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-proxyuser-ip",
+    "proxy-client-ip",
+    "wl-proxy-client-ip",
+    "x-azure-clientip",
+    "x-azure-socketip",
+    "x-appengine-user-ip",
+    "x-original-forwarded-for",
+    "x-host",
+    "x-original-host",
+    "x-http-host-override",
+    "front-end-https",
+    "x-url-scheme",
+    "x-client-verify",
+    "x-client-dn",
+    "x-arr-clientcert",
+    "x-arr-ssl",
+];
+
+const URL_OVERRIDE_NAMES: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "x-original-uri",
+    "x-original-path",
+    "x-rewrite-path",
+    "x-request-uri",
+    "x-http-destinationurl",
+    "x-proxy-url",
+    "x-envoy-original-path",
+    "x-envoy-original-url",
+    "script-name",
+    "x-script-name",
+];
+
+const USER_IDENTITY_NAMES: &[&str] = &[
+    "remote-user",
+    "x-remote-user",
+    "x-auth-user",
+    "x-auth-request-user",
+    "x-authenticated-user",
+    "x-webauth-user",
+];
+
+use crate::controls::request::METHOD_OVERRIDE_NAMES;
+
+/// Every list a client-asserted name is looked up in.
+const CLIENT_ASSERTED: [&[&str]; 5] = [
+    FORWARDING_PREFIXES,
+    FORWARDING_NAMES,
+    URL_OVERRIDE_NAMES,
+    &METHOD_OVERRIDE_NAMES,
+    USER_IDENTITY_NAMES,
+];
+
+/// The letters the names and prefixes of [`CLIENT_ASSERTED`] start with
+/// (`a c f p r s t w x`): most fields a client sends (`host`,
+/// `user-agent`, `accept`, `origin`, `if-none-match`) start otherwise and
+/// pass with one lookup, not a comparison with each list.
+static CLIENT_ASSERTED_FIRST: [bool; 256] = first_letters(&CLIENT_ASSERTED);
+
+const fn first_letters(lists: &[&[&str]]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < lists.len() {
+        let mut j = 0;
+        while j < lists[i].len() {
+            table[lists[i][j].as_bytes()[0] as usize] = true;
+            j += 1;
+        }
+        i += 1;
+    }
+    table
+}
+
 fn forwarding(n: &str) -> bool {
-    n == "x-forwarded"
-        || n.starts_with("x-forwarded-")
-        || n.starts_with("x-envoy-")
-        || n.starts_with("x-ssl-")
-        || n.starts_with("ssl-client-")
-        || n.starts_with("x-client-cert")
-        || matches!(
-            n,
-            "forwarded"
-                | "forwarded-for"
-                | "x-real-ip"
-                | "true-client-ip"
-                | "x-client-ip"
-                | "client-ip"
-                | "x-cluster-client-ip"
-                | "cf-connecting-ip"
-                | "cf-connecting-ipv6"
-                | "fastly-client-ip"
-                | "akamai-client-ip"
-                | "x-originating-ip"
-                | "x-remote-ip"
-                | "x-remote-addr"
-                | "x-proxyuser-ip"
-                | "proxy-client-ip"
-                | "wl-proxy-client-ip"
-                | "x-azure-clientip"
-                | "x-azure-socketip"
-                | "x-appengine-user-ip"
-                | "x-original-forwarded-for"
-                | "x-host"
-                | "x-original-host"
-                | "x-http-host-override"
-                | "front-end-https"
-                | "x-url-scheme"
-                | "x-client-verify"
-                | "x-client-dn"
-                | "x-arr-clientcert"
-                | "x-arr-ssl"
-        )
+    FORWARDING_PREFIXES.iter().any(|p| n.starts_with(p)) || FORWARDING_NAMES.contains(&n)
 }
 
 /// Headers that make a device serve another path than the request line's.
@@ -93,22 +158,7 @@ pub fn is_url_override(name: &HeaderName) -> bool {
 }
 
 fn url_override(n: &str) -> bool {
-    matches!(
-        n,
-        "x-original-url"
-            | "x-rewrite-url"
-            | "x-override-url"
-            | "x-original-uri"
-            | "x-original-path"
-            | "x-rewrite-path"
-            | "x-request-uri"
-            | "x-http-destinationurl"
-            | "x-proxy-url"
-            | "x-envoy-original-path"
-            | "x-envoy-original-url"
-            | "script-name"
-            | "x-script-name"
-    )
+    URL_OVERRIDE_NAMES.contains(&n)
 }
 
 /// Headers that make a device run another method than the request line's.
@@ -117,26 +167,25 @@ pub fn is_method_override(name: &HeaderName) -> bool {
 }
 
 fn method_override(n: &str) -> bool {
-    crate::controls::request::METHOD_OVERRIDE_NAMES.contains(&n)
+    METHOD_OVERRIDE_NAMES.contains(&n)
 }
 
 fn user_identity(n: &str) -> bool {
-    matches!(
-        n,
-        "remote-user"
-            | "x-remote-user"
-            | "x-auth-user"
-            | "x-auth-request-user"
-            | "x-authenticated-user"
-            | "x-webauth-user"
-    )
+    USER_IDENTITY_NAMES.contains(&n)
 }
 
 /// Everything a client may not send the device (besides hop-by-hop).
 pub fn is_client_asserted(name: &HeaderName) -> bool {
-    with_dashes(name, |n| {
-        forwarding(n) || url_override(n) || method_override(n) || user_identity(n)
-    })
+    // (A name is never empty; a leading `_` is read as `-`, which no
+    // list's name starts with.)
+    let first = match name.as_str().as_bytes()[0] {
+        b'_' => b'-',
+        b => b,
+    };
+    CLIENT_ASSERTED_FIRST[usize::from(first)]
+        && with_dashes(name, |n| {
+            forwarding(n) || url_override(n) || method_override(n) || user_identity(n)
+        })
 }
 
 /// Headers an `mfa` service's `user_header` may not be: those that frame

@@ -359,3 +359,29 @@ fn remove_matching_takes_every_value_of_every_doomed_name_and_keeps_the_rest() {
     assert_eq!(names(&h), ["accept", "cookie"]);
     assert_eq!(h.get_all("cookie").iter().count(), 100);
 }
+
+/// The first-letter gate passes every name of every list, in any case
+/// and spelling, and the lists are written as the gate reads them.
+#[test]
+fn the_first_letter_gate_lets_every_listed_name_through() {
+    for list in CLIENT_ASSERTED {
+        for &n in list {
+            assert_eq!(n, n.to_ascii_lowercase(), "{n}: lists are lower-case");
+            assert!(!n.contains('_') && !n.starts_with('-'), "{n}");
+            let upper = n.to_ascii_uppercase();
+            for spelling in [n.to_owned(), upper.clone(), upper.replace('-', "_")] {
+                assert!(is_client_asserted(&name(&spelling)), "{spelling}");
+            }
+        }
+    }
+    for n in [
+        "user-agent",
+        "accept",
+        "host",
+        "origin",
+        "if-none-match",
+        "_x",
+    ] {
+        assert!(!is_client_asserted(&name(n)), "{n}");
+    }
+}
