@@ -145,11 +145,11 @@ start backend "$PROXY_CPU" nginx -p "$WORK/backend/" -e "$WORK/backend/error.log
 start iperfs "$PROXY_CPU" iperf3 -s -B 127.0.0.1 -p "$P_IPERF"
 start nginx "$PROXY_CPU" nginx -p "$WORK/nginx/" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf"
 start haproxy "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg"
-# One tokio worker thread, like nginx's one worker and HAProxy's one thread.
-# (tokio's Builder::new_multi_thread reads TOKIO_WORKER_THREADS; pinned to one
-# CPU it would also pick 1. The blocking pool, used for audit file writes,
-# runs on the same CPU.)
-start moat "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 MOAT_LOG=warn "$MOAT_BIN" run -c "$WORK/moat.toml"
+# One worker, like nginx's one worker and HAProxy's one thread: with
+# MOAT_WORKER_THREADS=1 (or pinned to one CPU) moat runs tokio's
+# current-thread scheduler. The blocking pool, used for audit file writes,
+# runs on the same CPU.
+start moat "$PROXY_CPU" env MOAT_WORKER_THREADS=1 MOAT_LOG=warn "$MOAT_BIN" run -c "$WORK/moat.toml"
 # Client-side TLS for the L4 TLS test: iperf3 -> socat (TLS client) -> proxy.
 start socat_moat "$LOAD_CPU" socat -b 65536 "TCP-LISTEN:$P_S_MOAT,bind=127.0.0.1,fork,reuseaddr" "OPENSSL:127.0.0.1:$P_M_L4TLS,verify=0"
 start socat_nginx "$LOAD_CPU" socat -b 65536 "TCP-LISTEN:$P_S_NGINX,bind=127.0.0.1,fork,reuseaddr" "OPENSSL:127.0.0.1:$P_N_L4TLS,verify=0"
@@ -377,7 +377,7 @@ STAMP=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   echo "# moat load benchmark, $STAMP"
   echo "# $("$MOAT_BIN" --version 2>/dev/null) at $MOAT_BIN, built $(date -u -r "$MOAT_BIN" +%Y-%m-%dT%H:%M:%SZ); work tree now at $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
   echo "# $(nginx -v 2>&1); $(haproxy -v | head -1); $(wrk -v 2>&1 | head -1); $(h2load --version | head -1); $(iperf3 -v | head -1); $(socat -V | sed -n 2p); $(openssl version)${OHA:+; $("$OHA" --version)}"
-  echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs; proxies+backend on cpu$PROXY_CPU, load on cpu$LOAD_CPU; moat threads at start: $MOAT_THREADS (TOKIO_WORKER_THREADS=1)"
+  echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs; proxies+backend on cpu$PROXY_CPU, load on cpu$LOAD_CPU; moat threads at start: $MOAT_THREADS (MOAT_WORKER_THREADS=1)"
   echo "# RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS H2_STREAMS=$H2_STREAMS STIME_PROCS=$STIME_PROCS NGINX_KEEPALIVE=$NGINX_KEEPALIVE"
   echo "# TLS session resumption offered: $RESUME_NOTES"
   echo "# moat: $MOAT_NOTES"
