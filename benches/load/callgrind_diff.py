@@ -13,6 +13,11 @@ For inclusive costs: callgrind_annotate --inclusive=yes FILE.
 --per-request: A and B are dumps of the same process after two loads that
 differ by REQUESTS requests (instructions.sh); prints the TOP (25) functions
 by self cost per request of the difference, with their share.
+
+--event E[,E...] (first, before the files): count these events instead of
+instructions, summed, for dumps made with more of them, e.g. last-level
+cache misses `--event ILmr,DLmr,DLmw` of a run with
+CALLGRIND_ARGS="--cache-sim=yes --LL=1048576,16,64" instructions.sh.
 Standard library only.
 """
 import collections
@@ -22,10 +27,21 @@ import sys
 NAME = re.compile(r"c?fn=\((\d+)\)(?: (.*))?")
 
 
+EVENTS = ["Ir"]
+
+
 def self_cost(path):
     names, cost, fn, skip = {}, collections.Counter(), None, False
+    columns = [0]
     for line in open(path, errors="replace"):
-        if line.startswith(("fn=", "cfn=")):
+        if line.startswith("events:"):
+            names_of_events = line.split()[1:]
+            missing = [e for e in EVENTS if e not in names_of_events]
+            if missing:
+                sys.exit(f"{path}: no event {', '.join(missing)} (it has {' '.join(names_of_events)})")
+            # +1: the first column of a cost line is its position.
+            columns = [names_of_events.index(e) + 1 for e in EVENTS]
+        elif line.startswith(("fn=", "cfn=")):
             m = NAME.match(line.rstrip("\n"))
             if m and m.group(2):
                 names[m.group(1)] = m.group(2)
@@ -39,7 +55,10 @@ def self_cost(path):
                 continue
             parts = line.split()
             if len(parts) >= 2 and fn is not None:
-                cost[re.sub(r"::h[0-9a-f]{16}$", "", fn)] += int(parts[1])
+                # Trailing zero events are left out of a cost line.
+                cost[re.sub(r"::h[0-9a-f]{16}$", "", fn)] += sum(
+                    int(parts[c]) for c in columns if c < len(parts)
+                )
     return cost
 
 
@@ -47,12 +66,17 @@ def per_request(a, b, n, top):
     d = collections.Counter(b)
     d.subtract(a)
     total = sum(d.values())
-    print(f"per request: {total / n:.0f} instructions (self cost, by function)")
+    print(f"per request: {total / n:.0f} {'+'.join(EVENTS)} (self cost, by function)")
     for k, v in d.most_common(top):
-        print(f"{v / n:8.0f} {v / total * 100:5.1f} %  {k[:140]}")
+        value = f"{v / n:8.0f}" if EVENTS == ["Ir"] else f"{v / n:8.1f}"
+        print(f"{value} {v / total * 100:5.1f} %  {k[:140]}")
 
 
 def main():
+    global EVENTS
+    if sys.argv[1] == "--event":
+        EVENTS = sys.argv[2].split(",")
+        del sys.argv[1:3]
     if sys.argv[1] == "--per-request":
         a, b, n = self_cost(sys.argv[2]), self_cost(sys.argv[3]), float(sys.argv[4])
         per_request(a, b, n, int(sys.argv[5]) if len(sys.argv) > 5 else 25)

@@ -40,6 +40,9 @@ FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/floor_proxy}
 SYSTEMS=${SYSTEMS:-"moat nginx haproxy"}
 TESTS=${TESTS:-"h1_tls h2_tls h1_plain"}
 CONNS=${CONNS:-10}
+# More callgrind options, e.g. CALLGRIND_ARGS=--cache-sim=yes for simulated
+# cache misses (the totals in the dumps; the table stays instructions).
+CALLGRIND_ARGS=${CALLGRIND_ARGS:-}
 N_A=${N_A:-2000}
 N_B=${N_B:-8000}
 # conn_tls, conn_plain: a new connection per request (full TLS handshake,
@@ -132,11 +135,12 @@ for sys in $SYSTEMS; do
   cg="$WORK/cg.$sys"
   system_cmd "$sys"
   log "$sys under callgrind"
-  start "$sys" "$PROXY_CPU" env MOAT_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$cg.%p" "${CMD[@]}"
+  start "$sys" "$PROXY_CPU" env MOAT_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$cg.%p" $CALLGRIND_ARGS "${CMD[@]}"
   vpid=${PIDS[-1]}
   $TOOL wait-port "$(ready_port "$sys")" 120 || die "$sys did not start: $(tail -n 20 "$WORK/$sys.err")"
   for test in $TESTS; do
-    run_load "$test" "$sys" 10 "$WORK/warm.$sys.$test"
+    # Warm-up: h2load wants at least one request per connection.
+    run_load "$test" "$sys" "$((CONNS > 10 ? CONNS : 10))" "$WORK/warm.$sys.$test"
     callgrind_control -z "$vpid" >/dev/null 2>&1
     n_a=$(count_of "$test" a); n_b=$(count_of "$test" b)
     run_load "$test" "$sys" "$n_a" "$WORK/a.$sys.$test"
