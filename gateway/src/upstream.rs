@@ -157,50 +157,56 @@ impl UpstreamClient {
     /// Sends `req` (origin-form, with a `Host` header) to the device on an
     /// idle pooled connection, or a new one, and waits for the response
     /// head for at most `response_timeout` (connecting included).
-    pub async fn request(
+    ///
+    /// Not an `async fn`, which would keep `req` twice in the future
+    /// (see `proxy::http::request::handle`).
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn request(
         &self,
         mut req: Request<ProxyBody>,
         response_timeout: Duration,
-    ) -> Result<Response<DeviceBody>, UpstreamError> {
-        // One clock read serves the deadline and the pool's idle check.
-        let start = Instant::now();
-        let deadline = start + response_timeout;
-        loop {
-            let (mut conn, reused) = match self.checkout(start) {
-                Some(conn) => (conn, true),
-                // Boxed: connecting (TCP, TLS) is rare next to reusing a
-                // pooled connection, and its future is large.
-                None => (
-                    Box::pin(self.connect(deadline, response_timeout)).await?,
-                    false,
-                ),
-            };
-            conn.timer.as_mut().reset(deadline);
-            let DeviceConn { sender, timer } = &mut conn;
-            let mut sent = pin!(sender.try_send_request(req));
-            let sent = std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
-                Poll::Ready(r) => Poll::Ready(Some(r)),
-                Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
-            })
-            .await;
-            match sent {
-                Some(Ok(response)) => {
-                    // Returned with the body, not now: until the body is
-                    // read the connection is busy, and a request arriving
-                    // meanwhile would open another one.
-                    let checkin = Some((conn, self.pool.clone()));
-                    return Ok(response.map(|inner| DeviceBody { inner, checkin }));
+    ) -> impl Future<Output = Result<Response<DeviceBody>, UpstreamError>> + '_ {
+        async move {
+            // One clock read serves the deadline and the pool's idle check.
+            let start = Instant::now();
+            let deadline = start + response_timeout;
+            loop {
+                let (mut conn, reused) = match self.checkout(start) {
+                    Some(conn) => (conn, true),
+                    // Boxed: connecting (TCP, TLS) is rare next to reusing a
+                    // pooled connection, and its future is large.
+                    None => (
+                        Box::pin(self.connect(deadline, response_timeout)).await?,
+                        false,
+                    ),
+                };
+                conn.timer.as_mut().reset(deadline);
+                let DeviceConn { sender, timer } = &mut conn;
+                let mut sent = pin!(sender.try_send_request(req));
+                let sent = std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+                })
+                .await;
+                match sent {
+                    Some(Ok(response)) => {
+                        // Returned with the body, not now: until the body is
+                        // read the connection is busy, and a request arriving
+                        // meanwhile would open another one.
+                        let checkin = Some((conn, self.pool.clone()));
+                        return Ok(response.map(|inner| DeviceBody { inner, checkin }));
+                    }
+                    // Dropped with its request in flight: hyper closes it.
+                    None => return Err(UpstreamError::ResponseTimeout(response_timeout)),
+                    // A pooled connection the device closed while it sat idle
+                    // is only found out when used. The request never left, so
+                    // it goes out on the next connection; each retry uses up a
+                    // pooled one, and a fresh connection is not retried.
+                    Some(Err(mut e)) => match e.take_message() {
+                        Some(unsent) if reused => req = unsent,
+                        _ => return Err(UpstreamError::Http(e.into_error())),
+                    },
                 }
-                // Dropped with its request in flight: hyper closes it.
-                None => return Err(UpstreamError::ResponseTimeout(response_timeout)),
-                // A pooled connection the device closed while it sat idle
-                // is only found out when used. The request never left, so
-                // it goes out on the next connection; each retry uses up a
-                // pooled one, and a fresh connection is not retried.
-                Some(Err(mut e)) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(UpstreamError::Http(e.into_error())),
-                },
             }
         }
     }

@@ -28,6 +28,7 @@
 //!
 //! [`handle`] records and answers; [`phases`] runs the checks, each a `?`.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,27 +68,38 @@ impl From<Denial> for Stop {
 }
 
 /// The outer handler: runs the phases, then records and answers.
-pub(super) async fn handle(
+///
+/// Not an `async fn`, like the other steps a request's future holds
+/// (`phases`, `exchange`, `UpstreamClient::request`): an async fn's future
+/// keeps each argument twice, as captured and as moved into the body
+/// (rust-lang/rust#62958), where an `async move` block uses what it
+/// captured in place. The request is 264 bytes; the whole future is
+/// copied into its box once per request (docs/benchmarks.md, "Fourth
+/// look").
+#[allow(clippy::manual_async_fn)] // on purpose: see `handle`
+pub(super) fn handle(
     req: Request<Incoming>,
     s: Arc<Session>,
     live: Arc<Live>,
-) -> Response<ProxyBody> {
-    live.requests.fetch_add(1, Ordering::Relaxed);
-    let mut record = RequestRecord::new(&req, s.clone(), live.clone());
-    let head = req.method() == http::Method::HEAD;
-    let resp = match phases(req, &s, &live, &mut record).await {
-        Ok(proxied) => return proxied.into_response(record),
-        Err(Stop::Deny(d)) => record.deny(d),
-        Err(Stop::DenyWith(d, resp)) => record.deny_with(d, resp),
-        Err(Stop::Answer(resp)) => record.answer(resp),
-    };
-    if head {
-        // moat's own answers to HEAD carry no body (hyper's h2 server
-        // would send it, and clients reset the stream).
-        let (parts, _) = resp.into_parts();
-        return Response::from_parts(parts, Empty::new().map_err(BoxError::from).boxed());
+) -> impl Future<Output = Response<ProxyBody>> {
+    async move {
+        live.requests.fetch_add(1, Ordering::Relaxed);
+        let mut record = RequestRecord::new(&req, s.clone(), live.clone());
+        let head = req.method() == http::Method::HEAD;
+        let resp = match phases(req, &s, &live, &mut record).await {
+            Ok(proxied) => return proxied.into_response(record),
+            Err(Stop::Deny(d)) => record.deny(d),
+            Err(Stop::DenyWith(d, resp)) => record.deny_with(d, resp),
+            Err(Stop::Answer(resp)) => record.answer(resp),
+        };
+        if head {
+            // moat's own answers to HEAD carry no body (hyper's h2 server
+            // would send it, and clients reset the stream).
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, Empty::new().map_err(BoxError::from).boxed());
+        }
+        resp
     }
-    resp
 }
 
 /// The device's answer, on its way to the client.
@@ -125,168 +137,172 @@ impl Proxied {
     }
 }
 
-/// Phases 1 to 10 (see the module comment), each check a `?`.
-async fn phases(
+/// Phases 1 to 10 (see the module comment), each check a `?`. (Not an
+/// `async fn`: see `handle`.)
+#[allow(clippy::manual_async_fn)] // on purpose: see `handle`
+fn phases<'a>(
     mut req: Request<Incoming>,
-    s: &Arc<Session>,
-    live: &Arc<Live>,
-    record: &mut RequestRecord,
-) -> Result<Proxied, Stop> {
-    // 1. admit: the policy in force now, not the one the connection
-    // started under (resolved once per policy version, not per request).
-    controls::request::check_method(req.method())?;
-    let current = live
-        .resolve(s)
-        .ok_or_else(|| Denial::new(Reason::ServiceRemoved))?;
-    current.verdict.clone()?;
-    let service = &current.service;
-    controls::audit_gate(service, s.rt.audit.writable())?;
-    let http = service
-        .http
-        .as_ref()
-        .expect("resolve() only keeps HTTP services");
-    record.audit_allowed = http.audit_allowed;
+    s: &'a Arc<Session>,
+    live: &'a Arc<Live>,
+    record: &'a mut RequestRecord,
+) -> impl Future<Output = Result<Proxied, Stop>> + 'a {
+    async move {
+        // 1. admit: the policy in force now, not the one the connection
+        // started under (resolved once per policy version, not per request).
+        controls::request::check_method(req.method())?;
+        let current = live
+            .resolve(s)
+            .ok_or_else(|| Denial::new(Reason::ServiceRemoved))?;
+        current.verdict.clone()?;
+        let service = &current.service;
+        controls::audit_gate(service, s.rt.audit.writable())?;
+        let http = service
+            .http
+            .as_ref()
+            .expect("resolve() only keeps HTTP services");
+        record.audit_allowed = http.audit_allowed;
 
-    // 2. host: only a name of this service reaches the device, in Host or
-    // any forwarding header.
-    let (host, forwarded) = checked_host(&current, &req, s, live)?;
+        // 2. host: only a name of this service reaches the device, in Host or
+        // any forwarding header.
+        let (host, forwarded) = checked_host(&current, &req, s, live)?;
 
-    // 3. path
-    let uri = req.uri().clone();
-    let path = controls::request::normalize_path(uri.path())?;
-    if let std::borrow::Cow::Owned(p) = &path {
-        record.path = Some(p.clone());
-    }
+        // 3. path
+        let uri = req.uri().clone();
+        let path = controls::request::normalize_path(uri.path())?;
+        if let std::borrow::Cow::Owned(p) = &path {
+            record.path = Some(p.clone());
+        }
 
-    // 4. portal and 5. authenticate, on `mfa` services only.
-    let signed_in = match &service.access_mode {
-        // (Grants are for tcp services: never an http one.)
-        AccessMode::Network | AccessMode::Grant(_) => None,
-        AccessMode::Mfa(rule) => {
-            // The client's request rate first: the portal and the
-            // session check must not be a way round it.
-            current.limiters.check_client_request(s.conn.client.ip())?;
-            let auth = current
-                .auth
-                .as_deref()
-                .expect("an mfa service compiles only with [auth]");
-            if portal::is_portal_path(&path) {
-                let portal = portal::Portal {
-                    s,
-                    live,
-                    auth,
-                    rule,
-                    host: host.as_ref(),
-                };
-                // Boxed: the portal's pages (a login hashes a password) are
-                // a large future most requests never enter.
-                let answer = Box::pin(portal::serve(req, &path, &portal, record)).await;
-                return Err(answer);
-            }
-            if service.protocol == crate::config::schema::Protocol::Portal {
-                // A portal proxies nothing: every other path leads home.
-                drain_small_body(req.into_body()).await;
-                return Err(Stop::Answer(portal::to_home()));
-            }
-            match portal::authenticate(req.headers(), s, auth) {
-                Ok(signed_in) => Some(signed_in),
-                Err(problem) => {
-                    let stop = portal::sign_in_first(&req, s, problem);
-                    // An unread h2 body would follow the answer with a reset.
+        // 4. portal and 5. authenticate, on `mfa` services only.
+        let signed_in = match &service.access_mode {
+            // (Grants are for tcp services: never an http one.)
+            AccessMode::Network | AccessMode::Grant(_) => None,
+            AccessMode::Mfa(rule) => {
+                // The client's request rate first: the portal and the
+                // session check must not be a way round it.
+                current.limiters.check_client_request(s.conn.client.ip())?;
+                let auth = current
+                    .auth
+                    .as_deref()
+                    .expect("an mfa service compiles only with [auth]");
+                if portal::is_portal_path(&path) {
+                    let portal = portal::Portal {
+                        s,
+                        live,
+                        auth,
+                        rule,
+                        host: host.as_ref(),
+                    };
+                    // Boxed: the portal's pages (a login hashes a password) are
+                    // a large future most requests never enter.
+                    let answer = Box::pin(portal::serve(req, &path, &portal, record)).await;
+                    return Err(answer);
+                }
+                if service.protocol == crate::config::schema::Protocol::Portal {
+                    // A portal proxies nothing: every other path leads home.
                     drain_small_body(req.into_body()).await;
-                    return Err(stop);
+                    return Err(Stop::Answer(portal::to_home()));
+                }
+                match portal::authenticate(req.headers(), s, auth) {
+                    Ok(signed_in) => Some(signed_in),
+                    Err(problem) => {
+                        let stop = portal::sign_in_first(&req, s, problem);
+                        // An unread h2 body would follow the answer with a reset.
+                        drain_small_body(req.into_body()).await;
+                        return Err(stop);
+                    }
                 }
             }
+        };
+        if let Some(SignedIn { user, .. }) = &signed_in {
+            record.principal = Some(Principal::user(user.name.clone()));
         }
-    };
-    if let Some(SignedIn { user, .. }) = &signed_in {
-        record.principal = Some(Principal::user(user.name.clone()));
-    }
 
-    // 6. authorize: the one step, now with the user; then the connection
-    // watches the user (user_watch), and a logout that came in between
-    // is caught by checking the generation once more.
-    let authorized = controls::authorize(
-        service,
-        s.conn.client.ip(),
-        Asking::Request(signed_in.as_ref().map(|u| &*u.user)),
-    )
-    .and_then(|_| match &signed_in {
-        Some(SignedIn { user, claims, .. }) => {
-            if !live.saw_user(user, claims.generation) {
-                let detail = "too many users on one connection";
-                return Err(Denial::with_detail(Reason::AuthRequired, detail));
+        // 6. authorize: the one step, now with the user; then the connection
+        // watches the user (user_watch), and a logout that came in between
+        // is caught by checking the generation once more.
+        let authorized = controls::authorize(
+            service,
+            s.conn.client.ip(),
+            Asking::Request(signed_in.as_ref().map(|u| &*u.user)),
+        )
+        .and_then(|_| match &signed_in {
+            Some(SignedIn { user, claims, .. }) => {
+                if !live.saw_user(user, claims.generation) {
+                    let detail = "too many users on one connection";
+                    return Err(Denial::with_detail(Reason::AuthRequired, detail));
+                }
+                if crate::auth::ended_since(&*s.rt.store, &user.name, claims.generation) {
+                    return Err(Denial::with_detail(Reason::SessionRevoked, "session ended"));
+                }
+                Ok(())
             }
-            if crate::auth::ended_since(&*s.rt.store, &user.name, claims.generation) {
-                return Err(Denial::with_detail(Reason::SessionRevoked, "session ended"));
-            }
-            Ok(())
-        }
-        None => Ok(()),
-    });
-    if let Err(d) = authorized {
-        drain_small_body(req.into_body()).await;
-        return Err(d.into());
-    }
-
-    // 7. rules
-    let checked =
-        controls::request::check_request(http, req.method(), &path, req.uri(), req.headers());
-    if let Err(d) = checked {
-        if d.reason == Reason::RequestDenied {
+            None => Ok(()),
+        });
+        if let Err(d) = authorized {
             drain_small_body(req.into_body()).await;
+            return Err(d.into());
         }
-        return Err(d.into());
-    }
 
-    // 8. limits: rates first (cheap, no waiting), then a slot among the
-    // requests the device may have in flight, queueing briefly for one.
-    match service.access_mode {
-        // The client's rate was charged before the portal (phase 4).
-        AccessMode::Mfa(_) => current
-            .limiters
-            .check_principal_and_device(record.principal.as_ref())?,
-        AccessMode::Network | AccessMode::Grant(_) => current
-            .limiters
-            .check_request(s.conn.client.ip(), record.principal.as_ref())?,
-    }
-    let permit = in_flight_slot(&current).await?;
+        // 7. rules
+        let checked =
+            controls::request::check_request(http, req.method(), &path, req.uri(), req.headers());
+        if let Err(d) = checked {
+            if d.reason == Reason::RequestDenied {
+                drain_small_body(req.into_body()).await;
+            }
+            return Err(d.into());
+        }
 
-    // 9. upstream request
-    let websocket = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let user_header = match (&service.access_mode, &signed_in) {
-        (AccessMode::Mfa(rule), Some(signed_in)) => rule
-            .user_header
-            .as_ref()
-            .map(|h| (h, value(&signed_in.user.name))),
-        _ => None,
-    };
-    let upstream_req = upstream_request(
-        req,
-        &current,
-        live,
-        &path,
-        (host, forwarded),
-        websocket,
-        user_header,
-    );
+        // 8. limits: rates first (cheap, no waiting), then a slot among the
+        // requests the device may have in flight, queueing briefly for one.
+        match service.access_mode {
+            // The client's rate was charged before the portal (phase 4).
+            AccessMode::Mfa(_) => current
+                .limiters
+                .check_principal_and_device(record.principal.as_ref())?,
+            AccessMode::Network | AccessMode::Grant(_) => current
+                .limiters
+                .check_request(s.conn.client.ip(), record.principal.as_ref())?,
+        }
+        let permit = in_flight_slot(&current).await?;
 
-    // 10. exchange
-    let mut resp = exchange(&current, upstream_req, permit).await?;
-    let (resp_ok, permit) = (&mut resp.0, resp.1);
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
-        (client_upgrade, resp_ok.status())
-    {
-        tunnel(s, live, client_upgrade, resp_ok, path.into_owned());
+        // 9. upstream request
+        let websocket = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let user_header = match (&service.access_mode, &signed_in) {
+            (AccessMode::Mfa(rule), Some(signed_in)) => rule
+                .user_header
+                .as_ref()
+                .map(|h| (h, value(&signed_in.user.name))),
+            _ => None,
+        };
+        let upstream_req = upstream_request(
+            req,
+            &current,
+            live,
+            &path,
+            (host, forwarded),
+            websocket,
+            user_header,
+        );
+
+        // 10. exchange
+        let mut resp = exchange(&current, upstream_req, permit).await?;
+        let (resp_ok, permit) = (&mut resp.0, resp.1);
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_upgrade, resp_ok.status())
+        {
+            tunnel(s, live, client_upgrade, resp_ok, path.into_owned());
+        }
+        Ok(Proxied {
+            resp: resp.0,
+            permit,
+            set_cookie: signed_in.and_then(|s| s.refreshed),
+            hardening: http.hardening_headers,
+            tls: s.tls,
+        })
     }
-    Ok(Proxied {
-        resp: resp.0,
-        permit,
-        set_cookie: signed_in.and_then(|s| s.refreshed),
-        hardening: http.hardening_headers,
-        tls: s.tls,
-    })
 }
 
 /// Phase 2: the validated host (`None` for an HTTP/1.0 request without
@@ -353,31 +369,39 @@ async fn in_flight_slot(current: &Resolved) -> Result<Option<OwnedSemaphorePermi
     }
 }
 
-/// Sends the request to the device and waits for its answer head.
-async fn exchange(
+/// Sends the request to the device and waits for its answer head. (Not
+/// an `async fn`: see `handle`.)
+#[allow(clippy::manual_async_fn)] // on purpose: see `handle`
+fn exchange(
     current: &Resolved,
     upstream_req: Request<ProxyBody>,
     permit: Option<OwnedSemaphorePermit>,
-) -> Result<(Response<DeviceBody>, Option<OwnedSemaphorePermit>), Denial> {
-    let service = &current.service;
-    let response_timeout = service.http.as_ref().expect("HTTP").response_timeout;
-    let client = current.client.clone();
-    let capped = permit.is_some();
-    let exchange = async move { (client.request(upstream_req, response_timeout).await, permit) };
-    // With an in-flight cap, the exchange runs in its own task that owns
-    // the slot: a client that gives up (hyper drops this handler) must not
-    // free a slot while its request is still at the device.
-    let (result, permit) = if capped {
-        match tokio::spawn(exchange).await {
-            Ok(done) => done,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+) -> impl Future<Output = Result<(Response<DeviceBody>, Option<OwnedSemaphorePermit>), Denial>> + '_
+{
+    async move {
+        let service = &current.service;
+        let response_timeout = service.http.as_ref().expect("HTTP").response_timeout;
+        // With an in-flight cap, the exchange runs in its own task that owns
+        // the slot: a client that gives up (hyper drops this handler) must not
+        // free a slot while its request is still at the device. Without one
+        // it runs here, with no async block around it: such a block would
+        // keep one more copy of the request in this future.
+        let (result, permit) = if permit.is_some() {
+            let client = current.client.clone();
+            let exchange =
+                async move { (client.request(upstream_req, response_timeout).await, permit) };
+            match tokio::spawn(exchange).await {
+                Ok(done) => done,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        } else {
+            let sent = current.client.request(upstream_req, response_timeout).await;
+            (sent, permit)
+        };
+        match result {
+            Ok(r) => Ok((r, permit)),
+            Err(e) => Err(classify_upstream_error(&e, service)),
         }
-    } else {
-        exchange.await
-    };
-    match result {
-        Ok(r) => Ok((r, permit)),
-        Err(e) => Err(classify_upstream_error(&e, service)),
     }
 }
 
