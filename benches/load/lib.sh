@@ -1,4 +1,4 @@
-# Shared by the bench scripts that source it (grants.sh, guard.sh,
+# Shared by the bench scripts that source it (alone.sh, grants.sh, guard.sh,
 # instructions.sh, ci.sh, ../soak.sh, ../flood_memory.sh): set BENCH (the
 # log prefix), ROOT and MOAT_BIN first, then source this file.
 #   log, die          messages on stderr, prefixed [BENCH]
