@@ -385,3 +385,26 @@ fn the_first_letter_gate_lets_every_listed_name_through() {
         assert!(!is_client_asserted(&name(n)), "{n}");
     }
 }
+
+/// Room is made without losing, reordering or merging a field: repeated
+/// names keep every value, in order.
+#[test]
+fn making_room_keeps_every_field_in_order() {
+    let mut h = map(&[
+        ("accept", "*/*"),
+        ("cookie", "a=1"),
+        ("user-agent", "pump-ui"),
+        ("cookie", "b=2"),
+        ("x-device", "7"),
+    ]);
+    make_room(&mut h, 12);
+    assert!(h.capacity() >= 5 + 12, "capacity {}", h.capacity());
+    assert_eq!(names(&h), ["accept", "cookie", "user-agent", "x-device"]);
+    let cookies: Vec<_> = h.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(h.len(), 5);
+    // Enough room already: the map is left as it is.
+    let before = h.capacity();
+    make_room(&mut h, 1);
+    assert_eq!(h.capacity(), before);
+}

@@ -473,7 +473,7 @@ fn upstream_request(
     // device's answer: hyper parses the response into this same map (it
     // keeps a sent message's map for the next one it reads), and the
     // hardening headers then fit without the map growing again.
-    headers.reserve(UPSTREAM_ROOM);
+    crate::proxy::headers::make_room(headers, UPSTREAM_ROOM);
     // moat states who the client is and what it asked for; nothing the
     // client sent about that survives (proxy::headers has the list).
     let fields = strip_hop_by_hop(headers, websocket, true);
