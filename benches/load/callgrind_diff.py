@@ -32,7 +32,7 @@ EVENTS = ["Ir"]
 
 def self_cost(path):
     names, cost, fn, skip = {}, collections.Counter(), None, False
-    columns = [0]
+    columns = [1]  # Ir, the first event, after the position
     for line in open(path, errors="replace"):
         if line.startswith("events:"):
             names_of_events = line.split()[1:]

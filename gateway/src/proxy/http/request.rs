@@ -75,8 +75,8 @@ impl From<Denial> for Stop {
 /// (rust-lang/rust#62958), where an `async move` block uses what it
 /// captured in place. The request is 264 bytes; the whole future is
 /// copied into its box once per request (docs/benchmarks.md, "Fourth
-/// look").
-#[allow(clippy::manual_async_fn)] // on purpose: see `handle`
+/// pass").
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(super) fn handle(
     req: Request<Incoming>,
     s: Arc<Session>,
